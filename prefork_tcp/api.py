@@ -1,0 +1,150 @@
+"""The public API an application sees: ``TcpWorker``, ``Request``, ``TcpEvent``, ``TcpResponse``."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .worker import EventLoop
+
+log = logging.getLogger("prefork_tcp.app")
+
+
+class TcpEvent(enum.Enum):
+    """What happened on a connection (RoadRunner's wire strings)."""
+
+    CONNECTED = "CONNECTED"
+    DATA = "DATA"
+    CLOSE = "CLOSE"
+
+
+class TcpResponse(enum.Enum):
+    """How a worker answers a request (RoadRunner's wire strings)."""
+
+    RESPOND = "WRITE"  # write the body, keep reading
+    RESPOND_CLOSE = "WRITECLOSE"  # write the body, then close gracefully
+    READ = "CONTINUE"  # write nothing, keep reading
+    CLOSE = "CLOSE"  # write nothing, close
+
+
+class Request(NamedTuple):
+    """One event of one connection, as handed to the application. Immutable."""
+
+    event: TcpEvent
+    body: bytes
+    server: str
+    connection_uuid: str
+    remote_address: str
+
+
+# Where the current request stands.
+_IDLE = 0  # no request yet, or wait_request() returned None
+_AWAITING = 1  # CONNECTED or DATA delivered, not answered yet
+_ANSWERED = 2
+_CLOSE_EVENT = 3  # a CLOSE was delivered: answers are accepted and ignored
+
+_RESPOND = TcpResponse.RESPOND
+_CLOSE = TcpResponse.CLOSE
+
+
+class TcpWorker:
+    """The application's handle on its worker process: wait for events, answer them.
+
+    Created by prefork_tcp and passed to the application's callable; an application
+    never constructs one itself.
+    """
+
+    __slots__ = ("_loop", "_conn", "_request", "_state", "_pid")
+
+    def __init__(self, loop: EventLoop) -> None:
+        self._loop = loop
+        self._conn: Connection | None = None
+        self._request: Request | None = None
+        self._state = _IDLE
+        self._pid = os.getpid()
+
+    def wait_request(self) -> Request | None:
+        """Return the next event of any connection this worker owns; ``None`` means stop.
+
+        Blocks until an event arrives.  A CONNECTED or DATA request left unanswered is
+        answered with ``CLOSE`` first.
+        """
+        if self._state == _AWAITING:
+            self._loop.answer(self._conn, _CLOSE, b"")  # type: ignore[arg-type]
+        item = self._loop.next_event()
+        if item is None:
+            self._conn = self._request = None
+            self._state = _IDLE
+            return None
+        conn, event, body = item
+        self._conn = conn
+        self._request = request = Request(event, body, conn.server, conn.uuid, conn.remote)
+        self._state = _CLOSE_EVENT if event is TcpEvent.CLOSE else _AWAITING
+        return request
+
+    def respond(self, body: bytes | str, response: TcpResponse = _RESPOND) -> None:
+        """Answer the current request with ``body`` and ``response`` (default: write, keep reading)."""
+        if body.__class__ is not bytes:
+            body = _as_bytes(body)
+        if response.__class__ is not TcpResponse:
+            raise TypeError(f"response must be a TcpResponse, got {type(response).__name__}")
+        if self._state != _AWAITING:
+            self._check_answerable()
+            return
+        self._state = _ANSWERED
+        conn = self._conn
+        if response is _RESPOND:
+            if body and conn.write(body):  # type: ignore[union-attr]
+                self._loop.dirty.append(conn)
+        else:
+            self._loop.answer(conn, response, body)  # type: ignore[arg-type]
+
+    def read(self) -> None:
+        """Answer the current request with ``READ``: write nothing, keep reading."""
+        self.respond(b"", TcpResponse.READ)
+
+    def close(self) -> None:
+        """Answer the current request with ``CLOSE``: write nothing, close the connection."""
+        self.respond(b"", TcpResponse.CLOSE)
+
+    def error(self, message: str) -> None:
+        """Report an application error: log it and close the current connection unwritten."""
+        request = self._request
+        if request is None:
+            log.error("application error (worker %d): %s", self._pid, message)
+            return
+        log.error(
+            "application error (worker %d, server %s, connection %s, remote %s): %s",
+            self._pid,
+            request.server,
+            request.connection_uuid,
+            request.remote_address or "-",
+            message,
+        )
+        if self._state == _AWAITING:
+            self._state = _ANSWERED
+            self._loop.abandon(self._conn)  # type: ignore[arg-type]
+
+    def _check_answerable(self) -> None:
+        if self._state == _CLOSE_EVENT:
+            return
+        if self._state == _ANSWERED:
+            request = self._request
+            assert request is not None
+            raise RuntimeError(
+                f"request {request.event.value} of connection {request.connection_uuid} "
+                "was already answered"
+            )
+        raise RuntimeError("there is no request to answer: call wait_request() first")
+
+
+def _as_bytes(body: object) -> bytes:
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    if isinstance(body, bytes):  # a bytes subclass
+        return bytes(body)
+    raise TypeError(f"body must be bytes or str, got {type(body).__name__}")

@@ -1,0 +1,158 @@
+"""The ``prefork-tcp`` command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any, NoReturn
+
+import click
+
+from . import config as cfg
+from . import logs
+from . import pidfile as pidfiles
+from .apploader import AppLoadError, load_app
+from .arbiter import Arbiter
+from .daemon import daemonize
+from .sockets import BindError, Listener, bind
+
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+EXIT_APP_LOAD = 4
+
+log = logging.getLogger("prefork_tcp.master")
+
+_APP_HELP = "The application, as module:callable (default callable: main). Overrides `app` in the config."
+_CONFIG_HELP = "TOML config file (see conf/prefork_tcp.toml for every key)."
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"prefork-tcp: {message}", err=True)
+    sys.exit(code)
+
+
+def _load(config_file: str | None, overrides: dict[str, Any], binds: list[str], app: str | None) -> tuple[cfg.Config, str]:
+    """Return the validated config and the app spec, or exit 2 with a one-line error."""
+    if app is not None:
+        overrides = {**overrides, "app": app}
+    try:
+        config = cfg.load(config_file, overrides, binds)
+    except cfg.ConfigError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    if not config.app:
+        _fail("no application: give APP (module:callable) or set `app` in the config file", EXIT_USAGE)
+    return config, config.app
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="prefork_tcp", prog_name="prefork-tcp")
+def main() -> None:
+    """prefork-tcp: a pre-fork TCP application server with RoadRunner's TCP worker API.
+
+    A master process binds every configured address and forks workers that share the
+    listening sockets. Each worker runs your `main(worker)` loop: CONNECTED, DATA and
+    CLOSE events in, `respond()` / `read()` / `close()` out.
+
+    \b
+    Quick start:
+      prefork-tcp serve prefork_tcp.examples.echo:main -b 127.0.0.1:8889
+      prefork-tcp serve -c conf/smtp.toml
+    """
+
+
+@main.command()
+@click.argument("app", required=False)
+@click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False), help=_CONFIG_HELP)
+@click.option("-b", "--bind", "binds", multiple=True, metavar="[NAME=]ADDR",
+              help="Listen on ADDR as server NAME (default name: default). Repeatable. "
+                   "A NAME from the config keeps its settings and gets this address.")
+@click.option("-w", "--workers", type=click.IntRange(min=1), help="Worker processes (tcp.pool.num_workers).")
+@click.option("--max-jobs", type=click.IntRange(min=0), help="Events per worker before it is recycled; 0 = never.")
+@click.option("--pidfile", help="Write the master's pid to this file.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error", "critical"], case_sensitive=False))
+@click.option("--preload", is_flag=True, help="Import the application in the master before forking.")
+@click.option("--daemon", is_flag=True, help="Detach from the terminal after binding.")
+def serve(app: str | None, config_file: str | None, binds: tuple[str, ...], workers: int | None,
+          max_jobs: int | None, pidfile: str | None, log_level: str | None, preload: bool, daemon: bool) -> None:
+    """Run the server: bind every server, fork the workers, serve until stopped.
+
+    TERM stops gracefully (CLOSE is delivered to every connection), INT or QUIT stops
+    quickly. Exit codes: 0 clean stop, 1 runtime failure, 2 usage or config error,
+    3 workers failed to boot, 4 the application could not be imported.
+    """
+    overrides = {
+        "tcp.pool.num_workers": workers,
+        "tcp.pool.max_jobs": max_jobs,
+        "pidfile": pidfile,
+        "log.level": log_level,
+    }
+    config, app_spec = _load(config_file, overrides, list(binds), app)
+    sys.exit(_serve(config, app_spec, preload, daemon))
+
+
+def _serve(config: cfg.Config, app_spec: str, preload: bool, daemon: bool) -> int:
+    try:
+        logs.setup(config.log)
+    except OSError as exc:
+        _fail(f"log.file: cannot open {config.log.file!r}: {exc.strerror}", EXIT_USAGE)
+    os.umask(config.umask)
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    preloaded = None
+    if preload:
+        try:
+            preloaded = load_app(app_spec)
+        except AppLoadError as exc:
+            log.error("%s", exc)
+            return EXIT_APP_LOAD
+    try:
+        listeners = _bind_all(config)
+    except BindError as exc:
+        log.error("%s", exc)
+        return EXIT_RUNTIME
+    if daemon:
+        daemonize()
+    if config.pidfile:
+        try:
+            pidfiles.write(config.pidfile)
+        except (OSError, pidfiles.PidfileError) as exc:
+            log.error("cannot write pidfile: %s", exc)
+            return EXIT_RUNTIME
+    try:
+        return Arbiter(config, app_spec, listeners, preloaded).run()
+    finally:
+        if config.pidfile:
+            pidfiles.remove(config.pidfile)
+
+
+def _bind_all(config: cfg.Config) -> list[Listener]:
+    """Bind every server before anything is forked; on any failure close what was bound."""
+    listeners: list[Listener] = []
+    for server in config.servers:
+        try:
+            sock = bind(server.addr)
+        except OSError as exc:
+            for lst in listeners:
+                lst.sock.close()
+            raise BindError(f"cannot listen on {server.addr} (server {server.name}): {exc.strerror or exc}") from None
+        listeners.append(Listener(server.name, server.addr, sock, server.delimiter, server.max_message_size, server.read_buf_size))
+    return listeners
+
+
+@main.command()
+@click.argument("app", required=False)
+@click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False), help=_CONFIG_HELP)
+def check(app: str | None, config_file: str | None) -> None:
+    """Validate the config, import the application, print the effective config.
+
+    Exit codes: 0 all good, 2 config error, 4 the application could not be imported.
+    """
+    config, app_spec = _load(config_file, {}, [], app)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        load_app(app_spec)
+    except AppLoadError as exc:
+        _fail(str(exc), EXIT_APP_LOAD)
+    click.echo(cfg.to_toml(config), nl=False)

@@ -1,0 +1,123 @@
+"""One client connection's state: identity, input framing, unsent output, lifecycle.
+
+Sans-IO: the worker loop does every read, write and close; this object only records what
+was read and answered and says what the loop should do next (``wants_read``,
+``wants_write``, ``closing``).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Union
+
+from .framing import Framer, StreamFramer
+
+FramerT = Union[Framer, StreamFramer]
+
+#: Default bytes of unsent output above which the connection stops being read.
+HIGH_WATER = 1024 * 1024
+
+
+class Connection:
+    """State of one accepted connection, owned by exactly one worker."""
+
+    __slots__ = (
+        "sock",
+        "fd",
+        "uuid",
+        "server",
+        "remote",
+        "framer",
+        "read_size",
+        "high_water",
+        "out",
+        "out_size",
+        "open",
+        "eof",
+        "closing",
+        "dirty",
+        "mask",
+        "linger_until",
+    )
+
+    def __init__(
+        self,
+        sock: socket.socket | None,
+        uuid: str,
+        server: str,
+        remote: str,
+        framer: FramerT,
+        read_size: int = 65536,
+        high_water: int = HIGH_WATER,
+    ) -> None:
+        self.sock = sock
+        self.fd = sock.fileno() if sock is not None else -1
+        self.uuid = uuid
+        self.server = server
+        self.remote = remote
+        self.framer = framer
+        #: Bytes asked for by one read.
+        self.read_size = read_size
+        self.high_water = high_water
+        #: Chunks of output not yet handed to the kernel, oldest first.
+        self.out: list[bytes] = []
+        self.out_size = 0
+        #: True until the connection is finished; events other than CLOSE are delivered
+        #: only while it is open.
+        self.open = True
+        #: The client half-closed (EOF read): nothing more will be read.
+        self.eof = False
+        #: Finished, but the socket stays until the output drains (graceful close).
+        self.closing = False
+        #: Queued on the worker's list of connections with output to flush.
+        self.dirty = False
+        #: The epoll event mask the socket is registered with (0: not registered).
+        self.mask = 0
+        #: Monotonic deadline while waiting for the client's FIN after our own.
+        self.linger_until = 0.0
+
+    def write(self, data: bytes) -> bool:
+        """Queue output; return True when the connection just became dirty."""
+        if not data:
+            return False
+        self.out.append(data)
+        self.out_size += len(data)
+        if self.dirty:
+            return False
+        self.dirty = True
+        return True
+
+    def take_output(self) -> bytes:
+        """Return all queued output as one buffer, leaving none queued."""
+        out = self.out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self.out_size = 0
+        return data
+
+    def unsent(self, rest: bytes) -> None:
+        """Put back the part of ``take_output()`` the kernel did not take."""
+        if rest:
+            self.out.insert(0, rest)
+            self.out_size += len(rest)
+
+    def finish(self) -> bool:
+        """Mark the connection finished; return True the first time (CLOSE is then due)."""
+        if not self.open:
+            return False
+        self.open = False
+        return True
+
+    @property
+    def wants_read(self) -> bool:
+        """Whether the loop should read: open, no EOF yet, output below the high-water mark."""
+        return self.open and not self.eof and self.out_size < self.high_water
+
+    @property
+    def wants_write(self) -> bool:
+        """Whether output is waiting for the socket to become writable."""
+        return self.out_size > 0
+
+    def __repr__(self) -> str:
+        state = "open" if self.open else ("closing" if self.closing else "finished")
+        return f"<Connection {self.uuid} {self.server} {self.remote} {state}>"

@@ -1,0 +1,1 @@
+"""Example applications: ``echo``, ``ping`` (for redis-benchmark) and ``smtp``."""

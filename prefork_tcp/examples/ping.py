@@ -1,0 +1,25 @@
+"""PING: answers each inline ``PING`` with ``+PONG``, so ``redis-benchmark -t ping_inline`` can drive it.
+
+Any other message gets a Redis error line, and ``QUIT`` closes the connection.
+"""
+
+from __future__ import annotations
+
+from prefork_tcp import TcpEvent, TcpResponse, TcpWorker
+
+PONG = b"+PONG\r\n"
+
+
+def main(worker: TcpWorker) -> None:
+    data = TcpEvent.DATA
+    while (request := worker.wait_request()) is not None:
+        if request.event is data:
+            command = request.body.rstrip(b"\r\n").upper()
+            if command == b"PING":
+                worker.respond(PONG)
+            elif command == b"QUIT":
+                worker.respond(b"+OK\r\n", TcpResponse.RESPOND_CLOSE)
+            else:
+                worker.respond(b"-ERR unknown command\r\n")
+        elif request.event is TcpEvent.CONNECTED:
+            worker.read()

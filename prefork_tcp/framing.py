@@ -1,0 +1,107 @@
+"""Splitting a connection's byte stream into messages. Pure: no sockets, no clock."""
+
+from __future__ import annotations
+
+
+class MessageTooLarge(Exception):
+    """A message grew past the server's ``max_message_size`` without a delimiter."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"message of at least {size} bytes exceeds max_message_size {limit}")
+        self.size = size
+        self.limit = limit
+
+
+class Framer:
+    """Cuts a byte stream into messages that end with ``delimiter`` (kept in each message).
+
+    ``feed()`` returns the messages completed by a chunk, in order; bytes after the last
+    delimiter wait for the next chunk.  The result never depends on how the stream was
+    split into chunks, and the pending partial message never holds more than
+    ``max_size + len(delimiter) - 1`` bytes: past that ``feed()`` raises
+    ``MessageTooLarge``.  ``max_size`` counts the message without its delimiter.
+    """
+
+    __slots__ = ("delimiter", "max_size", "_dlen", "_partial")
+
+    def __init__(self, delimiter: bytes, max_size: int) -> None:
+        if not delimiter:
+            raise ValueError("Framer needs a non-empty delimiter; use StreamFramer for none")
+        self.delimiter = delimiter
+        self.max_size = max_size
+        self._dlen = len(delimiter)
+        self._partial = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Return the messages that ``data`` completes, each ending with the delimiter."""
+        delim = self.delimiter
+        partial = self._partial
+        if partial:
+            # Only the seam can hold a delimiter that started in the old bytes.
+            seam = max(0, len(partial) - self._dlen + 1)
+            partial += data
+            if partial.find(delim, seam) < 0:
+                self._check_partial(len(partial))
+                return []
+            data = bytes(partial)
+            partial.clear()
+        else:
+            # Fast path for the common case of one whole message per read.
+            first = data.find(delim)
+            if first < 0:
+                if data:
+                    self._check_partial(len(data))
+                    partial += data
+                return []
+            if first + self._dlen == len(data):
+                if first > self.max_size:
+                    raise MessageTooLarge(first, self.max_size)
+                return [data]
+        parts = data.split(delim)
+        tail = parts.pop()
+        if len(data) > self.max_size:
+            longest = max(map(len, parts))
+            if longest > self.max_size:
+                raise MessageTooLarge(longest, self.max_size)
+        if tail:
+            self._check_partial(len(tail))
+            partial += tail
+        return [part + delim for part in parts]
+
+    def take_partial(self) -> bytes:
+        """Return and forget the bytes of the unfinished message (at end of stream)."""
+        rest = bytes(self._partial)
+        self._partial.clear()
+        return rest
+
+    @property
+    def pending(self) -> int:
+        """Number of bytes waiting for a delimiter."""
+        return len(self._partial)
+
+    def _check_partial(self, size: int) -> None:
+        # A partial may end with the first bytes of a delimiter, which do not count.
+        if size > self.max_size + self._dlen - 1:
+            raise MessageTooLarge(size, self.max_size)
+
+
+class StreamFramer:
+    """Stream mode (``delimiter = ""``): every chunk read is one message."""
+
+    __slots__ = ()
+
+    delimiter = b""
+    pending = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Return ``data`` as one message (nothing for an empty chunk)."""
+        return [data] if data else []
+
+    def take_partial(self) -> bytes:
+        """Stream mode never holds bytes back."""
+        return b""
+
+
+def make_framer(delimiter: bytes, max_size: int) -> Framer | StreamFramer:
+    """Return the framer for a server's ``delimiter`` (empty means stream mode)."""
+    return Framer(delimiter, max_size) if delimiter else StreamFramer()

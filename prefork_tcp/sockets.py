@@ -1,0 +1,161 @@
+"""Listening addresses: parsing them, binding them in the master, naming peers."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from dataclasses import dataclass
+
+#: Length of the accept queue asked of the kernel (capped by net.core.somaxconn).
+BACKLOG = 2048
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where a server listens: a TCP host and port, or a unix socket path."""
+
+    kind: str  # "tcp" or "unix"
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix://{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp://{host}:{self.port}"
+
+
+def parse_address(text: str) -> Address:
+    """Return the ``Address`` for ``tcp://host:port``, ``host:port``, ``[v6]:port`` or ``unix:///path``.
+
+    Raises ``ValueError`` with a short reason.
+    """
+    text = text.strip()
+    if text.startswith("unix://"):
+        path = text[len("unix://"):]
+        if not path:
+            raise ValueError("a unix socket address needs a path, as in unix:///run/app.sock")
+        return Address("unix", path=path)
+    if "://" in text:
+        scheme, _, rest = text.partition("://")
+        if scheme != "tcp":
+            raise ValueError(f"unknown scheme {scheme!r}: use tcp:// or unix://")
+        text = rest
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        if not sep or not host:
+            raise ValueError("an IPv6 address is written [addr]:port")
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError("expected host:port, tcp://host:port or unix:///path")
+        if ":" in host:
+            raise ValueError("write an IPv6 address in brackets: [addr]:port")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError("port must be a number from 0 to 65535")
+    return Address("tcp", host=host or "0.0.0.0", port=int(port_text))
+
+
+@dataclass
+class Listener:
+    """A bound listening socket and the framing rules of its server."""
+
+    name: str
+    address: Address
+    sock: socket.socket
+    delimiter: bytes
+    max_message_size: int
+    read_size: int
+
+    @property
+    def is_tcp(self) -> bool:
+        return self.address.kind == "tcp"
+
+    @property
+    def bound(self) -> str:
+        """The address actually bound (with the real port when 0 was asked for)."""
+        if not self.is_tcp:
+            return str(self.address)
+        host, port = self.sock.getsockname()[:2]
+        return str(Address("tcp", host=host, port=port))
+
+
+class BindError(Exception):
+    """A listening socket could not be created; the message names server and address."""
+
+
+def bind(address: Address) -> socket.socket:
+    """Return a non-blocking listening socket bound to ``address``."""
+    if address.kind == "unix":
+        return _bind_unix(address.path)
+    infos = socket.getaddrinfo(
+        address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    family, type_, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind_unix(path: str) -> socket.socket:
+    _remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Unlink a unix socket left by a dead server; refuse one a live server answers on."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(errno.EEXIST, "a file that is not a socket is in the way", path)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+        return
+    except OSError:
+        return
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, "another server is listening there", path)
+
+
+def unlink_unix(address: Address) -> None:
+    """Remove a unix socket file the master created, if it is still there."""
+    if address.kind == "unix":
+        try:
+            os.unlink(address.path)
+        except OSError:
+            pass
+
+
+def format_peer(family: int, addr: object) -> str:
+    """Return RoadRunner's text for a peer: ``ip:port``, ``[v6]:port``, or a unix peer name."""
+    if family == socket.AF_INET:
+        return f"{addr[0]}:{addr[1]}"  # type: ignore[index]
+    if family == socket.AF_INET6:
+        return f"[{addr[0]}]:{addr[1]}"  # type: ignore[index]
+    if isinstance(addr, bytes):
+        return addr.decode("utf-8", "replace")
+    return addr or ""  # type: ignore[return-value]

@@ -1,0 +1,403 @@
+"""A worker's event loop: accept, read, frame, queue events, write answers, close.
+
+The application drives the loop: ``TcpWorker.wait_request()`` calls ``next_event()``,
+which hands out queued events and, only when none are left, flushes every answer
+written since the last poll (one ``send`` per connection) and waits in ``epoll``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import signal
+import socket
+import time
+import uuid
+from collections import deque
+from typing import Optional, Tuple
+
+from .api import TcpEvent, TcpResponse
+from .connection import Connection
+from .framing import MessageTooLarge, make_framer
+from .sockets import Listener, format_peer
+
+log = logging.getLogger("prefork_tcp.worker")
+
+EPOLLIN = select.EPOLLIN
+EPOLLOUT = select.EPOLLOUT
+EPOLL_TROUBLE = select.EPOLLERR | select.EPOLLHUP
+CONNECTED = TcpEvent.CONNECTED
+DATA = TcpEvent.DATA
+CLOSE = TcpEvent.CLOSE
+_EOF = None  # queued after a half-closed connection's last DATA
+
+#: Connections accepted per wake-up of one listener, so one busy listener can't starve the rest.
+ACCEPT_BATCH = 64
+#: How long a gracefully closed connection waits for the client's FIN after ours.
+LINGER = 2.0
+#: How long accepting pauses when the process runs out of file descriptors.
+ACCEPT_BACKOFF = 0.5
+
+#: Commands the master writes on a worker's channel.
+CMD_STOP = b"T"
+CMD_QUIT = b"Q"
+#: What a worker writes on its channel once its application waits for the first request.
+MSG_READY = b"R"
+
+Event = Tuple[Connection, Optional[TcpEvent], bytes]
+
+
+class EventLoop:
+    """The event loop of one worker process; see the module docstring."""
+
+    def __init__(
+        self,
+        listeners: list[Listener],
+        channel: socket.socket,
+        wakeup_fd: int,
+        drain_timeout: float,
+        high_water: int,
+    ) -> None:
+        self.epoll = select.epoll()
+        self.events: deque[Event] = deque()
+        #: Connections answered since the last flush.
+        self.dirty: list[Connection] = []
+        self.conns: dict[int, Connection] = {}
+        self.listeners = {lst.sock.fileno(): lst for lst in listeners}
+        self.channel = channel
+        self.wakeup_fd = wakeup_fd
+        self.drain_timeout = drain_timeout
+        self.high_water = high_water
+        self.lingering: set[Connection] = set()
+        self.ready = False
+        self.stopping = False
+        self.quick = False
+        self.stopped = False
+        self.stop_deadline = 0.0
+        self.accept_resume = 0.0
+        self.epoll.register(channel.fileno(), EPOLLIN)
+        self.epoll.register(wakeup_fd, EPOLLIN)
+        self._watch_listeners()
+
+    # -- what TcpWorker calls -------------------------------------------------------
+
+    def next_event(self) -> Event | None:
+        """Return the next event to deliver, waiting for one; ``None`` once stopped."""
+        if not self.ready:
+            self.ready = True
+            self._tell_master(MSG_READY)
+        events = self.events
+        while True:
+            while events:
+                item = events.popleft()
+                conn, event, _ = item
+                if event is DATA:
+                    if conn.open:
+                        return item
+                elif event is not _EOF:
+                    return item
+                elif conn.open:
+                    self._finish(conn)
+            if self.stopped:
+                return None
+            self.flush()
+            if self.stopping and self._drained():
+                self._shut_down()
+                return None
+            self.poll()
+
+    def answer(self, conn: Connection, response: TcpResponse, body: bytes) -> None:
+        """Carry out an answer other than ``RESPOND`` (which ``TcpWorker`` writes itself)."""
+        if response is TcpResponse.READ:
+            return
+        if response is TcpResponse.RESPOND:
+            if conn.write(body):
+                self.dirty.append(conn)
+            return
+        if response is TcpResponse.RESPOND_CLOSE and conn.write(body):
+            self.dirty.append(conn)
+        self._finish(conn)
+
+    def abandon(self, conn: Connection) -> None:
+        """Close a connection after an application error, writing nothing more for it."""
+        self._finish(conn)
+
+    # -- the loop -------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Hand every dirty connection's output to the kernel, one ``send`` each."""
+        dirty = self.dirty
+        for conn in dirty:
+            conn.dirty = False
+            if conn.sock is not None and conn.out_size:
+                self._send(conn)
+        dirty.clear()
+
+    def poll(self) -> None:
+        """Wait for sockets to become ready and turn what they have into queued events."""
+        timeout = self._poll_timeout()
+        conns = self.conns
+        for fd, mask in self.epoll.poll(timeout):
+            conn = conns.get(fd)
+            if conn is not None:
+                self._service(conn, mask)
+            elif fd in self.listeners:
+                self._accept(self.listeners[fd])
+            elif fd == self.channel.fileno():
+                self._read_channel()
+            elif fd == self.wakeup_fd:
+                self._read_signals()
+        self._expire()
+
+    def _service(self, conn: Connection, mask: int) -> None:
+        if conn.out_size and mask & (EPOLLOUT | EPOLL_TROUBLE):
+            self._send(conn)
+            if conn.sock is None:
+                return
+        if conn.mask & EPOLLIN and mask & (EPOLLIN | EPOLL_TROUBLE):
+            self._recv(conn)
+        elif mask & EPOLL_TROUBLE and not conn.out_size:
+            self._drop(conn)
+
+    def _recv(self, conn: Connection) -> None:
+        try:
+            data = conn.sock.recv(conn.read_size)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        if conn.closing:  # lingering: discard until the client's FIN
+            if not data:
+                self._close_socket(conn)
+            return
+        if not data:
+            conn.eof = True
+            rest = conn.framer.take_partial()
+            if rest:
+                self.events.append((conn, DATA, rest))
+            self.events.append((conn, _EOF, b""))
+            self._update_mask(conn)
+            return
+        try:
+            messages = conn.framer.feed(data)
+        except MessageTooLarge as exc:
+            log.warning(
+                "closing connection %s (server %s, remote %s): %s",
+                conn.uuid, conn.server, conn.remote or "-", exc,
+            )
+            self._finish(conn)
+            return
+        if len(messages) == 1:
+            self.events.append((conn, DATA, messages[0]))
+        elif messages:
+            self.events.extend([(conn, DATA, m) for m in messages])
+
+    def _send(self, conn: Connection) -> None:
+        data = conn.take_output()
+        try:
+            sent = conn.sock.send(data)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._drop(conn)
+            return
+        if sent < len(data):
+            conn.unsent(data[sent:])
+        if conn.closing and not conn.out_size:
+            self._close_gracefully(conn)
+        else:
+            self._update_mask(conn)
+
+    def _accept(self, listener: Listener) -> None:
+        lsock = listener.sock
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, addr = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("cannot accept on %s: %s; pausing accepts", listener.name, exc)
+                    self._pause_accepting()
+                    return
+                continue  # ECONNABORTED and friends: that client is gone already
+            sock.setblocking(False)
+            if listener.is_tcp:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = Connection(
+                sock,
+                str(uuid.uuid4()),
+                listener.name,
+                format_peer(sock.family, addr),
+                make_framer(listener.delimiter, listener.max_message_size),
+                listener.read_size,
+                self.high_water,
+            )
+            self.conns[conn.fd] = conn
+            self.epoll.register(conn.fd, EPOLLIN)
+            conn.mask = EPOLLIN
+            self.events.append((conn, CONNECTED, b""))
+
+    # -- finishing connections --------------------------------------------------------
+
+    def _finish(self, conn: Connection) -> None:
+        """End a connection gracefully: CLOSE is queued, output is flushed, then FIN."""
+        if not conn.finish():
+            return
+        self.events.append((conn, CLOSE, b""))
+        conn.closing = True
+        if conn.out_size:
+            if not conn.dirty:
+                conn.dirty = True
+                self.dirty.append(conn)
+        else:
+            self._close_gracefully(conn)
+
+    def _drop(self, conn: Connection) -> None:
+        """End a connection at once (reset, write error, quick stop), discarding output."""
+        if conn.finish():
+            self.events.append((conn, CLOSE, b""))
+        conn.out.clear()
+        conn.out_size = 0
+        self._close_socket(conn)
+
+    def _close_gracefully(self, conn: Connection) -> None:
+        if conn.eof or self.stopping:
+            self._close_socket(conn)
+            return
+        # Send our FIN, then read until the client's so unread input can't turn it into RST.
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]
+        except OSError:
+            self._close_socket(conn)
+            return
+        conn.linger_until = time.monotonic() + LINGER
+        self.lingering.add(conn)
+        self._set_mask(conn, EPOLLIN)
+
+    def _close_socket(self, conn: Connection) -> None:
+        sock = conn.sock
+        if sock is None:
+            return
+        conn.sock = None
+        conn.closing = False
+        self.lingering.discard(conn)
+        self.conns.pop(conn.fd, None)
+        if conn.mask:
+            self.epoll.unregister(conn.fd)
+            conn.mask = 0
+        sock.close()
+
+    def _update_mask(self, conn: Connection) -> None:
+        mask = EPOLLIN if conn.wants_read else 0
+        if conn.out_size:
+            mask |= EPOLLOUT
+        self._set_mask(conn, mask)
+
+    def _set_mask(self, conn: Connection, mask: int) -> None:
+        if mask == conn.mask:
+            return
+        if not conn.mask:
+            self.epoll.register(conn.fd, mask)
+        elif not mask:
+            self.epoll.unregister(conn.fd)
+        else:
+            self.epoll.modify(conn.fd, mask)
+        conn.mask = mask
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        if self.lingering:
+            for conn in [c for c in self.lingering if c.linger_until <= now]:
+                self._close_socket(conn)
+        if self.accept_resume and now >= self.accept_resume and not self.stopping:
+            self.accept_resume = 0.0
+            self._watch_listeners()
+
+    def _poll_timeout(self) -> float:
+        deadlines = [c.linger_until for c in self.lingering]
+        if self.accept_resume:
+            deadlines.append(self.accept_resume)
+        if self.stopping:
+            deadlines.append(self.stop_deadline)
+        if not deadlines:
+            return -1
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    # -- listeners, master and signals --------------------------------------------------
+
+    def _watch_listeners(self) -> None:
+        for fd in self.listeners:
+            # EPOLLEXCLUSIVE: a new connection wakes one waiting worker, not all of them.
+            self.epoll.register(fd, EPOLLIN | select.EPOLLEXCLUSIVE)
+
+    def _pause_accepting(self) -> None:
+        for fd in self.listeners:
+            self.epoll.unregister(fd)
+        self.accept_resume = time.monotonic() + ACCEPT_BACKOFF
+
+    def _tell_master(self, message: bytes) -> None:
+        try:
+            self.channel.send(message)
+        except OSError:
+            self.begin_stop(quick=False)
+
+    def _read_channel(self) -> None:
+        try:
+            data = self.channel.recv(64)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the master is gone
+            self.begin_stop(quick=False)
+        elif CMD_QUIT in data:
+            self.begin_stop(quick=True)
+        elif CMD_STOP in data:
+            self.begin_stop(quick=False)
+
+    def _read_signals(self) -> None:
+        try:
+            data = os.read(self.wakeup_fd, 64)
+        except (BlockingIOError, InterruptedError):
+            return
+        for signum in data:
+            if signum == signal.SIGTERM:
+                self.begin_stop(quick=False)
+            elif signum in (signal.SIGINT, signal.SIGQUIT):
+                self.begin_stop(quick=True)
+
+    def begin_stop(self, quick: bool) -> None:
+        """Stop accepting and end every connection; ``quick`` drops unsent output."""
+        if self.stopping and (self.quick or not quick):
+            return
+        if not self.stopping:
+            self.stop_deadline = time.monotonic() + self.drain_timeout
+            if not self.accept_resume:
+                for fd in self.listeners:
+                    self.epoll.unregister(fd)
+            self.accept_resume = 0.0
+            for lst in self.listeners.values():
+                lst.sock.close()
+            self.listeners = {}
+        self.stopping = True
+        self.quick = quick
+        for conn in list(self.conns.values()):
+            if quick:
+                self._drop(conn)
+            elif conn.open:
+                self._finish(conn)
+        for conn in list(self.lingering):
+            self._close_socket(conn)
+
+    def _drained(self) -> bool:
+        return not self.conns or time.monotonic() >= self.stop_deadline
+
+    def _shut_down(self) -> None:
+        for conn in list(self.conns.values()):
+            self._drop(conn)
+        self.stopped = True
+

@@ -1,0 +1,123 @@
+"""What a forked worker process does: set itself up, run the application, pick an exit code."""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import pwd
+import signal
+import socket
+import traceback
+from dataclasses import dataclass
+
+from setproctitle import setproctitle
+
+from .api import TcpWorker
+from .apploader import App, AppLoadError, load_app
+from .config import Config
+from .sockets import Listener
+from .worker import EventLoop
+
+log = logging.getLogger("prefork_tcp.worker")
+
+#: Exit codes a worker reports when it fails before it was ready (the CLI's codes).
+EXIT_BOOT_FAILED = 3
+EXIT_APP_LOAD = 4
+#: What a failing worker sends before it exits: this prefix, its exit code digit, the cause.
+MSG_FAILED = b"E"
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+_IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH)
+
+
+@dataclass
+class WorkerContext:
+    """Everything a worker process gets from the master at fork."""
+
+    worker_id: int
+    config: Config
+    app_spec: str
+    listeners: list[Listener]
+    channel: socket.socket
+    preloaded: App | None
+
+
+def run(ctx: WorkerContext) -> int:
+    """Run one worker process to its end and return its exit code."""
+    wakeup_fd = _install_signals()
+    setproctitle(f"{ctx.config.proc_name}: worker {ctx.worker_id} [{ctx.app_spec}]")
+    try:
+        _drop_privileges(ctx.config)
+    except OSError as exc:
+        return _fail(ctx, EXIT_BOOT_FAILED, f"cannot switch to user/group: {exc}")
+    if ctx.preloaded is not None:
+        app = ctx.preloaded
+    else:
+        try:
+            app = load_app(ctx.app_spec)
+        except AppLoadError as exc:
+            return _fail(ctx, EXIT_APP_LOAD, str(exc))
+    pool = ctx.config.pool
+    loop = EventLoop(
+        ctx.listeners,
+        ctx.channel,
+        wakeup_fd,
+        drain_timeout=pool.destroy_timeout / 2,
+        high_water=1024 * 1024,
+    )
+    try:
+        app(TcpWorker(loop))
+    except Exception:
+        if not loop.ready:
+            return _fail(ctx, EXIT_BOOT_FAILED, f"application failed before its first request:\n{traceback.format_exc().rstrip()}")
+        log.exception("application failed in worker %d; the worker exits", ctx.worker_id)
+        return 1
+    if not loop.ready:
+        return _fail(ctx, EXIT_BOOT_FAILED, "application returned without waiting for a request")
+    if not loop.stopped:
+        log.warning("application of worker %d returned before the worker was told to stop", ctx.worker_id)
+    return 0
+
+
+def _fail(ctx: WorkerContext, code: int, cause: str) -> int:
+    """Tell the master why this worker could not start; the master logs it once."""
+    try:
+        ctx.channel.send(MSG_FAILED + str(code).encode() + cause.encode("utf-8", "replace")[:60000])
+    except OSError:
+        log.error("%s", cause)
+    return code
+
+
+def _install_signals() -> int:
+    """Route stop signals into a pipe the event loop watches; return its read end.
+
+    The handlers do nothing, so application code is never interrupted: the interpreter
+    writes each signal's number into the pipe and the loop acts on it between events.
+    """
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    os.set_blocking(write_fd, False)
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, _record)
+    for signum in _IGNORED_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    return read_fd
+
+
+def _record(signum: int, frame: object) -> None:
+    """Signal handler: nothing to do, the wakeup pipe already holds the signal number."""
+
+
+def _drop_privileges(config: Config) -> None:
+    if config.group:
+        gid = int(config.group) if config.group.isdigit() else grp.getgrnam(config.group).gr_gid
+        os.setgid(gid)
+    if config.user:
+        entry = pwd.getpwuid(int(config.user)) if config.user.isdigit() else pwd.getpwnam(config.user)
+        if not config.group:
+            os.setgid(entry.pw_gid)
+        os.initgroups(entry.pw_name, os.getgid())
+        os.setuid(entry.pw_uid)
