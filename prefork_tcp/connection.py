@@ -36,6 +36,7 @@ class Connection:
         "eof",
         "closing",
         "dirty",
+        "held",
         "mask",
         "linger_until",
     )
@@ -71,6 +72,8 @@ class Connection:
         self.closing = False
         #: Queued on the worker's list of connections with output to flush.
         self.dirty = False
+        #: Events held back while the output is above the high-water mark, oldest first.
+        self.held: list | None = None
         #: The epoll event mask the socket is registered with (0: not registered).
         self.mask = 0
         #: Monotonic deadline while waiting for the client's FIN after our own.
@@ -100,6 +103,27 @@ class Connection:
         if rest:
             self.out.insert(0, rest)
             self.out_size += len(rest)
+
+    def hold(self, event: object) -> bool:
+        """Keep ``event`` back if output is above the high-water mark (or others are held).
+
+        Return True when held: a slow reader's queued messages then wait instead of
+        producing more output, so its memory stays bounded by about one answer.
+        """
+        if self.held:
+            self.held.append(event)
+            return True
+        if self.out_size < self.high_water:
+            return False
+        self.held = [event]
+        return True
+
+    def release(self) -> list | None:
+        """Return the held events once output is below the high-water mark, else None."""
+        if not self.held or self.out_size >= self.high_water:
+            return None
+        held, self.held = self.held, None
+        return held
 
     def finish(self) -> bool:
         """Mark the connection finished; return True the first time (CLOSE is then due)."""

@@ -94,15 +94,17 @@ class EventLoop:
                 item = events.popleft()
                 conn, event, _ = item
                 if event is DATA:
-                    if conn.open:
+                    if conn.open and not conn.hold(item):
                         return item
                 elif event is not _EOF:
                     return item
-                elif conn.open:
+                elif conn.open and not conn.hold(item):
                     self._finish(conn)
             if self.stopped:
                 return None
             self.flush()
+            if events:  # flushing released events held back for a slow reader
+                continue
             if self.stopping and self._drained():
                 self._shut_down()
                 return None
@@ -206,6 +208,10 @@ class EventLoop:
             return
         if sent < len(data):
             conn.unsent(data[sent:])
+        if conn.held:
+            released = conn.release()
+            if released:
+                self.events.extend(released)
         if conn.closing and not conn.out_size:
             self._close_gracefully(conn)
         else:

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from harness import Server
+
+RECORDER = "recorder:main"
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator:
+    """Start ``prefork-tcp serve`` processes; every one is stopped after the test."""
+    servers: list[Server] = []
+
+    def start(config: str = "", args: list[str] | None = None, workers: int | None = 2,
+              ready: bool = True, **kwargs) -> Server:
+        server = Server(tmp_path, config, args, workers=workers, **kwargs)
+        servers.append(server)
+        if ready:
+            server.wait_ready(workers or 1)
+        return server
+
+    yield start
+    for server in servers:
+        server.kill()

@@ -1,0 +1,93 @@
+"""An application for the integration tests: records every event, answers by command.
+
+Every event is appended to ``$RECORDER_LOG`` as one JSON line before it is answered.
+CONNECTED: server ``greet`` answers ``hello <uuid>``, ``reject`` closes, ``slow`` sleeps
+half a second before READ, others READ.
+DATA commands (the body without its delimiter): ``close``, ``bye`` (RESPOND_CLOSE),
+``bigbye N``, ``error``, ``noanswer``, ``twice``, ``badtype``, ``str``, ``big N``, ``sleep S``, ``pid``,
+``uuid``; anything else is echoed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from prefork_tcp import Request, TcpEvent, TcpResponse, TcpWorker
+
+
+def _record(fh, request: Request, **extra: object) -> None:
+    fh.write(json.dumps({
+        "pid": os.getpid(),
+        "event": request.event.value,
+        "uuid": request.connection_uuid,
+        "server": request.server,
+        "remote": request.remote_address,
+        "body": request.body.decode("latin-1"),
+        **extra,
+    }) + "\n")
+    fh.flush()
+
+
+def main(worker: TcpWorker) -> None:
+    with open(os.environ["RECORDER_LOG"], "a", encoding="utf-8") as fh:
+        while (request := worker.wait_request()) is not None:
+            _record(fh, request)
+            if request.event is TcpEvent.CONNECTED:
+                if request.server == "greet":
+                    worker.respond(f"hello {request.connection_uuid}\r\n")
+                elif request.server == "reject":
+                    worker.close()
+                elif request.server == "slow":
+                    time.sleep(0.5)  # the client's first bytes arrive before this answer
+                    worker.read()
+                else:
+                    worker.read()
+            elif request.event is TcpEvent.DATA:
+                _data(worker, request, fh)
+            else:
+                worker.respond(b"ignored")  # answers to CLOSE are accepted and ignored
+
+
+def _data(worker: TcpWorker, request: Request, fh) -> None:
+    command, _, arg = request.body.rstrip(b"\r\n").partition(b" ")
+    if command == b"close":
+        worker.close()
+    elif command == b"bye":
+        worker.respond(b"bye\r\n", TcpResponse.RESPOND_CLOSE)
+    elif command == b"error":
+        worker.error("the client asked for an error")
+    elif command == b"noanswer":
+        pass
+    elif command == b"twice":
+        worker.respond(b"first\r\n")
+        try:
+            worker.respond(b"second\r\n")
+        except RuntimeError as exc:
+            _record(fh, request, note=f"RuntimeError: {exc}")
+    elif command == b"badtype":
+        try:
+            worker.respond(123)  # type: ignore[arg-type]
+        except TypeError as exc:
+            worker.respond(f"TypeError: {exc}\r\n")
+    elif command == b"str":
+        worker.respond("naïve\r\n")
+    elif command == b"bigbye":
+        worker.respond(b"x" * int(arg) + b"\r\n", TcpResponse.RESPOND_CLOSE)
+    elif command == b"big":
+        worker.respond(b"x" * int(arg) + b"\r\n")
+    elif command == b"sleep":
+        time.sleep(float(arg))
+        worker.respond(request.body)
+    elif command == b"pid":
+        worker.respond(f"{os.getpid()}\r\n")
+    elif command == b"uuid":
+        worker.respond(f"{request.connection_uuid}\r\n")
+    else:
+        worker.respond(request.body)
+
+
+def fail_before_ready(worker: TcpWorker) -> None:
+    """An application that raises before it ever waits for a request."""
+    raise RuntimeError("database unreachable")

@@ -1,0 +1,136 @@
+"""Per-connection state and the TcpWorker answer rules, without sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from prefork_tcp import Request, TcpEvent, TcpResponse, TcpWorker
+from prefork_tcp.connection import Connection
+from prefork_tcp.framing import Framer
+
+
+def make_conn(high_water: int = 100) -> Connection:
+    return Connection(None, "u-1", "srv", "127.0.0.1:5", Framer(b"\r\n", 1000), high_water=high_water)
+
+
+def test_output_is_joined_and_unsent_rest_put_back_first():
+    conn = make_conn()
+    assert conn.write(b"ab") is True  # became dirty
+    assert conn.write(b"cd") is False
+    assert conn.write(b"") is False
+    assert conn.out_size == 4
+    data = conn.take_output()
+    assert data == b"abcd" and conn.out_size == 0
+    conn.write(b"ef")
+    conn.unsent(data[1:])
+    assert conn.take_output() == b"bcdef"
+
+
+def test_reading_stops_above_high_water_and_events_are_held_in_order():
+    conn = make_conn(high_water=10)
+    assert conn.wants_read
+    assert conn.hold("e1") is False
+    conn.write(b"x" * 10)
+    assert not conn.wants_read and conn.wants_write
+    assert conn.hold("e2") is True
+    assert conn.hold("e3") is True
+    assert conn.release() is None  # still above the mark
+    conn.take_output()
+    conn.unsent(b"x" * 9)
+    assert conn.release() == ["e2", "e3"]
+    assert conn.hold("e4") is False
+
+
+def test_finish_is_true_once_and_stops_reading():
+    conn = make_conn()
+    assert conn.finish() is True
+    assert conn.finish() is False
+    assert not conn.wants_read
+
+
+class RecordingLoop:
+    """Stands in for the event loop: hands out scripted events, records answers."""
+
+    def __init__(self, events):
+        self.events = list(events)
+        self.answers: list[tuple[str, TcpResponse, bytes]] = []
+        self.abandoned: list[str] = []
+        self.dirty: list[Connection] = []
+
+    def next_event(self):
+        return self.events.pop(0) if self.events else None
+
+    def answer(self, conn, response, body):
+        self.answers.append((conn.uuid, response, body))
+
+    def abandon(self, conn):
+        self.abandoned.append(conn.uuid)
+
+
+def worker_with(*events):
+    conn = make_conn(high_water=1 << 20)
+    loop = RecordingLoop([(conn, ev, body) for ev, body in events])
+    return TcpWorker(loop), loop, conn
+
+
+def test_request_fields_and_respond_writes_to_the_connection():
+    worker, loop, conn = worker_with((TcpEvent.DATA, b"hi\r\n"))
+    request = worker.wait_request()
+    assert request == Request(TcpEvent.DATA, b"hi\r\n", "srv", "u-1", "127.0.0.1:5")
+    with pytest.raises(AttributeError):
+        request.body = b"x"  # type: ignore[misc]
+    worker.respond(b"ok")
+    assert conn.out == [b"ok"] and loop.dirty == [conn]
+    assert worker.wait_request() is None
+
+
+def test_unanswered_request_is_closed_by_the_next_wait():
+    worker, loop, _ = worker_with((TcpEvent.CONNECTED, b""), (TcpEvent.CLOSE, b""))
+    worker.wait_request()
+    worker.wait_request()
+    assert loop.answers == [("u-1", TcpResponse.CLOSE, b"")]
+
+
+def test_answering_twice_raises_and_close_answers_are_ignored():
+    worker, loop, _ = worker_with((TcpEvent.DATA, b"a"), (TcpEvent.CLOSE, b""))
+    worker.wait_request()
+    worker.read()
+    with pytest.raises(RuntimeError, match="request DATA of connection u-1 was already answered"):
+        worker.respond(b"again")
+    worker.wait_request()
+    worker.respond(b"ignored")
+    worker.close()
+    assert loop.answers == [("u-1", TcpResponse.READ, b"")]
+
+
+@pytest.mark.parametrize("body", [123, None, bytearray(b"x"), memoryview(b"x")])
+def test_respond_rejects_other_types(body):
+    worker, _, _ = worker_with((TcpEvent.DATA, b"a"))
+    worker.wait_request()
+    with pytest.raises(TypeError, match="body must be bytes or str"):
+        worker.respond(body)
+    worker.respond("é")  # still unanswered after the TypeError; a str is UTF-8 encoded
+
+
+def test_respond_rejects_a_bad_response_and_needs_a_request():
+    worker, _, _ = worker_with((TcpEvent.DATA, b"a"))
+    with pytest.raises(RuntimeError, match="no request"):
+        worker.respond(b"x")
+    worker.wait_request()
+    with pytest.raises(TypeError, match="TcpResponse"):
+        worker.respond(b"x", "WRITE")  # type: ignore[arg-type]
+
+
+def test_error_abandons_the_connection():
+    worker, loop, _ = worker_with((TcpEvent.DATA, b"a"))
+    worker.wait_request()
+    worker.error("broken")
+    assert loop.abandoned == ["u-1"]
+    with pytest.raises(RuntimeError):
+        worker.respond(b"late")
+
+
+def test_wire_values_match_roadrunner():
+    assert [e.value for e in TcpEvent] == ["CONNECTED", "DATA", "CLOSE"]
+    assert {r.name: r.value for r in TcpResponse} == {
+        "RESPOND": "WRITE", "RESPOND_CLOSE": "WRITECLOSE", "READ": "CONTINUE", "CLOSE": "CLOSE"}

@@ -1,0 +1,100 @@
+"""The framer against every way of splitting a byte stream (sans-IO, no server)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prefork_tcp.framing import Framer, MessageTooLarge, StreamFramer, make_framer
+
+DELIMITERS = [b"\r\n", b"\n", b".", b"<END>", b"aa", b"aba", b"\x00"]
+
+
+def reference(stream: bytes, delimiter: bytes) -> tuple[list[bytes], bytes]:
+    """Messages and leftover by the plain left-to-right definition."""
+    messages, pos = [], 0
+    while (i := stream.find(delimiter, pos)) >= 0:
+        messages.append(stream[pos:i + len(delimiter)])
+        pos = i + len(delimiter)
+    return messages, stream[pos:]
+
+
+def feed_all(framer: Framer, chunks: list[bytes]) -> list[bytes]:
+    out: list[bytes] = []
+    for chunk in chunks:
+        out.extend(framer.feed(chunk))
+    return out
+
+
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    return [data[a:b] for a, b in zip([0] + points, points + [len(data)])]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    delimiter=st.sampled_from(DELIMITERS),
+    pieces=st.lists(st.sampled_from([b"a", b"b", b"\r", b"\n", b".", b"<", b"END>", b"x" * 7, b"\x00"]), max_size=60),
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=20),
+)
+def test_any_split_gives_the_same_messages(delimiter, pieces, cuts):
+    stream = b"".join(pieces)
+    framer = Framer(delimiter, max_size=1 << 20)
+    messages = feed_all(framer, split_at(stream, cuts))
+    expected, leftover = reference(stream, delimiter)
+    assert messages == expected
+    assert framer.pending == len(leftover)
+    assert framer.take_partial() == leftover
+    assert framer.pending == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    delimiter=st.sampled_from(DELIMITERS),
+    sizes=st.lists(st.integers(min_value=0, max_value=40), min_size=1, max_size=10),
+    limit=st.integers(min_value=1, max_value=30),
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=10),
+)
+def test_size_limit_does_not_depend_on_splits(delimiter, sizes, limit, cuts):
+    filler = b"z"
+    stream = b"".join(filler * n + delimiter for n in sizes)
+    framer = Framer(delimiter, max_size=limit)
+    if max(sizes) > limit:
+        with pytest.raises(MessageTooLarge):
+            feed_all(framer, split_at(stream, cuts))
+    else:
+        assert feed_all(framer, split_at(stream, cuts)) == [filler * n + delimiter for n in sizes]
+
+
+def test_partial_message_over_the_limit_raises_before_its_delimiter():
+    framer = Framer(b"\r\n", max_size=4)
+    assert framer.feed(b"1234\r") == []  # could still become a 4-byte message
+    with pytest.raises(MessageTooLarge) as info:
+        framer.feed(b"5")
+    assert info.value.limit == 4
+
+
+def test_one_whole_message_is_returned_without_copying():
+    data = b"PING\r\n"
+    assert Framer(b"\r\n", 100).feed(data)[0] is data
+
+
+def test_trickle_of_single_bytes_is_linear():
+    framer = Framer(b"\r\n", max_size=1 << 20)
+    for _ in range(200_000):
+        assert framer.feed(b"x") == []
+    assert framer.feed(b"\r\n") == [b"x" * 200_000 + b"\r\n"]
+
+
+def test_stream_mode_returns_every_chunk():
+    framer = make_framer(b"", 10)
+    assert isinstance(framer, StreamFramer)
+    assert framer.feed(b"abc") == [b"abc"]
+    assert framer.feed(b"") == []
+    assert framer.take_partial() == b""
+
+
+def test_empty_delimiter_needs_stream_framer():
+    with pytest.raises(ValueError):
+        Framer(b"", 10)
