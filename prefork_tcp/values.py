@@ -158,6 +158,8 @@ def user(value: Any) -> str:
         value = str(value)
     if not isinstance(value, str):
         raise _expected("a user name or uid", value)
+    if not value:
+        return value
     try:
         pwd.getpwuid(int(value)) if value.isdigit() else pwd.getpwnam(value)
     except KeyError:
@@ -170,6 +172,8 @@ def group(value: Any) -> str:
         value = str(value)
     if not isinstance(value, str):
         raise _expected("a group name or gid", value)
+    if not value:
+        return value
     try:
         grp.getgrgid(int(value)) if value.isdigit() else grp.getgrnam(value)
     except KeyError:
