@@ -83,6 +83,8 @@ class Arbiter:
         for lst in self.listeners:
             log.info("listening at %s (server %s)", lst.bound, lst.name)
         log.info("master %d starting %d workers for %s", os.getpid(), self.target, self.app_spec)
+        for key in _unenforced(self.config):
+            log.warning("%s is set, but this version does not enforce it yet; ignored", key)
         try:
             while True:
                 self._spawn_missing()
@@ -296,6 +298,20 @@ class Arbiter:
             unlink_unix(lst.address)
         signal.set_wakeup_fd(-1)
         self.selector.close()
+
+
+def _unenforced(config: Config) -> list[str]:
+    """Return the keys that are set but have no effect in this version."""
+    pool, sup = config.pool, config.pool.supervisor
+    keys = {
+        "tcp.pool.max_jobs": pool.max_jobs,
+        "tcp.pool.supervisor.ttl": sup.ttl,
+        "tcp.pool.supervisor.idle_ttl": sup.idle_ttl,
+        "tcp.pool.supervisor.max_worker_memory": sup.max_worker_memory,
+        "tcp.pool.supervisor.exec_ttl": sup.exec_ttl,
+        "control.socket": config.control.socket,
+    }
+    return [key for key, value in keys.items() if value]
 
 
 def _record(signum: int, frame: object) -> None:

@@ -136,6 +136,8 @@ def log_format(value: Any) -> str:
 
 
 def app_spec(value: Any) -> str:
+    if value == "":
+        return value  # unset: the APP argument must name it
     if not isinstance(value, str) or not _APP_SPEC.match(value):
         raise _expected('an application as "module:callable"', value)
     return value

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -166,3 +169,35 @@ def test_peer_names():
     assert format_peer(socket.AF_INET6, ("::1", 5, 0, 0)) == "[::1]:5"
     assert format_peer(socket.AF_UNIX, "") == ""
     assert format_peer(socket.AF_UNIX, b"\x00abstract") == "\x00abstract"
+
+
+def _declared(cls, prefix):
+    for f in dataclasses.fields(cls):
+        if "emit" in f.metadata:
+            yield prefix + f.name, f
+
+
+@pytest.mark.parametrize("cls, prefix", [
+    (cfg.Config, ""), (cfg.ServerConfig, "tcp.servers.NAME."), (cfg.PoolConfig, "tcp.pool."),
+    (cfg.SupervisorConfig, "tcp.pool.supervisor."), (cfg.LogConfig, "log."), (cfg.ControlConfig, "control."),
+])
+def test_every_declared_key_is_documented_with_its_default(cls, prefix):
+    import pathlib
+    root = pathlib.Path(__file__).parent.parent
+    readme = (root / "README.md").read_text()
+    reference = (root / "conf" / "prefork_tcp.toml").read_text()
+    for key, f in _declared(cls, prefix):
+        row = next((line for line in readme.splitlines() if line.startswith(f"| `{key}` |")), None)
+        assert row is not None, f"README has no row for {key}"
+        assert re.search(rf"^#? ?{f.name} = ", reference, re.M), f"conf/prefork_tcp.toml lacks {key}"
+        if f.default is not dataclasses.MISSING:
+            shown = values.show(f.metadata["emit"](f.default))
+            parsed_back = f.metadata["parse"](_first_cell_value(row))
+            assert parsed_back == f.default, f"README default of {key} is not {shown}"
+
+
+def _first_cell_value(row: str):
+    """The README's default cell as the TOML value it shows."""
+    from prefork_tcp.config import tomllib
+    cell = row.split("|")[2].strip().strip("`")
+    return tomllib.loads(f"v = {cell}")["v"]
