@@ -58,7 +58,7 @@ class TcpWorker:
     never constructs one itself.
     """
 
-    __slots__ = ("_loop", "_conn", "_request", "_state", "_pid")
+    __slots__ = ("_conn", "_loop", "_pid", "_request", "_state")
 
     def __init__(self, loop: EventLoop) -> None:
         self._loop = loop

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 App = Callable[..., object]
 

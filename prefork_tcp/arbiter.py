@@ -21,6 +21,7 @@ from setproctitle import setproctitle
 from . import logs
 from .apploader import App
 from .config import Config
+from .signals import SignalPipe
 from .sockets import Listener, unlink_unix
 from .worker import CMD_QUIT, CMD_STOP, MSG_READY
 from .workerproc import EXIT_APP_LOAD, EXIT_BOOT_FAILED, MSG_FAILED, WorkerContext
@@ -72,7 +73,7 @@ class Arbiter:
         self.quick = False
         self.stop_deadline = 0.0
         self.exit_code = 0
-        self._wakeup_r, self._wakeup_w = os.pipe()
+        self.signals: SignalPipe | None = None
 
     # -- main loop ----------------------------------------------------------------
 
@@ -101,7 +102,7 @@ class Arbiter:
         if self.spawn_after:
             timeout = min(timeout, max(0.0, self.spawn_after - time.monotonic()))
         for key, _ in self.selector.select(timeout):
-            if key.fd == self._wakeup_r:
+            if key.data is None:
                 self._read_signals()
             else:
                 self._read_channel(key.data)
@@ -109,19 +110,12 @@ class Arbiter:
     # -- signals --------------------------------------------------------------------
 
     def _install_signals(self) -> None:
-        os.set_blocking(self._wakeup_r, False)
-        os.set_blocking(self._wakeup_w, False)
-        for signum in _HANDLED_SIGNALS:
-            signal.signal(signum, _record)
-        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
-        self.selector.register(self._wakeup_r, selectors.EVENT_READ)
+        self.signals = SignalPipe(_HANDLED_SIGNALS)
+        self.selector.register(self.signals.fileno(), selectors.EVENT_READ, None)
 
     def _read_signals(self) -> None:
-        try:
-            data = os.read(self._wakeup_r, 256)
-        except (BlockingIOError, InterruptedError):
-            return
-        for signum in data:
+        assert self.signals is not None
+        for signum in self.signals.drain():
             self._on_signal(signum)
 
     def _on_signal(self, signum: int) -> None:
@@ -167,8 +161,8 @@ class Arbiter:
             self.selector.close()
             for other in self.workers.values():
                 other.channel.close()
-            os.close(self._wakeup_r)
-            os.close(self._wakeup_w)
+            if self.signals is not None:
+                self.signals.close()
             code = run_worker(
                 WorkerContext(worker_id, self.config, self.app_spec, self.listeners, channel, self.preloaded)
             )
@@ -268,7 +262,8 @@ class Arbiter:
         limit = self.config.pool.allocate_timeout
         for handle in self.workers.values():
             if not handle.ready and not handle.stopping and now - handle.started > limit:
-                handle.failure = (EXIT_BOOT_FAILED, f"worker {handle.id} (pid {handle.pid}) was not ready after {limit:g}s (allocate_timeout); killed")
+                cause = f"worker {handle.id} (pid {handle.pid}) was not ready after {limit:g}s (allocate_timeout); killed"
+                handle.failure = (EXIT_BOOT_FAILED, cause)
                 _kill(handle.pid, signal.SIGKILL)
 
     # -- stopping ------------------------------------------------------------------------
@@ -296,7 +291,8 @@ class Arbiter:
         for lst in self.listeners:
             lst.sock.close()
             unlink_unix(lst.address)
-        signal.set_wakeup_fd(-1)
+        if self.signals is not None:
+            self.signals.close()
         self.selector.close()
 
 
@@ -312,10 +308,6 @@ def _unenforced(config: Config) -> list[str]:
         "control.socket": config.control.socket,
     }
     return [key for key, value in keys.items() if value]
-
-
-def _record(signum: int, frame: object) -> None:
-    """Signal handler: nothing to do, the wakeup pipe already holds the signal number."""
 
 
 def _kill(pid: int, signum: int) -> None:

@@ -9,8 +9,9 @@ import dataclasses
 import difflib
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from . import values as v
 from .sockets import Address
@@ -57,7 +58,7 @@ class ServerConfig:
     name: str
     addr: Address = setting(parse=v.address, emit=str, doc="tcp://host:port, host:port, [::1]:port or unix:///path")
     delimiter: bytes = setting(b"\r\n", v.delimiter, "end of each message, kept in the body; \"\" = stream mode", _emit_delimiter)
-    max_message_size: int = setting(1024 * 1024, v.positive_int, "bytes a message may hold without its delimiter; more closes the connection")
+    max_message_size: int = setting(1 << 20, v.positive_int, "bytes a message may hold without its delimiter; more closes the connection")
     read_buf_size: int = setting(64 * 1024, v.megabytes, "MB asked for by one read (RoadRunner's key; default 64 KiB)", _emit_megabytes)
 
 

@@ -22,23 +22,23 @@ class Connection:
     """State of one accepted connection, owned by exactly one worker."""
 
     __slots__ = (
-        "sock",
-        "fd",
-        "uuid",
-        "server",
-        "remote",
-        "framer",
-        "read_size",
-        "high_water",
-        "out",
-        "out_size",
-        "open",
-        "eof",
         "closing",
         "dirty",
+        "eof",
+        "fd",
+        "framer",
         "held",
-        "mask",
+        "high_water",
         "linger_until",
+        "mask",
+        "open",
+        "out",
+        "out_size",
+        "read_size",
+        "remote",
+        "server",
+        "sock",
+        "uuid",
     )
 
     def __init__(

@@ -22,7 +22,7 @@ class Framer:
     ``MessageTooLarge``.  ``max_size`` counts the message without its delimiter.
     """
 
-    __slots__ = ("delimiter", "max_size", "_dlen", "_partial")
+    __slots__ = ("_dlen", "_partial", "delimiter", "max_size")
 
     def __init__(self, delimiter: bytes, max_size: int) -> None:
         if not delimiter:

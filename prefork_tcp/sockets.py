@@ -96,22 +96,19 @@ def bind(address: Address) -> socket.socket:
     )
     family, type_, proto, _, sockaddr = infos[0]
     sock = socket.socket(family, type_, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(sockaddr)
-        sock.listen(BACKLOG)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return _listen(sock, sockaddr)
 
 
 def _bind_unix(path: str) -> socket.socket:
     _remove_stale_socket(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    return _listen(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), path)
+
+
+def _listen(sock: socket.socket, sockaddr: object) -> socket.socket:
+    """Bind and listen non-blocking, closing the socket if either fails."""
     try:
-        sock.bind(path)
+        sock.bind(sockaddr)
         sock.listen(BACKLOG)
         sock.setblocking(False)
     except BaseException:

@@ -9,7 +9,8 @@ import math
 import os
 import pwd
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .sockets import Address, parse_address
 
@@ -156,30 +157,24 @@ def umask(value: Any) -> int:
 
 
 def user(value: Any) -> str:
-    if _is_int(value):
-        value = str(value)
-    if not isinstance(value, str):
-        raise _expected("a user name or uid", value)
-    if not value:
-        return value
-    try:
-        pwd.getpwuid(int(value)) if value.isdigit() else pwd.getpwnam(value)
-    except KeyError:
-        raise ValueError(f"no such user, got {show(value)}") from None
-    return value
+    return _account(value, "user", "uid", pwd.getpwuid, pwd.getpwnam)
 
 
 def group(value: Any) -> str:
+    return _account(value, "group", "gid", grp.getgrgid, grp.getgrnam)
+
+
+def _account(value: Any, kind: str, id_name: str, by_id: Callable[[int], Any], by_name: Callable[[str], Any]) -> str:
+    """Return a user or group given by name or number, checked to exist ("" = unchanged)."""
     if _is_int(value):
         value = str(value)
     if not isinstance(value, str):
-        raise _expected("a group name or gid", value)
-    if not value:
-        return value
-    try:
-        grp.getgrgid(int(value)) if value.isdigit() else grp.getgrnam(value)
-    except KeyError:
-        raise ValueError(f"no such group, got {show(value)}") from None
+        raise _expected(f"a {kind} name or {id_name}", value)
+    if value:
+        try:
+            by_id(int(value)) if value.isdigit() else by_name(value)
+        except KeyError:
+            raise ValueError(f"no such {kind}, got {show(value)}") from None
     return value
 
 

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import select
 import signal
 import socket
 import time
 import uuid
 from collections import deque
-from typing import Optional, Tuple
 
 from .api import TcpEvent, TcpResponse
 from .connection import Connection
 from .framing import MessageTooLarge, make_framer
+from .signals import SignalPipe
 from .sockets import Listener, format_peer
 
 log = logging.getLogger("prefork_tcp.worker")
@@ -46,7 +45,7 @@ CMD_QUIT = b"Q"
 #: What a worker writes on its channel once its application waits for the first request.
 MSG_READY = b"R"
 
-Event = Tuple[Connection, Optional[TcpEvent], bytes]
+Event = tuple[Connection, TcpEvent | None, bytes]
 
 
 class EventLoop:
@@ -56,7 +55,7 @@ class EventLoop:
         self,
         listeners: list[Listener],
         channel: socket.socket,
-        wakeup_fd: int,
+        signals: SignalPipe,
         drain_timeout: float,
         high_water: int,
     ) -> None:
@@ -67,7 +66,7 @@ class EventLoop:
         self.conns: dict[int, Connection] = {}
         self.listeners = {lst.sock.fileno(): lst for lst in listeners}
         self.channel = channel
-        self.wakeup_fd = wakeup_fd
+        self.signals = signals
         self.drain_timeout = drain_timeout
         self.high_water = high_water
         self.lingering: set[Connection] = set()
@@ -78,7 +77,7 @@ class EventLoop:
         self.stop_deadline = 0.0
         self.accept_resume = 0.0
         self.epoll.register(channel.fileno(), EPOLLIN)
-        self.epoll.register(wakeup_fd, EPOLLIN)
+        self.epoll.register(signals.fileno(), EPOLLIN)
         self._watch_listeners()
 
     # -- what TcpWorker calls -------------------------------------------------------
@@ -149,7 +148,7 @@ class EventLoop:
                 self._accept(self.listeners[fd])
             elif fd == self.channel.fileno():
                 self._read_channel()
-            elif fd == self.wakeup_fd:
+            elif fd == self.signals.fileno():
                 self._read_signals()
         self._expire()
 
@@ -366,11 +365,7 @@ class EventLoop:
             self.begin_stop(quick=False)
 
     def _read_signals(self) -> None:
-        try:
-            data = os.read(self.wakeup_fd, 64)
-        except (BlockingIOError, InterruptedError):
-            return
-        for signum in data:
+        for signum in self.signals.drain():
             if signum == signal.SIGTERM:
                 self.begin_stop(quick=False)
             elif signum in (signal.SIGINT, signal.SIGQUIT):

@@ -16,6 +16,7 @@ from setproctitle import setproctitle
 from .api import TcpWorker
 from .apploader import App, AppLoadError, load_app
 from .config import Config
+from .signals import SignalPipe
 from .sockets import Listener
 from .worker import EventLoop
 
@@ -45,7 +46,8 @@ class WorkerContext:
 
 def run(ctx: WorkerContext) -> int:
     """Run one worker process to its end and return its exit code."""
-    wakeup_fd = _install_signals()
+    signals = SignalPipe(_STOP_SIGNALS, ignored=_IGNORED_SIGNALS)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     setproctitle(f"{ctx.config.proc_name}: worker {ctx.worker_id} [{ctx.app_spec}]")
     try:
         _drop_privileges(ctx.config)
@@ -62,7 +64,7 @@ def run(ctx: WorkerContext) -> int:
     loop = EventLoop(
         ctx.listeners,
         ctx.channel,
-        wakeup_fd,
+        signals,
         drain_timeout=pool.destroy_timeout / 2,
         high_water=1024 * 1024,
     )
@@ -87,28 +89,6 @@ def _fail(ctx: WorkerContext, code: int, cause: str) -> int:
     except OSError:
         log.error("%s", cause)
     return code
-
-
-def _install_signals() -> int:
-    """Route stop signals into a pipe the event loop watches; return its read end.
-
-    The handlers do nothing, so application code is never interrupted: the interpreter
-    writes each signal's number into the pipe and the loop acts on it between events.
-    """
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(read_fd, False)
-    os.set_blocking(write_fd, False)
-    for signum in _STOP_SIGNALS:
-        signal.signal(signum, _record)
-    for signum in _IGNORED_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    return read_fd
-
-
-def _record(signum: int, frame: object) -> None:
-    """Signal handler: nothing to do, the wakeup pipe already holds the signal number."""
 
 
 def _drop_privileges(config: Config) -> None:

@@ -11,8 +11,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 
@@ -79,7 +80,7 @@ class Server:
         except AssertionError:
             raise AssertionError(f"no log line /{pattern}/ x{count}; log so far:\n{self.log}") from None
 
-    def wait_ready(self, workers: int = 2) -> "Server":
+    def wait_ready(self, workers: int = 2) -> Server:
         self.wait_log(r"serving: \d+ workers ready")
         self.wait_log(r"worker \d+ \(pid \d+\) ready", count=workers)
         return self
@@ -188,7 +189,7 @@ class Client:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:

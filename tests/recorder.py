@@ -91,3 +91,16 @@ def _data(worker: TcpWorker, request: Request, fh) -> None:
 def fail_before_ready(worker: TcpWorker) -> None:
     """An application that raises before it ever waits for a request."""
     raise RuntimeError("database unreachable")
+
+
+def slow_boot(worker: TcpWorker) -> None:
+    """An application that takes a minute before it waits for its first request."""
+    time.sleep(60)
+    main(worker)
+
+
+def fails_while_marked(worker: TcpWorker) -> None:
+    """The recorder, but failing at start while the file ``$FAIL_MARKER`` exists."""
+    if os.path.exists(os.environ["FAIL_MARKER"]):
+        raise RuntimeError("marker present")
+    main(worker)

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import psutil
-
 from harness import TESTS, Client, servers_config, wait_for
 
 ROOT = TESTS.parent

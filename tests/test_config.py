@@ -189,7 +189,7 @@ def test_every_declared_key_is_documented_with_its_default(cls, prefix):
     for key, f in _declared(cls, prefix):
         row = next((line for line in readme.splitlines() if line.startswith(f"| `{key}` |")), None)
         assert row is not None, f"README has no row for {key}"
-        assert re.search(rf"^#? ?{f.name} = ", reference, re.M), f"conf/prefork_tcp.toml lacks {key}"
+        assert re.search(rf"^#? ?{f.name} = ", reference, re.MULTILINE), f"conf/prefork_tcp.toml lacks {key}"
         if f.default is not dataclasses.MISSING:
             shown = values.show(f.metadata["emit"](f.default))
             parsed_back = f.metadata["parse"](_first_cell_value(row))

@@ -9,7 +9,6 @@ import time
 
 import psutil
 import pytest
-
 from harness import Client, servers_config, wait_for
 
 

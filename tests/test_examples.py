@@ -8,7 +8,6 @@ import smtplib
 import subprocess
 
 import pytest
-
 from harness import Client, wait_for
 
 SMTP = "prefork_tcp.examples.smtp:main"

@@ -7,7 +7,6 @@ import signal
 import time
 
 import psutil
-
 from harness import Client, servers_config, wait_for
 
 
@@ -138,3 +137,28 @@ def test_bind_failure_exits_1_and_names_the_server(start_server):
         assert "Traceback" not in server.log
     finally:
         holder.close()
+
+
+def test_worker_not_ready_within_allocate_timeout_is_a_boot_failure(start_server):
+    config = servers_config("echo", app="recorder:slow_boot", extra='[tcp.pool]\nallocate_timeout = "1s"\n')
+    server = start_server(config, workers=1, ready=False)
+    assert server.proc.wait(30) == 3
+    server.stop()
+    assert server.log.count("was not ready after 1s (allocate_timeout); killed") == 1
+
+
+def test_failing_replacements_are_retried_with_backoff_and_never_halt(start_server, tmp_path):
+    marker = tmp_path / "fail"
+    server = start_server(servers_config("echo", app="recorder:fails_while_marked"), workers=1,
+                          env={"FAIL_MARKER": str(marker)})
+    marker.touch()
+    os.kill(server.worker_pids()[0], signal.SIGKILL)
+    server.wait_log(r"failed to start \(1 in a row\); retrying in 0.5s")
+    server.wait_log(r"failed to start \(2 in a row\); retrying in 1.0s")
+    assert server.proc.poll() is None
+    marker.unlink()
+    server.wait_log(r"worker \d+ \(pid \d+\) ready", count=2)
+    with Client(server.address("echo")) as client:
+        client.send(b"back\r\n")
+        assert client.line() == b"back\r\n"
+    assert server.log.count("RuntimeError: marker present") >= 2
