@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import smtplib
+import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 from harness import Client, wait_for
 
 SMTP = "prefork_tcp.examples.smtp:main"
+ROOT = Path(__file__).parent.parent
 
 
 def smtp_server(start_server, tmp_path):
@@ -85,3 +89,21 @@ def test_echo_example(start_server):
     with Client(server.address()) as client:
         client.send(b"one\r\ntwo\r\n")
         assert client.read_exactly(10) == b"one\r\ntwo\r\n"
+
+
+def test_roadrunner_readme_loop_against_the_seed_config(start_server):
+    server = start_server(args=["prefork_tcp.examples.roadrunner:main", "-c", str(ROOT / "conf" / "smtp.toml"),
+                                "-b", "smtp=127.0.0.1:0", "-b", "server2=127.0.0.1:0"])
+    assert set(server.addresses()) == {"smtp", "server2"}
+    with Client(server.address("server2")) as client:
+        assert client.line() == b"220 mailamie\r\n"
+        client.send(b"hello\r\n")
+        answer = json.loads(client.line())
+        local = client.sock.getsockname()
+    assert answer["server"] == "server2" and answer["event"] == "DATA" and answer["body"] == "hello\r\n"
+    assert answer["remote_addr"] == f"{local[0]}:{local[1]}" and len(answer["uuid"]) == 36
+    with Client(server.address("smtp")) as client:
+        assert client.line() == b"220 mailamie\r\n"
+        client.send(b"EHLO x\r\n")  # read and left unanswered on this server
+        client.sock.shutdown(socket.SHUT_WR)
+        assert client.read_to_eof() == b""
