@@ -47,6 +47,9 @@ _AWAITING = 1  # CONNECTED or DATA delivered, not answered yet
 _ANSWERED = 2
 _CLOSE_EVENT = 3  # a CLOSE was delivered: answers are accepted and ignored
 
+#: Builds a Request without the generated ``__new__`` frame: one event per call is the hot path.
+_new_request = tuple.__new__
+
 _RESPOND = TcpResponse.RESPOND
 _CLOSE = TcpResponse.CLOSE
 
@@ -82,7 +85,7 @@ class TcpWorker:
             return None
         conn, event, body = item
         self._conn = conn
-        self._request = request = Request(event, body, conn.server, conn.uuid, conn.remote)
+        self._request = request = _new_request(Request, (event, body, conn.server, conn.uuid, conn.remote))
         self._state = _CLOSE_EVENT if event is TcpEvent.CLOSE else _AWAITING
         return request
 

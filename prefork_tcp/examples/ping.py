@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from prefork_tcp import TcpEvent, TcpResponse, TcpWorker
 
+PING = b"PING\r\n"
 PONG = b"+PONG\r\n"
 
 
@@ -14,7 +15,8 @@ def main(worker: TcpWorker) -> None:
     data = TcpEvent.DATA
     while (request := worker.wait_request()) is not None:
         if request.event is data:
-            command = request.body.rstrip(b"\r\n").upper()
+            body = request.body
+            command = b"PING" if body == PING else body.rstrip(b"\r\n").upper()
             if command == b"PING":
                 worker.respond(PONG)
             elif command == b"QUIT":
