@@ -1,0 +1,130 @@
+"""Per-worker state in shared memory: workers write it without syscalls, the master reads it.
+
+The master maps an anonymous shared region before forking; every worker gets one slot
+of eight 8-byte fields. Aligned 8-byte stores and loads are atomic on the platforms this
+runs on, so no lock is needed: each field has exactly one writer (the worker owning the
+slot, or the master while the slot is free).
+"""
+
+from __future__ import annotations
+
+import enum
+import mmap
+from dataclasses import dataclass
+
+FIELDS = 8
+SLOT_BYTES = FIELDS * 8
+
+# Field offsets within a slot.
+PID = 0  # Q
+STATE = 1  # Q: a State
+BUSY_SINCE = 2  # d: monotonic time the current event was handed out; 0 when idle
+LAST_EVENT = 3  # d: monotonic time the last event was handed out (0: none yet)
+EVENTS = 4  # Q: events handed to the application
+CONNECTIONS = 5  # Q: open connections
+HEARTBEAT = 6  # d: monotonic time the worker's loop last woke up
+STARTED = 7  # d: monotonic time the worker was started
+
+
+class State(enum.IntEnum):
+    FREE = 0
+    BOOTING = 1
+    IDLE = 2
+    BUSY = 3
+    RETIRING = 4
+
+
+@dataclass(frozen=True)
+class Row:
+    """A snapshot of one slot, as the master sees it."""
+
+    slot: int
+    pid: int
+    state: State
+    busy_since: float
+    last_event: float
+    events: int
+    connections: int
+    heartbeat: float
+    started: float
+
+
+class Scoreboard:
+    """``slots`` slots of shared memory; create it in the master before forking."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self._map = mmap.mmap(-1, slots * SLOT_BYTES, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+        self.ints = memoryview(self._map).cast("Q")
+        self.floats = memoryview(self._map).cast("d")
+
+    def claim(self, pid: int, started: float) -> int:
+        """Return a free slot, now marked booting for ``pid``; raises when all are taken."""
+        ints = self.ints
+        for slot in range(self.slots):
+            base = slot * FIELDS
+            if ints[base + STATE] == State.FREE:
+                self.reset(slot)
+                ints[base + PID] = pid
+                self.floats[base + STARTED] = started
+                self.floats[base + HEARTBEAT] = started
+                ints[base + STATE] = State.BOOTING
+                return slot
+        raise RuntimeError(f"all {self.slots} scoreboard slots are in use")
+
+    def set_pid(self, slot: int, pid: int) -> None:
+        self.ints[slot * FIELDS + PID] = pid
+
+    def reset(self, slot: int) -> None:
+        """Zero a slot (the master does this when its worker is gone)."""
+        base = slot * FIELDS
+        for field in range(FIELDS):
+            self.ints[base + field] = 0
+
+    def row(self, slot: int) -> Row:
+        base = slot * FIELDS
+        ints, floats = self.ints, self.floats
+        return Row(
+            slot=slot,
+            pid=ints[base + PID],
+            state=State(ints[base + STATE]),
+            busy_since=floats[base + BUSY_SINCE],
+            last_event=floats[base + LAST_EVENT],
+            events=ints[base + EVENTS],
+            connections=ints[base + CONNECTIONS],
+            heartbeat=floats[base + HEARTBEAT],
+            started=floats[base + STARTED],
+        )
+
+
+class SlotWriter:
+    """A worker's handle on its own slot; every method is a few memory stores."""
+
+    __slots__ = ("ints", "floats", "base")
+
+    def __init__(self, board: Scoreboard, slot: int) -> None:
+        self.ints = board.ints
+        self.floats = board.floats
+        self.base = slot * FIELDS
+
+    def set_state(self, state: State) -> None:
+        self.ints[self.base + STATE] = state
+
+    def event_started(self, now: float) -> None:
+        base = self.base
+        self.floats[base + BUSY_SINCE] = now
+        self.floats[base + LAST_EVENT] = now
+        self.ints[base + EVENTS] += 1
+
+    def event_done(self) -> None:
+        self.floats[self.base + BUSY_SINCE] = 0.0
+
+    def set_connections(self, count: int) -> None:
+        self.ints[self.base + CONNECTIONS] = count
+
+    def heartbeat(self, now: float) -> None:
+        self.floats[self.base + HEARTBEAT] = now
+
+    @property
+    def events(self) -> int:
+        return self.ints[self.base + EVENTS]

@@ -1,0 +1,93 @@
+"""Supervisor decisions and the scoreboard, without processes."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from prefork_tcp.scoreboard import Row, Scoreboard, SlotWriter, State
+from prefork_tcp.supervisor import Limits, Verdict, jittered_max_jobs, judge
+
+NOW = 1000.0
+
+
+def row(**kw) -> Row:
+    base = dict(slot=0, pid=1, state=State.IDLE, busy_since=0.0, last_event=NOW - 1, events=0,
+                connections=0, heartbeat=NOW, started=NOW - 10)
+    return Row(**{**base, **kw})
+
+
+def test_no_limits_no_verdict():
+    assert judge(row(events=10 ** 9, started=0.0, busy_since=1.0), Limits(), NOW, 0, rss_mb=10 ** 6) is None
+
+
+def test_exec_ttl_kills_a_stuck_event_even_while_retiring():
+    limits = Limits(exec_ttl=5)
+    assert judge(row(state=State.BUSY, busy_since=NOW - 4.9), limits, NOW, 0) is None
+    for state in (State.BUSY, State.RETIRING):
+        verdict = judge(row(state=state, busy_since=NOW - 5.1), limits, NOW, 0)
+        assert verdict is not None and verdict.action == "kill" and "exec_ttl" in verdict.reason
+
+
+def test_max_jobs_uses_the_workers_own_budget():
+    assert judge(row(events=99), Limits(max_jobs=100), NOW, 110) is None
+    assert judge(row(events=110), Limits(max_jobs=100), NOW, 110) == Verdict("retire", "handled 110 events (max_jobs 110)")
+
+
+def test_ttl_idle_ttl_and_memory_retire():
+    assert judge(row(started=NOW - 61), Limits(ttl=60), NOW, 0).action == "retire"
+    assert judge(row(started=NOW - 59), Limits(ttl=60), NOW, 0) is None
+    assert judge(row(last_event=NOW - 31, started=NOW - 100), Limits(idle_ttl=30), NOW, 0).action == "retire"
+    assert judge(row(last_event=NOW - 31, busy_since=NOW - 31, state=State.BUSY), Limits(idle_ttl=30), NOW, 0) is None
+    assert judge(row(last_event=0.0, started=NOW - 10), Limits(idle_ttl=30), NOW, 0) is None  # new, never used
+    assert judge(row(), Limits(max_worker_memory=100), NOW, 0, rss_mb=101).reason.startswith("uses 101 MB")
+    assert judge(row(), Limits(max_worker_memory=100), NOW, 0, rss_mb=99) is None
+
+
+@pytest.mark.parametrize("state", [State.FREE, State.BOOTING])
+def test_workers_not_ready_are_left_to_allocate_timeout(state):
+    assert judge(row(state=state, busy_since=1.0, events=10 ** 6), Limits(max_jobs=1, exec_ttl=1), NOW, 1) is None
+
+
+def test_retiring_workers_are_not_retired_again():
+    assert judge(row(state=State.RETIRING, events=10), Limits(max_jobs=1), NOW, 1) is None
+
+
+@given(st.integers(min_value=0, max_value=10 ** 7), st.integers(min_value=0))
+def test_jitter_stays_within_fifteen_percent(max_jobs, seed):
+    budget = jittered_max_jobs(max_jobs, random.Random(seed))
+    assert max_jobs <= budget <= max_jobs * 1.15
+    assert (budget == 0) == (max_jobs == 0)
+
+
+def test_jitter_spreads_budgets():
+    rng = random.Random(1)
+    assert len({jittered_max_jobs(1000, rng) for _ in range(50)}) > 10
+
+
+def test_scoreboard_slots_are_shared_with_a_forked_child():
+    board = Scoreboard(4)
+    slot = board.claim(pid=0, started=5.0)
+    assert board.claim(pid=0, started=6.0) == slot + 1
+    pid = os.fork()
+    if pid == 0:  # the child writes its slot, as a worker does
+        writer = SlotWriter(board, slot)
+        writer.set_state(State.IDLE)
+        for _ in range(3):
+            writer.event_started(7.0)
+            writer.event_done()
+        writer.event_started(8.0)
+        writer.set_connections(42)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    board.set_pid(slot, pid)
+    seen = board.row(slot)
+    assert (seen.pid, seen.state, seen.events, seen.connections) == (pid, State.IDLE, 4, 42)
+    assert seen.busy_since == 8.0 and seen.last_event == 8.0 and seen.started == 5.0
+    board.reset(slot)
+    assert board.row(slot).state == State.FREE
+    assert board.claim(pid=9, started=1.0) == slot
