@@ -1,29 +1,34 @@
-"""The master process: bind, fork workers, watch them, replace the dead, stop on signals.
+"""The master process: fork workers, watch them, recycle and replace them, act on signals.
 
 Signal handlers do nothing; the interpreter writes each signal's number into a pipe
 and the main loop acts on it.  The master never accepts a connection and never runs
-application code (unless ``--preload`` imported it before forking).
+application code (unless ``--preload`` imported it before forking).  It learns each
+worker's state from the shared scoreboard, and relays connections from retiring
+workers to live ones.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import selectors
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 
+import psutil
 from setproctitle import setproctitle
 
-from . import logs
+from . import handoff, logs
 from .apploader import App
-from .config import Config
+from .config import Config, ConfigError
+from .pool import WorkerHandle, fork_worker, read_messages
+from .scoreboard import Scoreboard, SlotWriter
 from .signals import SignalPipe
 from .sockets import Listener, unlink_unix
-from .worker import CMD_QUIT, CMD_STOP, MSG_READY
+from .supervisor import Limits, jittered_max_jobs, judge
+from .worker import CMD_QUIT, CMD_RETIRE, CMD_STOP, MSG_READY, MSG_RETIRE_ME
 from .workerproc import EXIT_APP_LOAD, EXIT_BOOT_FAILED, MSG_FAILED, WorkerContext
 from .workerproc import run as run_worker
 
@@ -35,137 +40,135 @@ _HANDLED_SIGNALS = (
 )
 #: The longest the master sleeps without looking at its workers.
 TICK = 1.0
+#: How often the master retries parcels no worker could take yet.
+RELAY_RETRY = 0.02
 #: Delay before retrying after the n-th consecutive failed boot: BACKOFF * 2**(n-1), capped.
 BACKOFF = 0.5
 BACKOFF_CAP = 30.0
+#: Scoreboard slots: enough for the workers, their replacements and TTIN.
+SLOTS = 1024
 
-
-@dataclass(eq=False)
-class WorkerHandle:
-    """The master's view of one worker process."""
-
-    id: int
-    pid: int
-    channel: socket.socket
-    started: float
-    ready: bool = False
-    stopping: bool = False
-    failure: tuple[int, str] | None = None
+Reloader = Callable[[], "tuple[Config, str]"]
 
 
 class Arbiter:
     """Runs the master's main loop; ``run()`` returns the process exit code."""
 
-    def __init__(self, config: Config, app_spec: str, listeners: list[Listener], preloaded: App | None) -> None:
+    def __init__(self, config: Config, app_spec: str, listeners: list[Listener], preloaded: App | None,
+                 reloader: Reloader | None = None) -> None:
         self.config = config
         self.app_spec = app_spec
         self.listeners = listeners
         self.preloaded = preloaded
+        self.reloader = reloader
         self.target = config.pool.num_workers
+        self.limits = Limits.from_pool(config.pool)
+        self.board = Scoreboard(SLOTS)
+        self.relay = handoff.Relay()
         self.workers: dict[int, WorkerHandle] = {}
         self.selector = selectors.DefaultSelector()
+        self.signals: SignalPipe | None = None
         self.next_id = 1
+        self.generation = 1
+        #: While a reload is in progress: what to go back to if the new workers fail.
+        self.reload_backup: tuple[Config, str, int] | None = None
         self.ever_ready = False
         self.announced = False
         self.boot_failures = 0
         self.spawn_after = 0.0
+        self.next_check = 0.0
         self.stopping = False
         self.quick = False
         self.stop_deadline = 0.0
         self.exit_code = 0
-        self.signals: SignalPipe | None = None
 
     # -- main loop ----------------------------------------------------------------
 
     def run(self) -> int:
         """Serve until stopped; return 0 for a clean stop, 3 or 4 for a failed boot."""
-        setproctitle(f"{self.config.proc_name}: master [{self.app_spec}]")
-        self._install_signals()
+        self._set_title()
+        self.signals = SignalPipe(_HANDLED_SIGNALS)
+        self.selector.register(self.signals.fileno(), selectors.EVENT_READ, None)
         for lst in self.listeners:
             log.info("listening at %s (server %s)", lst.bound, lst.name)
         log.info("master %d starting %d workers for %s", os.getpid(), self.target, self.app_spec)
-        for key in _unenforced(self.config):
-            log.warning("%s is set, but this version does not enforce it yet; ignored", key)
         try:
             while True:
                 self._spawn_missing()
                 self._wait()
                 self._reap()
                 self._check_timeouts()
+                self._supervise()
+                self._send_retirements()
+                self._relay()
                 if self.stopping and not self.workers:
                     return self.exit_code
         finally:
             self._cleanup()
 
     def _wait(self) -> None:
-        timeout = TICK
+        now = time.monotonic()
+        timeout = min(TICK, max(0.0, self.next_check - now))
         if self.spawn_after:
-            timeout = min(timeout, max(0.0, self.spawn_after - time.monotonic()))
+            timeout = min(timeout, max(0.0, self.spawn_after - now))
+        if self.relay.waiting:
+            timeout = min(timeout, RELAY_RETRY)
         for key, _ in self.selector.select(timeout):
             if key.data is None:
-                self._read_signals()
+                assert self.signals is not None
+                for signum in self.signals.drain():
+                    self._on_signal(signum)
             else:
                 self._read_channel(key.data)
 
-    # -- signals --------------------------------------------------------------------
-
-    def _install_signals(self) -> None:
-        self.signals = SignalPipe(_HANDLED_SIGNALS)
-        self.selector.register(self.signals.fileno(), selectors.EVENT_READ, None)
-
-    def _read_signals(self) -> None:
-        assert self.signals is not None
-        for signum in self.signals.drain():
-            self._on_signal(signum)
-
     def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
         if signum == signal.SIGTERM:
             log.info("SIGTERM: stopping gracefully")
             self.stop(quick=False)
         elif signum in (signal.SIGINT, signal.SIGQUIT):
-            log.info("%s: stopping quickly", signal.Signals(signum).name)
+            log.info("%s: stopping quickly", name)
             self.stop(quick=True)
+        elif signum == signal.SIGHUP:
+            self.reload()
+        elif signum == signal.SIGTTIN:
+            self.add_worker()
+        elif signum == signal.SIGTTOU:
+            self.remove_worker()
         elif signum == signal.SIGUSR1:
             logs.reopen()
             log.info("SIGUSR1: log files reopened")
-        elif signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR2):
-            log.warning("%s is not supported by this version; ignored", signal.Signals(signum).name)
+        elif signum == signal.SIGUSR2:
+            log.warning("SIGUSR2 (re-exec) is not supported by this version; ignored")
 
-    # -- workers ----------------------------------------------------------------------
+    # -- spawning and reaping -----------------------------------------------------------
 
     def _spawn_missing(self) -> None:
         if self.stopping or (self.spawn_after and time.monotonic() < self.spawn_after):
             return
         self.spawn_after = 0.0
-        while sum(1 for w in self.workers.values() if not w.stopping) < self.target:
-            self._spawn()
+        while sum(1 for w in self.workers.values() if not (w.retiring or w.stopping or w.killed)) < self.target:
+            handle = fork_worker(self.next_id, self.board, jittered_max_jobs(self.config.pool.max_jobs),
+                                 self.generation, self._become_worker)
+            self.next_id += 1
+            self.workers[handle.pid] = handle
+            self.selector.register(handle.channel, selectors.EVENT_READ, handle)
+            log.debug("started worker %d (pid %d)", handle.id, handle.pid)
 
-    def _spawn(self) -> None:
-        worker_id = self.next_id
-        self.next_id += 1
-        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            parent_end.close()
-            self._become_worker(worker_id, child_end)
-        child_end.close()
-        parent_end.setblocking(False)
-        handle = WorkerHandle(worker_id, pid, parent_end, time.monotonic())
-        self.workers[pid] = handle
-        self.selector.register(parent_end, selectors.EVENT_READ, handle)
-        log.debug("started worker %d (pid %d)", worker_id, pid)
-
-    def _become_worker(self, worker_id: int, channel: socket.socket) -> None:  # pragma: no cover
+    def _become_worker(self, worker_id: int, channel: socket.socket, slot: int, stack_fd: int,
+                       max_jobs: int) -> None:  # pragma: no cover - runs in the child
         code = 1
         try:
             self.selector.close()
             for other in self.workers.values():
-                other.channel.close()
+                other.close()
+            self.relay.close()
             if self.signals is not None:
                 self.signals.close()
-            code = run_worker(
-                WorkerContext(worker_id, self.config, self.app_spec, self.listeners, channel, self.preloaded)
-            )
+            code = run_worker(WorkerContext(
+                worker_id, self.config, self.app_spec, self.listeners, channel, self.preloaded,
+                SlotWriter(self.board, slot), max_jobs, stack_fd,
+            ))
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
@@ -175,37 +178,34 @@ class Arbiter:
             os._exit(code)
 
     def _read_channel(self, handle: WorkerHandle) -> None:
-        while True:
-            try:
-                message = handle.channel.recv(65536)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                message = b""
+        for message, fds in read_messages(handle):
+            if message.startswith(handoff.MSG_PARCEL):
+                self.relay.add(message, fds)
+                continue
+            for fd in fds:
+                os.close(fd)
             if not message:
-                self._close_channel(handle)
-                return
-            if message == MSG_READY:
+                self._unwatch(handle)
+            elif message == MSG_READY:
                 self._on_ready(handle)
+            elif message == MSG_RETIRE_ME:
+                self.retire(handle, f"handled its max_jobs ({handle.max_jobs} events)")
             elif message.startswith(MSG_FAILED):
                 handle.failure = (int(message[1:2]), message[2:].decode("utf-8", "replace"))
 
-    def _close_channel(self, handle: WorkerHandle) -> None:
-        if handle.channel.fileno() < 0:
-            return
+    def _unwatch(self, handle: WorkerHandle) -> None:
         try:
             self.selector.unregister(handle.channel)
         except KeyError:
-            pass
-        handle.channel.close()
+            pass  # already, at the channel's EOF
 
     def _on_ready(self, handle: WorkerHandle) -> None:
         handle.ready = True
         self.boot_failures = 0
+        self.ever_ready = True
         log.info("worker %d (pid %d) ready", handle.id, handle.pid)
-        if not self.ever_ready:
-            self.ever_ready = True
-        if not self.announced and sum(w.ready for w in self.workers.values()) >= self.target:
+        serving = sum(w.serving for w in self.workers.values())
+        if not self.announced and serving >= self.target:
             self.announced = True
             log.info("serving: %d workers ready", self.target)
 
@@ -215,8 +215,6 @@ class Arbiter:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
-            except InterruptedError:
-                continue
             if pid == 0:
                 return
             handle = self.workers.pop(pid, None)
@@ -224,29 +222,39 @@ class Arbiter:
                 self._on_exit(handle, status)
 
     def _on_exit(self, handle: WorkerHandle, status: int) -> None:
-        if handle.channel.fileno() >= 0:
-            self._read_channel(handle)
-            self._close_channel(handle)
+        self._read_channel(handle)
+        self._unwatch(handle)
+        handle.close()
+        self.board.reset(handle.slot)
         how = _describe(status)
-        if handle.ready or handle.stopping:
-            if self.stopping or handle.stopping:
-                log.info("worker %d (pid %d) %s", handle.id, handle.pid, how)
-            else:
-                log.warning("worker %d (pid %d) %s; starting a replacement", handle.id, handle.pid, how)
-            return
+        if handle.killed:
+            log.warning("worker %d (pid %d) %s (%s); starting a replacement", handle.id, handle.pid, how, handle.killed)
+        elif handle.retiring and handle.ready:
+            log.info("worker %d (pid %d) retired (%s): %s", handle.id, handle.pid, handle.retiring, how)
+        elif handle.ready or handle.stopping:
+            level = logging.INFO if self.stopping or handle.stopping else logging.WARNING
+            log.log(level, "worker %d (pid %d) %s%s", handle.id, handle.pid, how,
+                    "" if level == logging.INFO else "; starting a replacement")
+        else:
+            self._on_boot_failure(handle, how)
+
+    def _on_boot_failure(self, handle: WorkerHandle, how: str) -> None:
         code, cause = handle.failure or (EXIT_BOOT_FAILED, f"worker {handle.id} (pid {handle.pid}) {how} before it was ready")
+        if self.stopping:
+            return
+        log.error("%s", cause)
         if not self.ever_ready:
-            if not self.stopping:
-                log.error("%s", cause)
-                log.error("no worker could start; shutting down")
-                self.exit_code = EXIT_APP_LOAD if code == EXIT_APP_LOAD else EXIT_BOOT_FAILED
-                self.stop(quick=True)
-                for other in self.workers.values():  # none has a connection yet
-                    _kill(other.pid, signal.SIGKILL)
+            log.error("no worker could start; shutting down")
+            self.exit_code = EXIT_APP_LOAD if code == EXIT_APP_LOAD else EXIT_BOOT_FAILED
+            self.stop(quick=True)
+            for other in self.workers.values():  # none has a connection yet
+                other.signal(signal.SIGKILL)
+            return
+        if self.reload_backup is not None and handle.generation == self.generation:
+            self._abort_reload()
             return
         self.boot_failures += 1
         delay = min(BACKOFF * 2 ** (self.boot_failures - 1), BACKOFF_CAP)
-        log.error("%s", cause)
         log.error("worker %d failed to start (%d in a row); retrying in %.1fs", handle.id, self.boot_failures, delay)
         self.spawn_after = time.monotonic() + delay
 
@@ -256,15 +264,133 @@ class Arbiter:
             if now >= self.stop_deadline:
                 for handle in self.workers.values():
                     log.warning("worker %d (pid %d) did not stop in time; killing it", handle.id, handle.pid)
-                    _kill(handle.pid, signal.SIGKILL)
+                    handle.signal(signal.SIGKILL)
                 self.stop_deadline = now + TICK
             return
-        limit = self.config.pool.allocate_timeout
+        pool = self.config.pool
         for handle in self.workers.values():
-            if not handle.ready and not handle.stopping and now - handle.started > limit:
-                cause = f"worker {handle.id} (pid {handle.pid}) was not ready after {limit:g}s (allocate_timeout); killed"
-                handle.failure = (EXIT_BOOT_FAILED, cause)
-                _kill(handle.pid, signal.SIGKILL)
+            if not handle.ready and not handle.stopping and not handle.failure and now - handle.started > pool.allocate_timeout:
+                handle.failure = (EXIT_BOOT_FAILED, f"worker {handle.id} (pid {handle.pid}) was not ready after "
+                                                    f"{pool.allocate_timeout:g}s (allocate_timeout); killed")
+                handle.signal(signal.SIGKILL)
+            elif handle.retire_sent and not handle.killed and now - handle.retire_sent > pool.destroy_timeout:
+                handle.killed = f"still retiring after destroy_timeout ({pool.destroy_timeout:g}s)"
+                handle.signal(signal.SIGKILL)
+
+    # -- limits and recycling -----------------------------------------------------------
+
+    def _supervise(self) -> None:
+        now = time.monotonic()
+        if now < self.next_check or self.stopping:
+            return
+        self.next_check = now + self.config.pool.supervisor.watch_tick
+        for handle in list(self.workers.values()):
+            if not handle.ready or handle.killed:
+                continue
+            rss = _rss_mb(handle.pid) if self.limits.needs_memory else None
+            verdict = judge(self.board.row(handle.slot), self.limits, now, handle.max_jobs, rss)
+            if verdict is None:
+                continue
+            if verdict.action == "kill":
+                self._kill_stuck(handle, verdict.reason)
+            else:
+                self.retire(handle, verdict.reason)
+
+    def _kill_stuck(self, handle: WorkerHandle, reason: str) -> None:
+        stack = handle.read_stack()
+        log.error("worker %d (pid %d): %s; killing it. Its stack:\n%s", handle.id, handle.pid, reason, stack)
+        handle.killed = reason
+        handle.signal(signal.SIGKILL)
+
+    def retire(self, handle: WorkerHandle, reason: str) -> None:
+        """Replace a worker without dropping its connections: a replacement is started,
+        then the worker hands every connection over and exits."""
+        if handle.retiring or handle.stopping or handle.killed or self.stopping:
+            return
+        handle.retiring = reason
+        log.info("retiring worker %d (pid %d): %s", handle.id, handle.pid, reason)
+
+    def _send_retirements(self) -> None:
+        """Tell retiring workers to hand over once enough others are ready to take over."""
+        if self.stopping:
+            return
+        serving = sum(w.serving for w in self.workers.values())
+        if not serving:
+            return
+        overdue = time.monotonic() - self.config.pool.allocate_timeout
+        for handle in self.workers.values():
+            if handle.retiring and not handle.retire_sent and (serving >= self.target or handle.started < overdue):
+                handle.tell(CMD_RETIRE)
+                handle.retire_sent = time.monotonic()
+        if self.reload_backup is not None and not any(w.retiring and not w.retire_sent for w in self.workers.values()):
+            self.reload_backup = None
+            log.info("reload complete: %d workers of generation %d serving", serving, self.generation)
+
+    def _relay(self) -> None:
+        if not self.relay.waiting:
+            return
+        targets = [(w.channel, self.board.row(w.slot).connections) for w in self.workers.values() if w.serving]
+        self.relay.deliver(targets)
+
+    # -- commands -------------------------------------------------------------------------
+
+    def replace_all(self, reason: str) -> None:
+        """Retire every worker, keeping their connections (``reset``)."""
+        for handle in list(self.workers.values()):
+            self.retire(handle, reason)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config and replace every worker with overlap."""
+        if self.stopping or self.reloader is None:
+            return
+        try:
+            config, app_spec = self.reloader()
+            listeners = _rebind(self.listeners, config)
+        except ConfigError as exc:
+            log.error("SIGHUP: config not reloaded: %s; the current workers keep serving", exc)
+            return
+        log.info("SIGHUP: reloading %s", config.source or "the configuration")
+        self.reload_backup = (self.config, self.app_spec, self.target)
+        self._apply(config, app_spec, listeners, config.pool.num_workers)
+        self.generation += 1
+        self.replace_all("reload (SIGHUP)")
+
+    def _abort_reload(self) -> None:
+        assert self.reload_backup is not None
+        config, app_spec, target = self.reload_backup
+        self.reload_backup = None
+        log.error("reload failed: the new workers could not start; the previous workers keep serving")
+        self._apply(config, app_spec, _rebind(self.listeners, config), target)
+        for handle in self.workers.values():
+            if handle.generation == self.generation:
+                if handle.ready:
+                    self.retire(handle, "reload failed")
+                else:
+                    handle.signal(signal.SIGKILL)
+            elif handle.retiring and not handle.retire_sent:
+                handle.retiring = ""
+        self.generation += 1
+
+    def _apply(self, config: Config, app_spec: str, listeners: list[Listener], target: int) -> None:
+        self.config, self.app_spec, self.listeners, self.target = config, app_spec, listeners, target
+        self.limits = Limits.from_pool(config.pool)
+        self._set_title()
+
+    def add_worker(self) -> None:
+        """SIGTTIN: one worker more."""
+        self.target += 1
+        log.info("SIGTTIN: %d workers", self.target)
+
+    def remove_worker(self) -> None:
+        """SIGTTOU: one worker less, never below one; its connections move to the others."""
+        if self.target <= 1:
+            log.info("SIGTTOU: keeping the last worker")
+            return
+        self.target -= 1
+        log.info("SIGTTOU: %d workers", self.target)
+        staying = [w for w in self.workers.values() if not (w.retiring or w.stopping or w.killed)]
+        if len(staying) > self.target:
+            self.retire(min(staying, key=lambda w: w.id), "SIGTTOU")
 
     # -- stopping ------------------------------------------------------------------------
 
@@ -280,14 +406,12 @@ class Arbiter:
         self.quick = quick
         for handle in self.workers.values():
             handle.stopping = True
-            try:
-                handle.channel.send(CMD_QUIT if quick else CMD_STOP)
-            except OSError:
-                pass
+            handle.tell(CMD_QUIT if quick else CMD_STOP)
 
     def _cleanup(self) -> None:
         for handle in self.workers.values():
-            _kill(handle.pid, signal.SIGKILL)
+            handle.signal(signal.SIGKILL)
+        self.relay.close()
         for lst in self.listeners:
             lst.sock.close()
             unlink_unix(lst.address)
@@ -295,27 +419,28 @@ class Arbiter:
             self.signals.close()
         self.selector.close()
 
-
-def _unenforced(config: Config) -> list[str]:
-    """Return the keys that are set but have no effect in this version."""
-    pool, sup = config.pool, config.pool.supervisor
-    keys = {
-        "tcp.pool.max_jobs": pool.max_jobs,
-        "tcp.pool.supervisor.ttl": sup.ttl,
-        "tcp.pool.supervisor.idle_ttl": sup.idle_ttl,
-        "tcp.pool.supervisor.max_worker_memory": sup.max_worker_memory,
-        "tcp.pool.supervisor.exec_ttl": sup.exec_ttl,
-        "control.socket": config.control.socket,
-    }
-    return [key for key, value in keys.items() if value]
+    def _set_title(self) -> None:
+        setproctitle(f"{self.config.proc_name}: master [{self.app_spec}]")
 
 
-def _kill(pid: int, signum: int) -> None:
+def _rebind(listeners: list[Listener], config: Config) -> list[Listener]:
+    """Return listeners with ``config``'s framing settings on the sockets already bound.
+
+    Raises ConfigError when the servers' names or addresses changed: those need a restart.
+    """
+    by_name = {lst.name: lst for lst in listeners}
+    wanted = {(s.name, str(s.addr)) for s in config.servers}
+    if wanted != {(lst.name, str(lst.address)) for lst in listeners}:
+        raise ConfigError("tcp.servers: names and addresses cannot change on reload; restart the server")
+    return [Listener(s.name, s.addr, by_name[s.name].sock, s.delimiter, s.max_message_size, s.read_buf_size)
+            for s in config.servers]
+
+
+def _rss_mb(pid: int) -> float | None:
     try:
-        os.kill(pid, signum)
-    except OSError as exc:
-        if exc.errno != errno.ESRCH:
-            raise
+        return psutil.Process(pid).memory_info().rss / (1024 * 1024)
+    except psutil.Error:
+        return None
 
 
 def _describe(status: int) -> str:

@@ -13,7 +13,7 @@ from . import config as cfg
 from . import logs
 from . import pidfile as pidfiles
 from .apploader import AppLoadError, load_app
-from .arbiter import Arbiter
+from .arbiter import Arbiter, Reloader
 from .daemon import daemonize
 from .sockets import BindError, Listener, bind
 
@@ -88,10 +88,18 @@ def serve(app: str | None, config_file: str | None, binds: tuple[str, ...], work
         "log.level": log_level,
     }
     config, app_spec = _load(config_file, overrides, list(binds), app)
-    sys.exit(_serve(config, app_spec, preload, daemon))
+
+    def reload() -> tuple[cfg.Config, str]:
+        """Read the config again for SIGHUP, with the same command-line overrides."""
+        fresh = cfg.load(config_file, {**overrides, "app": app}, list(binds))
+        if not fresh.app:
+            raise cfg.ConfigError("app: no application configured")
+        return fresh, fresh.app
+
+    sys.exit(_serve(config, app_spec, preload, daemon, reload))
 
 
-def _serve(config: cfg.Config, app_spec: str, preload: bool, daemon: bool) -> int:
+def _serve(config: cfg.Config, app_spec: str, preload: bool, daemon: bool, reload: Reloader) -> int:
     try:
         logs.setup(config.log)
     except OSError as exc:
@@ -120,7 +128,7 @@ def _serve(config: cfg.Config, app_spec: str, preload: bool, daemon: bool) -> in
             log.error("cannot write pidfile: %s", exc)
             return EXIT_RUNTIME
     try:
-        return Arbiter(config, app_spec, listeners, preloaded).run()
+        return Arbiter(config, app_spec, listeners, preloaded, reload).run()
     finally:
         if config.pidfile:
             pidfiles.remove(config.pidfile)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import select
 import signal
 import socket
@@ -16,9 +17,11 @@ import time
 import uuid
 from collections import deque
 
+from . import handoff
 from .api import TcpEvent, TcpResponse
 from .connection import Connection
 from .framing import MessageTooLarge, make_framer
+from .scoreboard import Scoreboard, SlotWriter, State
 from .signals import SignalPipe
 from .sockets import Listener, format_peer
 
@@ -42,8 +45,11 @@ ACCEPT_BACKOFF = 0.5
 #: Commands the master writes on a worker's channel.
 CMD_STOP = b"T"
 CMD_QUIT = b"Q"
+CMD_RETIRE = b"H"  # hand every connection over, then exit
 #: What a worker writes on its channel once its application waits for the first request.
 MSG_READY = b"R"
+#: What a worker writes once it has handled its max_jobs events.
+MSG_RETIRE_ME = b"J"
 
 Event = tuple[Connection, TcpEvent | None, bytes]
 
@@ -58,6 +64,8 @@ class EventLoop:
         signals: SignalPipe,
         drain_timeout: float,
         high_water: int,
+        slot: SlotWriter | None = None,
+        max_jobs: int = 0,
     ) -> None:
         self.epoll = select.epoll()
         self.events: deque[Event] = deque()
@@ -65,7 +73,13 @@ class EventLoop:
         self.dirty: list[Connection] = []
         self.conns: dict[int, Connection] = {}
         self.listeners = {lst.sock.fileno(): lst for lst in listeners}
+        #: Framing rules by server name, for connections adopted from other workers.
+        self.servers = {lst.name: lst for lst in listeners}
+        self.slot = slot or SlotWriter(Scoreboard(1), 0)
+        #: Events left before this worker asks to retire; counting down from -1 never reaches 0.
+        self.budget = max_jobs if max_jobs > 0 else -1
         self.channel = channel
+        channel.setblocking(False)
         self.signals = signals
         self.drain_timeout = drain_timeout
         self.high_water = high_water
@@ -74,6 +88,7 @@ class EventLoop:
         self.stopping = False
         self.quick = False
         self.stopped = False
+        self.retiring = False
         self.stop_deadline = 0.0
         self.accept_resume = 0.0
         self.epoll.register(channel.fileno(), EPOLLIN)
@@ -84,8 +99,12 @@ class EventLoop:
 
     def next_event(self) -> Event | None:
         """Return the next event to deliver, waiting for one; ``None`` once stopped."""
-        if not self.ready:
+        slot = self.slot
+        if self.ready:
+            slot.event_done()
+        else:
             self.ready = True
+            slot.set_state(State.IDLE)
             self._tell_master(MSG_READY)
         events = self.events
         while True:
@@ -93,17 +112,25 @@ class EventLoop:
                 item = events.popleft()
                 conn, event, _ = item
                 if event is DATA:
+                    if not conn.open or conn.hold(item):
+                        continue
+                elif event is _EOF:
                     if conn.open and not conn.hold(item):
-                        return item
-                elif event is not _EOF:
-                    return item
-                elif conn.open and not conn.hold(item):
-                    self._finish(conn)
+                        self._finish(conn)
+                    continue
+                slot.event_started(time.monotonic())
+                self.budget -= 1
+                if not self.budget:
+                    self._tell_master(MSG_RETIRE_ME)
+                return item
             if self.stopped:
                 return None
             self.flush()
             if events:  # flushing released events held back for a slow reader
                 continue
+            if self.retiring and not self.stopping:
+                self._hand_off_all()
+                self.begin_stop(quick=False)
             if self.stopping and self._drained():
                 self._shut_down()
                 return None
@@ -140,7 +167,9 @@ class EventLoop:
         """Wait for sockets to become ready and turn what they have into queued events."""
         timeout = self._poll_timeout()
         conns = self.conns
-        for fd, mask in self.epoll.poll(timeout):
+        ready = self.epoll.poll(timeout)
+        self.slot.heartbeat(time.monotonic())
+        for fd, mask in ready:
             conn = conns.get(fd)
             if conn is not None:
                 self._service(conn, mask)
@@ -175,13 +204,20 @@ class EventLoop:
                 self._close_socket(conn)
             return
         if not data:
-            conn.eof = True
-            rest = conn.framer.take_partial()
-            if rest:
-                self.events.append((conn, DATA, rest))
-            self.events.append((conn, _EOF, b""))
+            self._end_of_input(conn)
             self._update_mask(conn)
             return
+        self._received(conn, data)
+
+    def _end_of_input(self, conn: Connection) -> None:
+        """The client half-closed: deliver the unfinished rest, then finish after its answers."""
+        conn.eof = True
+        rest = conn.framer.take_partial()
+        if rest:
+            self.events.append((conn, DATA, rest))
+        self.events.append((conn, _EOF, b""))
+
+    def _received(self, conn: Connection, data: bytes) -> None:
         try:
             messages = conn.framer.feed(data)
         except MessageTooLarge as exc:
@@ -245,6 +281,7 @@ class EventLoop:
             self.epoll.register(conn.fd, EPOLLIN)
             conn.mask = EPOLLIN
             self.events.append((conn, CONNECTED, b""))
+        self.slot.set_connections(len(self.conns))
 
     # -- finishing connections --------------------------------------------------------
 
@@ -290,11 +327,16 @@ class EventLoop:
         conn.sock = None
         conn.closing = False
         self.lingering.discard(conn)
+        self._forget(conn)
+        sock.close()
+
+    def _forget(self, conn: Connection) -> None:
+        """Stop watching a connection's socket (it is being closed or handed off)."""
         self.conns.pop(conn.fd, None)
         if conn.mask:
             self.epoll.unregister(conn.fd)
             conn.mask = 0
-        sock.close()
+        self.slot.set_connections(len(self.conns))
 
     def _update_mask(self, conn: Connection) -> None:
         mask = EPOLLIN if conn.wants_read else 0
@@ -351,18 +393,86 @@ class EventLoop:
             self.begin_stop(quick=False)
 
     def _read_channel(self) -> None:
-        try:
-            data = self.channel.recv(64)
-        except (BlockingIOError, InterruptedError):
+        while (received := handoff.receive(self.channel)) is not None:
+            message, fds = received
+            if message.startswith(handoff.MSG_PARCEL):
+                self._adopt(*handoff.unpack(message, fds))
+                continue
+            for fd in fds:
+                os.close(fd)
+            if not message:  # the master is gone
+                self.begin_stop(quick=False)
+                return
+            if message == CMD_QUIT:
+                self.begin_stop(quick=True)
+            elif message == CMD_STOP:
+                self.begin_stop(quick=False)
+            elif message == CMD_RETIRE:
+                self.begin_retire()
+
+    # -- retiring: handing connections over ------------------------------------------------
+
+    def begin_retire(self) -> None:
+        """Stop accepting; once queued events are delivered, hand every open connection over."""
+        if self.retiring or self.stopping:
             return
-        except OSError:
-            data = b""
-        if not data:  # the master is gone
-            self.begin_stop(quick=False)
-        elif CMD_QUIT in data:
-            self.begin_stop(quick=True)
-        elif CMD_STOP in data:
-            self.begin_stop(quick=False)
+        self.retiring = True
+        self.slot.set_state(State.RETIRING)
+        self._close_listeners()
+
+    def _hand_off_all(self) -> None:
+        """Send every open connection to the master for another worker; no CLOSE is delivered."""
+        self.channel.setblocking(True)
+        self.channel.settimeout(self.drain_timeout)
+        try:
+            for conn in [c for c in self.conns.values() if c.open]:
+                self._hand_off(conn)
+        except OSError as exc:
+            log.error("handing connections over failed: %s; closing the rest", exc)
+        finally:
+            self.channel.setblocking(False)
+
+    def _hand_off(self, conn: Connection) -> None:
+        held = conn.held or []
+        conn.held = None
+        pending = b"".join(body for _, event, body in held if event is DATA) + conn.framer.take_partial()
+        output = conn.take_output() if conn.out_size else b""
+        parcel = handoff.Parcel(conn.uuid, conn.server, conn.remote, conn.eof, pending, output)
+        message, fds = handoff.pack(parcel, conn.fd)
+        try:
+            handoff.send(self.channel, message, fds)
+        finally:
+            for fd in fds[1:]:
+                os.close(fd)
+        log.debug("handed connection %s over (%d bytes in, %d out)", conn.uuid, len(pending), len(output))
+        conn.open = False  # it lives on in another worker: nothing more here, not even CLOSE
+        self._forget(conn)
+        conn.sock.close()  # type: ignore[union-attr]
+        conn.sock = None
+
+    def _adopt(self, parcel: handoff.Parcel, fd: int) -> None:
+        """Carry on serving a connection another worker handed over: same uuid, no CONNECTED."""
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        server = self.servers.get(parcel.server)
+        delimiter, max_size, read_size = (
+            (server.delimiter, server.max_message_size, server.read_size) if server else (b"\r\n", 1 << 20, 65536)
+        )
+        conn = Connection(sock, parcel.uuid, parcel.server, parcel.remote,
+                          make_framer(delimiter, max_size), read_size, self.high_water)
+        self.conns[conn.fd] = conn
+        self.slot.set_connections(len(self.conns))
+        log.debug("adopted connection %s (server %s)", conn.uuid, conn.server)
+        if self.stopping:
+            self._finish(conn)
+            return
+        if parcel.unsent_output and conn.write(parcel.unsent_output):
+            self.dirty.append(conn)
+        if parcel.pending_input:
+            self._received(conn, parcel.pending_input)
+        if parcel.eof and conn.open:
+            self._end_of_input(conn)
+        self._update_mask(conn)
 
     def _read_signals(self) -> None:
         for signum in self.signals.drain():
@@ -377,13 +487,8 @@ class EventLoop:
             return
         if not self.stopping:
             self.stop_deadline = time.monotonic() + self.drain_timeout
-            if not self.accept_resume:
-                for fd in self.listeners:
-                    self.epoll.unregister(fd)
-            self.accept_resume = 0.0
-            for lst in self.listeners.values():
-                lst.sock.close()
-            self.listeners = {}
+            self._close_listeners()
+            self.slot.set_state(State.RETIRING)
         self.stopping = True
         self.quick = quick
         for conn in list(self.conns.values()):
@@ -393,6 +498,16 @@ class EventLoop:
                 self._finish(conn)
         for conn in list(self.lingering):
             self._close_socket(conn)
+
+    def _close_listeners(self) -> None:
+        """Stop accepting: this worker's copies of the listening sockets are closed."""
+        if not self.accept_resume:
+            for fd in self.listeners:
+                self.epoll.unregister(fd)
+        self.accept_resume = 0.0
+        for lst in self.listeners.values():
+            lst.sock.close()
+        self.listeners = {}
 
     def _drained(self) -> bool:
         return not self.conns or time.monotonic() >= self.stop_deadline

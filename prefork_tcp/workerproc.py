@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import grp
 import logging
 import os
@@ -16,6 +17,7 @@ from setproctitle import setproctitle
 from .api import TcpWorker
 from .apploader import App, AppLoadError, load_app
 from .config import Config
+from .scoreboard import SlotWriter
 from .signals import SignalPipe
 from .sockets import Listener
 from .worker import EventLoop
@@ -42,12 +44,18 @@ class WorkerContext:
     listeners: list[Listener]
     channel: socket.socket
     preloaded: App | None
+    slot: SlotWriter
+    #: Events before this worker asks to retire (0: no limit).
+    max_jobs: int
+    #: Where faulthandler writes the Python stack when the master sends SIGUSR2.
+    stack_fd: int
 
 
 def run(ctx: WorkerContext) -> int:
     """Run one worker process to its end and return its exit code."""
     signals = SignalPipe(_STOP_SIGNALS, ignored=_IGNORED_SIGNALS)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    faulthandler.register(signal.SIGUSR2, file=ctx.stack_fd, all_threads=True, chain=False)
     setproctitle(f"{ctx.config.proc_name}: worker {ctx.worker_id} [{ctx.app_spec}]")
     try:
         _drop_privileges(ctx.config)
@@ -67,6 +75,8 @@ def run(ctx: WorkerContext) -> int:
         signals,
         drain_timeout=pool.destroy_timeout / 2,
         high_water=1024 * 1024,
+        slot=ctx.slot,
+        max_jobs=ctx.max_jobs,
     )
     try:
         app(TcpWorker(loop))

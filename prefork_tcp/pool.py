@@ -1,0 +1,118 @@
+"""The master's worker processes: forking one, its channel, its slot, its stack dump."""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import handoff
+from .scoreboard import Scoreboard
+
+log = logging.getLogger("prefork_tcp.master")
+
+#: How long the master waits for a stuck worker to write its stack before killing it.
+STACK_WAIT = 1.0
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    """The master's view of one worker process."""
+
+    id: int
+    pid: int
+    channel: socket.socket
+    started: float
+    slot: int
+    max_jobs: int
+    stack_fd: int
+    generation: int
+    ready: bool = False
+    stopping: bool = False
+    failure: tuple[int, str] | None = None
+    #: Why it is being retired ("" while it is not).
+    retiring: str = ""
+    #: Monotonic time the retire command was sent (0: not yet).
+    retire_sent: float = 0.0
+    #: Why the master killed it ("" unless it did).
+    killed: str = ""
+
+    @property
+    def serving(self) -> bool:
+        """Ready and staying: it can take new connections and handed-over ones."""
+        return self.ready and not (self.retiring or self.stopping or self.killed)
+
+    def tell(self, command: bytes) -> None:
+        """Send a one-byte command; a worker that is gone is reaped soon anyway."""
+        try:
+            self.channel.send(command)
+        except OSError:
+            pass
+
+    def signal(self, signum: int) -> None:
+        try:
+            os.kill(self.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def read_stack(self) -> str:
+        """Ask the worker for its Python stack (faulthandler on SIGUSR2) and return it."""
+        self.signal(signal.SIGUSR2)
+        chunks: list[bytes] = []
+        deadline = time.monotonic() + STACK_WAIT
+        while (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([self.stack_fd], [], [], min(left, 0.2 if chunks else left))
+            if not readable:
+                if chunks:
+                    break
+                continue
+            chunk = os.read(self.stack_fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8", "replace").rstrip() or "(the worker wrote no stack)"
+
+    def close(self) -> None:
+        self.channel.close()
+        os.close(self.stack_fd)
+
+
+def fork_worker(
+    worker_id: int,
+    board: Scoreboard,
+    max_jobs: int,
+    generation: int,
+    become_worker: Callable[[int, socket.socket, int, int, int], None],
+) -> WorkerHandle:
+    """Fork a worker; the child runs ``become_worker(id, channel, slot, stack_fd, max_jobs)``, never returning."""
+    now = time.monotonic()
+    slot = board.claim(0, now)
+    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stack_r, stack_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        parent_end.close()
+        os.close(stack_r)
+        become_worker(worker_id, child_end, slot, stack_w, max_jobs)
+    child_end.close()
+    os.close(stack_w)
+    os.set_blocking(stack_r, False)
+    parent_end.setblocking(False)
+    board.set_pid(slot, pid)
+    return WorkerHandle(worker_id, pid, parent_end, now, slot, max_jobs, stack_r, generation)
+
+
+def read_messages(handle: WorkerHandle) -> list[tuple[bytes, list[int]]]:
+    """Return every message waiting on a worker's channel; b"" marks its end."""
+    messages = []
+    while (received := handoff.receive(handle.channel)) is not None:
+        messages.append(received)
+        if not received[0]:
+            break
+    return messages
+
