@@ -4,7 +4,7 @@ Every event is appended to ``$RECORDER_LOG`` as one JSON line before it is answe
 CONNECTED: server ``greet`` answers ``hello <uuid>``, ``reject`` closes, ``slow`` sleeps
 half a second before READ, others READ.
 DATA commands (the body without its delimiter): ``close``, ``bye`` (RESPOND_CLOSE),
-``bigbye N``, ``error``, ``noanswer``, ``twice``, ``badtype``, ``str``, ``big N``, ``sleep S``, ``pid``,
+``bigbye N``, ``error``, ``noanswer``, ``twice``, ``badtype``, ``str``, ``big N``, ``sleep S``, ``grow MB``, ``pid``,
 ``uuid``; anything else is echoed.
 """
 
@@ -15,6 +15,8 @@ import os
 import time
 
 from prefork_tcp import Request, TcpEvent, TcpResponse, TcpWorker
+
+_hoard: list[bytes] = []
 
 
 def _record(fh, request: Request, **extra: object) -> None:
@@ -80,6 +82,9 @@ def _data(worker: TcpWorker, request: Request, fh) -> None:
     elif command == b"sleep":
         time.sleep(float(arg))
         worker.respond(request.body)
+    elif command == b"grow":
+        _hoard.append(b"\x01" * (int(arg) * 1024 * 1024))  # written, so it counts in RSS
+        worker.respond(b"grown\r\n")
     elif command == b"pid":
         worker.respond(f"{os.getpid()}\r\n")
     elif command == b"uuid":
