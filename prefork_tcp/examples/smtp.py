@@ -7,6 +7,8 @@ directory, the message is also saved there as ``<id>.eml``.
 
 Session state lives in this worker process, keyed by connection uuid: every event of a
 connection goes to the worker that owns it, and CLOSE comes exactly once to clean up.
+A connection handed over when its worker is recycled starts a fresh session in its new
+worker (an SMTP client then sees 503 for a command that needed the lost state).
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ class SmtpServer:
             self.sessions[request.connection_uuid] = Session()
             worker.respond(b"220 " + self.hostname + b" ESMTP prefork_tcp\r\n")
         elif request.event is TcpEvent.DATA:
-            session = self.sessions[request.connection_uuid]
+            # A connection handed over by a recycled worker arrives without its session.
+            session = self.sessions.setdefault(request.connection_uuid, Session())
             if session.lines is not None:
                 reply = self.data_line(session, request)
             else:
