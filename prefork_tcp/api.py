@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from .connection import Connection
-    from .worker import EventLoop
+    from .workerloop import WorkerLoop as EventLoop
 
 log = logging.getLogger("prefork_tcp.app")
 
@@ -131,6 +131,16 @@ class TcpWorker:
         if self._state == _AWAITING:
             self._state = _ANSWERED
             self._loop.abandon(self._conn)  # type: ignore[arg-type]
+
+    def close_connection(self, uuid: str) -> bool:
+        """Close any connection of the whole server by uuid (RoadRunner's ``tcp.Close``).
+
+        The worker owning it delivers its CLOSE. Return True if a connection with that
+        uuid existed. Waits for the other workers' answers (at most 10 s).
+        """
+        if not isinstance(uuid, str):
+            raise TypeError(f"uuid must be a str, got {type(uuid).__name__}")
+        return self._loop.close_connection(uuid)
 
     def _check_answerable(self) -> None:
         if self._state == _CLOSE_EVENT:

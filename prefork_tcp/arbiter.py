@@ -9,6 +9,7 @@ workers to live ones.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import selectors
@@ -17,18 +18,20 @@ import socket
 import time
 from collections.abc import Callable
 
-import psutil
 from setproctitle import setproctitle
 
 from . import handoff, logs
 from .apploader import App
+from .closing import CloseRequests
 from .config import Config, ConfigError
-from .pool import WorkerHandle, fork_worker, read_messages
+from .control import ControlServer, answer, socket_path
+from .pool import WorkerHandle, describe_exit, fork_worker, read_messages, rss_mb, worker_row
 from .scoreboard import Scoreboard, SlotWriter
 from .signals import SignalPipe
-from .sockets import Listener, unlink_unix
+from .sockets import Listener, rebind, unlink_unix
 from .supervisor import Limits, jittered_max_jobs, judge
 from .worker import CMD_QUIT, CMD_RETIRE, CMD_STOP, MSG_READY, MSG_RETIRE_ME
+from .workerloop import CMD_CLOSE, CMD_CLOSE_RESULT, MSG_CLOSE_REQUEST, MSG_CLOSED
 from .workerproc import EXIT_APP_LOAD, EXIT_BOOT_FAILED, MSG_FAILED, WorkerContext
 from .workerproc import run as run_worker
 
@@ -47,6 +50,9 @@ BACKOFF = 0.5
 BACKOFF_CAP = 30.0
 #: Scoreboard slots: enough for the workers, their replacements and TTIN.
 SLOTS = 1024
+#: How long a close by uuid waits for the workers' answers.
+CLOSE_TIMEOUT = 5.0
+_CONTROL = object()  # selector tag of the control socket
 
 Reloader = Callable[[], "tuple[Config, str]"]
 
@@ -65,6 +71,8 @@ class Arbiter:
         self.limits = Limits.from_pool(config.pool)
         self.board = Scoreboard(SLOTS)
         self.relay = handoff.Relay()
+        self.closes = CloseRequests()
+        self.control: ControlServer | None = None
         self.workers: dict[int, WorkerHandle] = {}
         self.selector = selectors.DefaultSelector()
         self.signals: SignalPipe | None = None
@@ -89,6 +97,11 @@ class Arbiter:
         self._set_title()
         self.signals = SignalPipe(_HANDLED_SIGNALS)
         self.selector.register(self.signals.fileno(), selectors.EVENT_READ, None)
+        path = socket_path(self.config.control.socket, self.config.pidfile)
+        if path:
+            self.control = ControlServer(path)
+            self.selector.register(self.control.fileno(), selectors.EVENT_READ, _CONTROL)
+            log.info("control socket at %s", path)
         for lst in self.listeners:
             log.info("listening at %s (server %s)", lst.bound, lst.name)
         log.info("master %d starting %d workers for %s", os.getpid(), self.target, self.app_spec)
@@ -118,6 +131,8 @@ class Arbiter:
                 assert self.signals is not None
                 for signum in self.signals.drain():
                     self._on_signal(signum)
+            elif key.data is _CONTROL:
+                self._on_control()
             else:
                 self._read_channel(key.data)
 
@@ -163,6 +178,8 @@ class Arbiter:
             for other in self.workers.values():
                 other.close()
             self.relay.close()
+            if self.control is not None:
+                self.control.sock.close()
             if self.signals is not None:
                 self.signals.close()
             code = run_worker(WorkerContext(
@@ -190,6 +207,12 @@ class Arbiter:
                 self._on_ready(handle)
             elif message == MSG_RETIRE_ME:
                 self.retire(handle, f"handled its max_jobs ({handle.max_jobs} events)")
+            elif message.startswith(MSG_CLOSED):
+                answer = json.loads(message[1:])
+                self.closes.answer(answer["id"], handle.pid, answer["found"])
+            elif message.startswith(MSG_CLOSE_REQUEST):
+                ask = json.loads(message[1:])
+                self.close_connection(ask["uuid"], _tell_result(handle, ask["id"]), exclude=handle.pid)
             elif message.startswith(MSG_FAILED):
                 handle.failure = (int(message[1:2]), message[2:].decode("utf-8", "replace"))
 
@@ -226,7 +249,8 @@ class Arbiter:
         self._unwatch(handle)
         handle.close()
         self.board.reset(handle.slot)
-        how = _describe(status)
+        self.closes.gone(handle.pid)
+        how = describe_exit(status)
         if handle.killed:
             log.warning("worker %d (pid %d) %s (%s); starting a replacement", handle.id, handle.pid, how, handle.killed)
         elif handle.retiring and handle.ready:
@@ -260,6 +284,7 @@ class Arbiter:
 
     def _check_timeouts(self) -> None:
         now = time.monotonic()
+        self.closes.expire(now)
         if self.stopping:
             if now >= self.stop_deadline:
                 for handle in self.workers.values():
@@ -287,7 +312,7 @@ class Arbiter:
         for handle in list(self.workers.values()):
             if not handle.ready or handle.killed:
                 continue
-            rss = _rss_mb(handle.pid) if self.limits.needs_memory else None
+            rss = rss_mb(handle.pid) if self.limits.needs_memory else None
             verdict = judge(self.board.row(handle.slot), self.limits, now, handle.max_jobs, rss)
             if verdict is None:
                 continue
@@ -334,22 +359,42 @@ class Arbiter:
 
     # -- commands -------------------------------------------------------------------------
 
+    def _on_control(self) -> None:
+        assert self.control is not None
+        accepted = self.control.accept()
+        if accepted is not None:
+            answer(self, *accepted)
+
+    def worker_rows(self) -> list[dict[str, object]]:
+        """The ``workers`` table: one row per worker process, oldest first."""
+        now = time.monotonic()
+        return [worker_row(w, self.board.row(w.slot), now) for w in sorted(self.workers.values(), key=lambda w: w.id)]
+
+    def close_connection(self, uuid: str, done: Callable[[bool], None], exclude: int = 0) -> None:
+        """Ask every worker to close connection ``uuid``; ``done(found)`` once they answered."""
+        pids = {w.pid for w in self.workers.values() if w.ready and not w.killed and w.pid != exclude}
+        request_id = self.closes.start(uuid, pids, time.monotonic() + CLOSE_TIMEOUT, done)
+        if request_id is not None:
+            ask = CMD_CLOSE + json.dumps({"id": request_id, "uuid": uuid}).encode()
+            for pid in pids:
+                self.workers[pid].tell(ask)
+
     def replace_all(self, reason: str) -> None:
         """Retire every worker, keeping their connections (``reset``)."""
         for handle in list(self.workers.values()):
             self.retire(handle, reason)
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config and replace every worker with overlap."""
+        """SIGHUP or ``reload``: re-read the config and replace every worker with overlap."""
         if self.stopping or self.reloader is None:
             return
         try:
             config, app_spec = self.reloader()
-            listeners = _rebind(self.listeners, config)
+            listeners = self._rebind(config)
         except ConfigError as exc:
-            log.error("SIGHUP: config not reloaded: %s; the current workers keep serving", exc)
+            log.error("config not reloaded: %s; the current workers keep serving", exc)
             return
-        log.info("SIGHUP: reloading %s", config.source or "the configuration")
+        log.info("reloading %s", config.source or "the configuration")
         self.reload_backup = (self.config, self.app_spec, self.target)
         self._apply(config, app_spec, listeners, config.pool.num_workers)
         self.generation += 1
@@ -360,7 +405,7 @@ class Arbiter:
         config, app_spec, target = self.reload_backup
         self.reload_backup = None
         log.error("reload failed: the new workers could not start; the previous workers keep serving")
-        self._apply(config, app_spec, _rebind(self.listeners, config), target)
+        self._apply(config, app_spec, self._rebind(config), target)
         for handle in self.workers.values():
             if handle.generation == self.generation:
                 if handle.ready:
@@ -412,6 +457,8 @@ class Arbiter:
         for handle in self.workers.values():
             handle.signal(signal.SIGKILL)
         self.relay.close()
+        if self.control is not None:
+            self.control.close()
         for lst in self.listeners:
             lst.sock.close()
             unlink_unix(lst.address)
@@ -419,31 +466,16 @@ class Arbiter:
             self.signals.close()
         self.selector.close()
 
+    def _rebind(self, config: Config) -> list[Listener]:
+        try:
+            return rebind(self.listeners, config.servers)
+        except ValueError as exc:
+            raise ConfigError(f"tcp.servers: {exc}") from None
+
     def _set_title(self) -> None:
         setproctitle(f"{self.config.proc_name}: master [{self.app_spec}]")
 
 
-def _rebind(listeners: list[Listener], config: Config) -> list[Listener]:
-    """Return listeners with ``config``'s framing settings on the sockets already bound.
-
-    Raises ConfigError when the servers' names or addresses changed: those need a restart.
-    """
-    by_name = {lst.name: lst for lst in listeners}
-    wanted = {(s.name, str(s.addr)) for s in config.servers}
-    if wanted != {(lst.name, str(lst.address)) for lst in listeners}:
-        raise ConfigError("tcp.servers: names and addresses cannot change on reload; restart the server")
-    return [Listener(s.name, s.addr, by_name[s.name].sock, s.delimiter, s.max_message_size, s.read_buf_size)
-            for s in config.servers]
-
-
-def _rss_mb(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).memory_info().rss / (1024 * 1024)
-    except psutil.Error:
-        return None
-
-
-def _describe(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exited with code {os.waitstatus_to_exitcode(status)}"
+def _tell_result(handle: WorkerHandle, request_id: int) -> Callable[[bool], None]:
+    """Return how to answer a worker's own close request."""
+    return lambda found: handle.tell(CMD_CLOSE_RESULT + json.dumps({"id": request_id, "found": found}).encode())

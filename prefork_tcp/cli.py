@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
@@ -14,6 +15,7 @@ from . import logs
 from . import pidfile as pidfiles
 from .apploader import AppLoadError, load_app
 from .arbiter import Arbiter, Reloader
+from .control import ControlError, request, socket_path
 from .daemon import daemonize
 from .sockets import BindError, Listener, bind
 
@@ -164,3 +166,106 @@ def check(app: str | None, config_file: str | None) -> None:
     except AppLoadError as exc:
         _fail(str(exc), EXIT_APP_LOAD)
     click.echo(cfg.to_toml(config), nl=False)
+
+
+# -- management commands: they talk to a running master over its control socket ----------
+
+def _control_options(command: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed([
+        click.option("--control", "control_socket", metavar="SOCKET", help="The master's control socket."),
+        click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False),
+                     help="The server's config file (its [control] socket, or its pidfile)."),
+        click.option("--pidfile", metavar="F", help="The server's pidfile (the socket is F.sock)."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _ask(control_socket: str | None, config_file: str | None, pidfile: str | None, command: str, **args: Any) -> dict[str, Any]:
+    """Send ``command`` to the master found by the options; exit with a one-line error if it fails."""
+    path = control_socket or ""
+    if not path and config_file:
+        try:
+            config = cfg.load(config_file)
+        except cfg.ConfigError as exc:
+            _fail(str(exc), EXIT_USAGE)
+        path = socket_path(config.control.socket, config.pidfile)
+        if not path:
+            _fail(f"{config_file} sets neither [control] socket nor pidfile: no way to reach the master", EXIT_USAGE)
+    if not path and pidfile:
+        path = socket_path("", pidfile)
+    if not path:
+        _fail("say where the master is: --control SOCKET, -c FILE or --pidfile F", EXIT_USAGE)
+    try:
+        return request(path, command, **args)
+    except ControlError as exc:
+        _fail(str(exc), EXIT_RUNTIME)
+
+
+@main.command()
+@_control_options
+def workers(control_socket: str | None, config_file: str | None, pidfile: str | None) -> None:
+    """Show the workers: id, pid, state, events handled, open connections, RSS, age."""
+    rows = _ask(control_socket, config_file, pidfile, "workers")["workers"]
+    header = ("ID", "PID", "STATE", "EVENTS", "CONNS", "RSS MB", "AGE")
+    lines = [header] + [(str(r["id"]), str(r["pid"]), r["state"], str(r["events"]), str(r["connections"]),
+                         "-" if r["rss_mb"] is None else f"{r['rss_mb']:.1f}", _age(r["age"])) for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        cells = (cell.ljust(w) if i == 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True)))
+        click.echo("  ".join(cells).rstrip())
+
+
+def _age(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s")
+
+
+@main.command()
+@_control_options
+def reset(control_socket: str | None, config_file: str | None, pidfile: str | None) -> None:
+    """Replace every worker; open connections move to the new workers."""
+    _ask(control_socket, config_file, pidfile, "reset")
+    click.echo("replacing every worker")
+
+
+@main.command()
+@_control_options
+def reload(control_socket: str | None, config_file: str | None, pidfile: str | None) -> None:
+    """Re-read the config and replace every worker, keeping connections (as SIGHUP)."""
+    _ask(control_socket, config_file, pidfile, "reload")
+    click.echo("reloading (the master logs the outcome)")
+
+
+@main.command()
+@click.option("--quick", is_flag=True, help="Quick stop (as SIGQUIT): drop unsent output.")
+@_control_options
+def stop(quick: bool, control_socket: str | None, config_file: str | None, pidfile: str | None) -> None:
+    """Stop the server: gracefully (as SIGTERM), or quickly with --quick."""
+    _ask(control_socket, config_file, pidfile, "stop", quick=quick)
+    click.echo("stopping")
+
+
+@main.command()
+@click.argument("uuid")
+@_control_options
+def close(uuid: str, control_socket: str | None, config_file: str | None, pidfile: str | None) -> None:
+    """Close the connection UUID, whichever worker owns it (its CLOSE is delivered). Exit 1 if there is none."""
+    if not _ask(control_socket, config_file, pidfile, "close", uuid=uuid)["found"]:
+        _fail(f"no connection with uuid {uuid}", EXIT_RUNTIME)
+    click.echo(f"closed {uuid}")
+
+
+@main.command("add-worker")
+@_control_options
+def add_worker(control_socket: str | None, config_file: str | None, pidfile: str | None) -> None:
+    """Start one worker more (as SIGTTIN)."""
+    click.echo(f"{_ask(control_socket, config_file, pidfile, 'add-worker')['workers']} workers")
+
+
+@main.command("remove-worker")
+@_control_options
+def remove_worker(control_socket: str | None, config_file: str | None, pidfile: str | None) -> None:
+    """Retire one worker (as SIGTTOU), never the last; its connections move to the others."""
+    click.echo(f"{_ask(control_socket, config_file, pidfile, 'remove-worker')['workers']} workers")

@@ -11,8 +11,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import psutil
+
 from . import handoff
-from .scoreboard import Scoreboard
+from .scoreboard import Row, Scoreboard
 
 log = logging.getLogger("prefork_tcp.master")
 
@@ -116,3 +118,31 @@ def read_messages(handle: WorkerHandle) -> list[tuple[bytes, list[int]]]:
             break
     return messages
 
+
+def worker_row(handle: WorkerHandle, row: Row, now: float) -> dict[str, object]:
+    """Return one line of the ``workers`` table."""
+    if not handle.ready:
+        state = "booting"
+    elif handle.retiring or handle.stopping:
+        state = "retiring"
+    else:
+        state = "busy" if row.busy_since else "idle"
+    rss = rss_mb(handle.pid)
+    return {"id": handle.id, "pid": handle.pid, "state": state, "events": row.events,
+            "connections": row.connections, "rss_mb": round(rss, 1) if rss is not None else None,
+            "age": round(now - handle.started, 1)}
+
+
+def rss_mb(pid: int) -> float | None:
+    """Return a process's resident memory in MB, or None if it is gone."""
+    try:
+        return psutil.Process(pid).memory_info().rss / (1024 * 1024)
+    except psutil.Error:
+        return None
+
+
+def describe_exit(status: int) -> str:
+    """Return how a process ended, from its wait status."""
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with code {os.waitstatus_to_exitcode(status)}"

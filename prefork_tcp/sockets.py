@@ -6,7 +6,9 @@ import errno
 import os
 import socket
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 #: Length of the accept queue asked of the kernel (capped by net.core.somaxconn).
 BACKLOG = 2048
@@ -57,6 +59,16 @@ def parse_address(text: str) -> Address:
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError("port must be a number from 0 to 65535")
     return Address("tcp", host=host or "0.0.0.0", port=int(port_text))
+
+
+class ServerSettings(Protocol):
+    """What a listener takes from a server's config (``config.ServerConfig``)."""
+
+    name: str
+    addr: Address
+    delimiter: bytes
+    max_message_size: int
+    read_buf_size: int
 
 
 @dataclass
@@ -156,3 +168,16 @@ def format_peer(family: int, addr: object) -> str:
     if isinstance(addr, bytes):
         return addr.decode("utf-8", "replace")
     return addr or ""  # type: ignore[return-value]
+
+
+def rebind(listeners: list[Listener], servers: Iterable[ServerSettings]) -> list[Listener]:
+    """Return listeners with new framing settings on the sockets already bound.
+
+    Raises ValueError when the servers' names or addresses changed: those need a restart.
+    """
+    servers = list(servers)
+    by_name = {lst.name: lst for lst in listeners}
+    if {(s.name, str(s.addr)) for s in servers} != {(lst.name, str(lst.address)) for lst in listeners}:
+        raise ValueError("names and addresses cannot change on reload; restart the server")
+    return [Listener(s.name, s.addr, by_name[s.name].sock, s.delimiter, s.max_message_size, s.read_buf_size)
+            for s in servers]

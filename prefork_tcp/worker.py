@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import select
 import signal
 import socket
@@ -17,7 +16,6 @@ import time
 import uuid
 from collections import deque
 
-from . import handoff
 from .api import TcpEvent, TcpResponse
 from .connection import Connection
 from .framing import MessageTooLarge, make_framer
@@ -393,86 +391,12 @@ class EventLoop:
             self.begin_stop(quick=False)
 
     def _read_channel(self) -> None:
-        while (received := handoff.receive(self.channel)) is not None:
-            message, fds = received
-            if message.startswith(handoff.MSG_PARCEL):
-                self._adopt(*handoff.unpack(message, fds))
-                continue
-            for fd in fds:
-                os.close(fd)
-            if not message:  # the master is gone
-                self.begin_stop(quick=False)
-                return
-            if message == CMD_QUIT:
-                self.begin_stop(quick=True)
-            elif message == CMD_STOP:
-                self.begin_stop(quick=False)
-            elif message == CMD_RETIRE:
-                self.begin_retire()
-
-    # -- retiring: handing connections over ------------------------------------------------
-
-    def begin_retire(self) -> None:
-        """Stop accepting; once queued events are delivered, hand every open connection over."""
-        if self.retiring or self.stopping:
-            return
-        self.retiring = True
-        self.slot.set_state(State.RETIRING)
-        self._close_listeners()
+        """Act on what the master sent (``WorkerLoop`` knows the commands)."""
+        raise NotImplementedError
 
     def _hand_off_all(self) -> None:
-        """Send every open connection to the master for another worker; no CLOSE is delivered."""
-        self.channel.setblocking(True)
-        self.channel.settimeout(self.drain_timeout)
-        try:
-            for conn in [c for c in self.conns.values() if c.open]:
-                self._hand_off(conn)
-        except OSError as exc:
-            log.error("handing connections over failed: %s; closing the rest", exc)
-        finally:
-            self.channel.setblocking(False)
-
-    def _hand_off(self, conn: Connection) -> None:
-        held = conn.held or []
-        conn.held = None
-        pending = b"".join(body for _, event, body in held if event is DATA) + conn.framer.take_partial()
-        output = conn.take_output() if conn.out_size else b""
-        parcel = handoff.Parcel(conn.uuid, conn.server, conn.remote, conn.eof, pending, output)
-        message, fds = handoff.pack(parcel, conn.fd)
-        try:
-            handoff.send(self.channel, message, fds)
-        finally:
-            for fd in fds[1:]:
-                os.close(fd)
-        log.debug("handed connection %s over (%d bytes in, %d out)", conn.uuid, len(pending), len(output))
-        conn.open = False  # it lives on in another worker: nothing more here, not even CLOSE
-        self._forget(conn)
-        conn.sock.close()  # type: ignore[union-attr]
-        conn.sock = None
-
-    def _adopt(self, parcel: handoff.Parcel, fd: int) -> None:
-        """Carry on serving a connection another worker handed over: same uuid, no CONNECTED."""
-        sock = socket.socket(fileno=fd)
-        sock.setblocking(False)
-        server = self.servers.get(parcel.server)
-        delimiter, max_size, read_size = (
-            (server.delimiter, server.max_message_size, server.read_size) if server else (b"\r\n", 1 << 20, 65536)
-        )
-        conn = Connection(sock, parcel.uuid, parcel.server, parcel.remote,
-                          make_framer(delimiter, max_size), read_size, self.high_water)
-        self.conns[conn.fd] = conn
-        self.slot.set_connections(len(self.conns))
-        log.debug("adopted connection %s (server %s)", conn.uuid, conn.server)
-        if self.stopping:
-            self._finish(conn)
-            return
-        if parcel.unsent_output and conn.write(parcel.unsent_output):
-            self.dirty.append(conn)
-        if parcel.pending_input:
-            self._received(conn, parcel.pending_input)
-        if parcel.eof and conn.open:
-            self._end_of_input(conn)
-        self._update_mask(conn)
+        """Hand every open connection over (``WorkerLoop`` knows how)."""
+        raise NotImplementedError
 
     def _read_signals(self) -> None:
         for signum in self.signals.drain():

@@ -20,7 +20,7 @@ from .config import Config
 from .scoreboard import SlotWriter
 from .signals import SignalPipe
 from .sockets import Listener
-from .worker import EventLoop
+from .workerloop import WorkerLoop
 
 log = logging.getLogger("prefork_tcp.worker")
 
@@ -69,7 +69,7 @@ def run(ctx: WorkerContext) -> int:
         except AppLoadError as exc:
             return _fail(ctx, EXIT_APP_LOAD, str(exc))
     pool = ctx.config.pool
-    loop = EventLoop(
+    loop = WorkerLoop(
         ctx.listeners,
         ctx.channel,
         signals,

@@ -134,3 +134,16 @@ def test_wire_values_match_roadrunner():
     assert [e.value for e in TcpEvent] == ["CONNECTED", "DATA", "CLOSE"]
     assert {r.name: r.value for r in TcpResponse} == {
         "RESPOND": "WRITE", "RESPOND_CLOSE": "WRITECLOSE", "READ": "CONTINUE", "CLOSE": "CLOSE"}
+
+
+def test_parcel_carries_held_input_partial_and_unsent_output():
+    conn = make_conn(high_water=4)
+    assert conn.framer.feed(b"one\r\ntw") == [b"one\r\n"]
+    conn.write(b"answer")
+    assert conn.hold((conn, TcpEvent.DATA, b"one\r\n"))
+    assert conn.hold((conn, None, b""))  # an end-of-input marker is not data
+    conn.eof = True
+    parcel = conn.parcel(TcpEvent.DATA.__eq__)
+    assert (parcel.uuid, parcel.server, parcel.remote, parcel.eof) == ("u-1", "srv", "127.0.0.1:5", True)
+    assert parcel.pending_input == b"one\r\ntw" and parcel.unsent_output == b"answer"
+    assert conn.held is None and conn.out_size == 0 and conn.framer.pending == 0

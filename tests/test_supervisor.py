@@ -91,3 +91,23 @@ def test_scoreboard_slots_are_shared_with_a_forked_child():
     board.reset(slot)
     assert board.row(slot).state == State.FREE
     assert board.claim(pid=9, started=1.0) == slot
+
+
+def test_close_requests_settle_on_found_all_answers_death_or_deadline():
+    from prefork_tcp.closing import CloseRequests
+
+    results: list[tuple[str, bool]] = []
+    requests = CloseRequests()
+    assert requests.start("none", set(), 10.0, lambda f: results.append(("none", f))) is None
+    first = requests.start("a", {1, 2, 3}, 10.0, lambda f: results.append(("a", f)))
+    requests.answer(first, 1, False)
+    requests.answer(first, 2, True)  # found: no need to wait for 3
+    second = requests.start("b", {1, 2}, 10.0, lambda f: results.append(("b", f)))
+    requests.answer(second, 1, False)
+    requests.gone(2)
+    third = requests.start("c", {4}, 5.0, lambda f: results.append(("c", f)))
+    requests.expire(4.9)
+    requests.expire(5.0)
+    requests.answer(third, 4, True)  # too late: already settled
+    assert results == [("none", False), ("a", True), ("b", False), ("c", False)]
+    assert requests.pending == {}
