@@ -138,12 +138,9 @@ class Arbiter:
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
-        if signum == signal.SIGTERM:
-            log.info("SIGTERM: stopping gracefully")
-            self.stop(quick=False)
-        elif signum in (signal.SIGINT, signal.SIGQUIT):
-            log.info("%s: stopping quickly", name)
-            self.stop(quick=True)
+        if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            log.info("%s received", name)
+            self.stop(quick=signum != signal.SIGTERM)
         elif signum == signal.SIGHUP:
             self.reload()
         elif signum == signal.SIGTTIN:
@@ -398,7 +395,7 @@ class Arbiter:
         self.reload_backup = (self.config, self.app_spec, self.target)
         self._apply(config, app_spec, listeners, config.pool.num_workers)
         self.generation += 1
-        self.replace_all("reload (SIGHUP)")
+        self.replace_all("reload")
 
     def _abort_reload(self) -> None:
         assert self.reload_backup is not None
@@ -443,6 +440,7 @@ class Arbiter:
         """Stop every worker (gracefully unless ``quick``); the loop exits once all are gone."""
         if self.stopping and (self.quick or not quick):
             return
+        log.info("stopping %s", "quickly" if quick else "gracefully")
         if not self.stopping:
             self.stop_deadline = time.monotonic() + self.config.pool.destroy_timeout
             for lst in self.listeners:

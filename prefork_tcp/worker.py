@@ -278,8 +278,8 @@ class EventLoop:
             self.conns[conn.fd] = conn
             self.epoll.register(conn.fd, EPOLLIN)
             conn.mask = EPOLLIN
+            self.slot.set_connections(len(self.conns))
             self.events.append((conn, CONNECTED, b""))
-        self.slot.set_connections(len(self.conns))
 
     # -- finishing connections --------------------------------------------------------
 

@@ -4,7 +4,7 @@ Every event is appended to ``$RECORDER_LOG`` as one JSON line before it is answe
 CONNECTED: server ``greet`` answers ``hello <uuid>``, ``reject`` closes, ``slow`` sleeps
 half a second before READ, others READ.
 DATA commands (the body without its delimiter): ``close``, ``bye`` (RESPOND_CLOSE),
-``bigbye N``, ``error``, ``noanswer``, ``twice``, ``badtype``, ``str``, ``big N``, ``sleep S``, ``grow MB``, ``pid``,
+``bigbye N``, ``error``, ``noanswer``, ``twice``, ``badtype``, ``str``, ``big N``, ``sleep S``, ``grow MB``, ``kill UUID``, ``pid``,
 ``uuid``; anything else is echoed.
 """
 
@@ -85,6 +85,9 @@ def _data(worker: TcpWorker, request: Request, fh) -> None:
     elif command == b"grow":
         _hoard.append(b"\x01" * (int(arg) * 1024 * 1024))  # written, so it counts in RSS
         worker.respond(b"grown\r\n")
+    elif command == b"kill":
+        found = worker.close_connection(arg.decode())
+        worker.respond(f"{'found' if found else 'missing'}\r\n")
     elif command == b"pid":
         worker.respond(f"{os.getpid()}\r\n")
     elif command == b"uuid":
