@@ -388,6 +388,11 @@ class Arbiter:
         try:
             config, app_spec = self.reloader()
             listeners = self._rebind(config)
+            if config.log != self.config.log:
+                try:
+                    logs.setup(config.log)
+                except OSError as exc:
+                    raise ConfigError(f"log.file: cannot open {config.log.file!r}: {exc.strerror}") from None
         except ConfigError as exc:
             log.error("config not reloaded: %s; the current workers keep serving", exc)
             return
@@ -416,6 +421,7 @@ class Arbiter:
     def _apply(self, config: Config, app_spec: str, listeners: list[Listener], target: int) -> None:
         self.config, self.app_spec, self.listeners, self.target = config, app_spec, listeners, target
         self.limits = Limits.from_pool(config.pool)
+        os.umask(config.umask)
         self._set_title()
 
     def add_worker(self) -> None:

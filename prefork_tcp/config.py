@@ -105,7 +105,7 @@ class LogConfig:
 class ControlConfig:
     """``[control]``: the management socket."""
 
-    socket: str = setting("", v.string, "unix socket path for the management commands (mode 0600)")
+    socket: str = setting("", v.string, "unix socket for the management commands (mode 0600); \"\" = PIDFILE.sock if a pidfile is set")
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,7 @@ def test_close_by_uuid_reaches_any_worker_and_the_owner_delivers_close(start_ser
     first = Client(address)
     busy_pid = int((first.send(b"pid\r\n"), first.line())[1])
     first.send(b"sleep 1\r\n")  # the other worker takes the next connection
+    wait_for(lambda: any(e["body"] == "sleep 1\r\n" for e in server.events()), what="the worker to be busy")
     second = Client(address)
     second.send(b"pid\r\n")
     other_pid = int(second.line())

@@ -165,6 +165,7 @@ def test_sigkill_loses_only_that_workers_connections(start_server):
     first = Client(address)
     busy_pid = answering_pid(first)
     first.send(b"sleep 1\r\n")  # while that worker sleeps, the other one accepts
+    wait_for(lambda: any(e["body"] == "sleep 1\r\n" for e in server.events()), what="the worker to be busy")
     second = Client(address)
     by_pid = {busy_pid: [first], answering_pid(second): [second]}
     assert first.line() == b"sleep 1\r\n"
