@@ -8,7 +8,6 @@ was read and answered and says what the loop should do next (``wants_read``,
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
 from typing import Union
 
 from .framing import Framer, StreamFramer
@@ -127,14 +126,14 @@ class Connection:
         held, self.held = self.held, None
         return held
 
-    def parcel(self, is_data: Callable[[object], bool]) -> Parcel:
+    def parcel(self, data_event: object) -> Parcel:
         """Return what another worker needs to carry on serving this connection, taking it.
 
         Held events become unread input again (their bodies keep their delimiters, so the
         new owner frames them into the same messages); output not yet sent goes along.
         """
         held, self.held = self.held or [], None
-        pending = b"".join(body for _, event, body in held if is_data(event)) + self.framer.take_partial()
+        pending = b"".join(body for _, event, body in held if event is data_event) + self.framer.take_partial()
         output = self.take_output() if self.out_size else b""
         return Parcel(self.uuid, self.server, self.remote, self.eof, pending, output)
 

@@ -120,7 +120,7 @@ class WorkerLoop(EventLoop):
             self.channel.setblocking(False)
 
     def _hand_off(self, conn: Connection) -> None:
-        message, fds = handoff.pack(conn.parcel(DATA.__eq__), conn.fd)
+        message, fds = handoff.pack(conn.parcel(DATA), conn.fd)
         try:
             handoff.send(self.channel, message, fds)
         finally:

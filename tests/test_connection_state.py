@@ -143,7 +143,7 @@ def test_parcel_carries_held_input_partial_and_unsent_output():
     assert conn.hold((conn, TcpEvent.DATA, b"one\r\n"))
     assert conn.hold((conn, None, b""))  # an end-of-input marker is not data
     conn.eof = True
-    parcel = conn.parcel(TcpEvent.DATA.__eq__)
+    parcel = conn.parcel(TcpEvent.DATA)
     assert (parcel.uuid, parcel.server, parcel.remote, parcel.eof) == ("u-1", "srv", "127.0.0.1:5", True)
     assert parcel.pending_input == b"one\r\ntw" and parcel.unsent_output == b"answer"
     assert conn.held is None and conn.out_size == 0 and conn.framer.pending == 0
