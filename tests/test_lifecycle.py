@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
+import sys
 
 from harness import Client, servers_config, wait_for
 
@@ -183,3 +186,38 @@ def test_sigkill_loses_only_that_workers_connections(start_server):
     server.wait_log(r"worker \d+ \(pid \d+\) ready", count=3)
     for c in clients:
         c.close()
+
+
+def test_unsent_output_and_unread_input_move_with_the_connection(start_server, tmp_path):
+    pidfile = tmp_path / "m.pid"
+    server = start_server(f'pidfile = "{pidfile}"\n' + servers_config("echo"), workers=1)
+    slow = Client(server.address("echo"))
+    slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    uuid = connection_uuid(slow)
+    old_pid = answering_pid(slow)
+    answers = 12
+    slow.send(b"big 1000000\r\n" * answers + b"pid\r\n")  # far more than the high-water mark
+    wait_for(lambda: sum(e["body"] == "big 1000000\r\n" for e in server.events_of(uuid)) >= 1, what="a big answer")
+    result = subprocess.run([sys.executable, "-m", "prefork_tcp", "reset", "--pidfile", str(pidfile)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    server.wait_log(r"retired \(reset\)")
+    body = slow.read_exactly(answers * 1000002)
+    assert body == (b"x" * 1000000 + b"\r\n") * answers  # every byte, in order
+    new_pid = int(slow.line())
+    assert new_pid != old_pid
+    handled = [e["pid"] for e in server.events_of(uuid) if e["body"] == "big 1000000\r\n"]
+    assert len(handled) == answers and handled[-1] == new_pid  # later messages ran in the new worker
+    assert_kept(server, uuid)
+    slow.close()
+
+
+def test_usr1_reopens_the_log_file(start_server, tmp_path):
+    log_file = tmp_path / "server.log"
+    server = start_server(servers_config("echo", extra=f'[log]\nfile = "{log_file}"\n'), ready=False)
+    wait_for(lambda: log_file.exists() and "serving:" in log_file.read_text(), what="the log file")
+    rotated = tmp_path / "server.log.1"
+    log_file.rename(rotated)
+    server.send_signal(signal.SIGUSR1)
+    wait_for(lambda: log_file.exists() and "log files reopened" in log_file.read_text(), what="a new log file")
+    assert "log files reopened" not in rotated.read_text()
