@@ -4,8 +4,8 @@
 Two phases, each for --duration seconds against a fresh server on a free loopback port:
 
 recycle  every graceful recycle at once: small max_jobs, a memory limit every worker
-         exceeds (so each worker retires at every watch_tick), HUP, reset, add-worker and
-         remove-worker, on a timer. Target: no connection dropped, no wrong answer.
+         exceeds (so each worker retires at every watch_tick), and on a timer SIGHUP,
+         SIGTTIN, `prefork-tcp reset` and SIGTTOU. Target: no connection dropped, no wrong answer.
 kill     SIGKILL a random worker every second. Target: only the killed workers'
          connections are lost (dropped <= what they held), and the service goes on.
 
@@ -144,10 +144,13 @@ async def chaos(server: Server, phase: str, stop_at: float, stats: Stats) -> Non
                 stats.actions.append(f"SIGKILL {victim}")
                 stats.victims_held += workers[victim]
             continue
-        action = {0: ("reload",), 1: ("add-worker",), 2: ("reset",), 3: ("remove-worker",)}.get(step % 5)
-        if action:
-            await loop.run_in_executor(None, server.manage, *action)
-            stats.actions.append(action[0])
+        action = {0: signal.SIGHUP, 1: signal.SIGTTIN, 2: "reset", 3: signal.SIGTTOU}.get(step % 5)
+        if action == "reset":
+            await loop.run_in_executor(None, server.manage, "reset")
+            stats.actions.append("reset")
+        elif action is not None:
+            server.proc.send_signal(action)
+            stats.actions.append(signal.Signals(action).name)
 
 
 def redis_benchmark(port: int, seconds: float) -> subprocess.Popen | None:

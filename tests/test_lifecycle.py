@@ -221,3 +221,18 @@ def test_usr1_reopens_the_log_file(start_server, tmp_path):
     server.send_signal(signal.SIGUSR1)
     wait_for(lambda: log_file.exists() and "log files reopened" in log_file.read_text(), what="a new log file")
     assert "log files reopened" not in rotated.read_text()
+
+
+def test_a_retiring_worker_stuck_in_an_event_is_killed_after_destroy_timeout(start_server, tmp_path):
+    pidfile = tmp_path / "m.pid"
+    config = f'pidfile = "{pidfile}"\n' + servers_config("echo", extra='[tcp.pool]\ndestroy_timeout = "1s"\n')
+    server = start_server(config, workers=1)
+    with Client(server.address("echo")) as stuck:
+        stuck.send(b"sleep 60\r\n")
+        wait_for(lambda: any(e["body"] == "sleep 60\r\n" for e in server.events()), what="the stuck event")
+        subprocess.run([sys.executable, "-m", "prefork_tcp", "reset", "--pidfile", str(pidfile)],
+                       capture_output=True, timeout=60, check=True)
+        server.wait_log(r"worker 1 \(pid \d+\) was killed by SIGKILL \(still retiring after destroy_timeout \(1s\)\)")
+    with Client(server.address("echo")) as client:
+        client.send(b"after\r\n")
+        assert client.line() == b"after\r\n"
