@@ -144,11 +144,11 @@ class WorkerLoop(EventLoop):
         self.conns[conn.fd] = conn
         self.slot.set_connections(len(self.conns))
         log.debug("adopted connection %s (server %s)", conn.uuid, conn.server)
-        if self.stopping:
-            self._finish(conn)
-            return
         if parcel.unsent_output and conn.write(parcel.unsent_output):
             self.dirty.append(conn)
+        if self.stopping:  # arrived during a stop: its output is flushed, then it closes
+            self._finish(conn)
+            return
         if parcel.pending_input:
             self._received(conn, parcel.pending_input)
         if parcel.eof and conn.open:
