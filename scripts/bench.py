@@ -1,0 +1,307 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: prefork_tcp against Python peers and redis-server.
+
+Every server answers ``PING\\r\\n`` with ``+PONG\\r\\n`` on a free loopback port and is
+driven by ``redis-benchmark -t ping_inline`` (Debian's redis-tools), a C client nobody
+here wrote. Cases: ``-P 1`` and ``-P 16`` with ``-c 50``, and ``-k 0`` (a new
+connection per request).
+
+Layouts:
+- pinned: each server on CPU 0 (``taskset``; prefork_tcp with one worker, its master
+  included), the client on CPU 1. This compares per-core efficiency.
+- unpinned: prefork_tcp with 2 workers and redis-server, nothing pinned.
+
+For every case it reports requests/s and server CPU microseconds per request (user+sys of
+the whole server process tree, from psutil), each also as a ratio to redis-server and to
+the best Python peer, as the median of --rounds rounds. Rounds rotate the order of the
+servers so that drift of the machine hits all of them alike. Output: a markdown table on
+stdout (and in --markdown), the raw numbers (--json) and a bar chart (--chart, needs
+matplotlib). Everything it starts is stopped; only 127.0.0.1 is used.
+
+    python3 scripts/bench.py [--rounds 3] [--scale 1.0] [--chart bench.png]
+
+Needs: redis-tools and redis-server (apt), uvloop, twisted, gevent (pip install
+'.[bench]'); a peer whose package is missing is skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+PEERS = HERE / "peers"
+PY = sys.executable
+
+#: name -> (command taking the port, python modules it needs, is it a Python peer)
+SERVERS: dict[str, tuple[list[str], tuple[str, ...], bool]] = {
+    "prefork_tcp": ([PY, "-m", "prefork_tcp", "serve", "prefork_tcp.examples.ping:main", "-w", "1",
+                     "--log-level", "warning", "-b", "127.0.0.1:{port}"], (), False),
+    "asyncio Protocol": ([PY, str(PEERS / "asyncio_protocol.py"), "{port}"], (), True),
+    "uvloop Protocol": ([PY, str(PEERS / "asyncio_protocol.py"), "{port}", "--uvloop"], ("uvloop",), True),
+    "asyncio streams": ([PY, str(PEERS / "asyncio_streams.py"), "{port}"], (), True),
+    "Twisted LineReceiver": ([PY, str(PEERS / "twisted_line.py"), "{port}"], ("twisted",), True),
+    "gevent StreamServer": ([PY, str(PEERS / "gevent_server.py"), "{port}"], ("gevent",), True),
+    "redis-server": (["redis-server", "--port", "{port}", "--bind", "127.0.0.1", "--save", "",
+                      "--appendonly", "no", "--protected-mode", "no"], (), False),
+}
+UNPINNED = {
+    "prefork_tcp (2 workers)": ([*SERVERS["prefork_tcp"][0][:5], "2", *SERVERS["prefork_tcp"][0][6:]], (), False),
+    "redis-server": SERVERS["redis-server"],
+}
+#: case -> (redis-benchmark flags, requests at --scale 1)
+CASES = {
+    "-P 1": (["-c", "50", "-P", "1"], 150_000),
+    "-P 16": (["-c", "50", "-P", "16"], 600_000),
+    "-k 0": (["-c", "50", "-k", "0"], 20_000),
+}
+
+
+@dataclass
+class Sample:
+    rps: float
+    cpu_us: float  # server CPU per request
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not answer PING in time")
+
+
+def tree_cpu(pid: int) -> float:
+    """User+system CPU seconds of a process and all its descendants."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def start(command: list[str], port: int, pin: str | None) -> subprocess.Popen:
+    argv = [part.replace("{port}", str(port)) for part in command]
+    if pin is not None:
+        argv = ["taskset", "-c", pin, *argv]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    wait_listening(port, proc)
+    time.sleep(0.3)  # let start-up work finish before the CPU clock is read
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
+        proc.kill()
+        proc.wait(5)
+
+
+def measure(proc: subprocess.Popen, port: int, flags: list[str], requests: int, pin: str | None) -> Sample:
+    argv = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", "ping_inline", "--csv",
+            "-n", str(requests), *flags]
+    if pin is not None:
+        argv = ["taskset", "-c", pin, *argv]
+    before = tree_cpu(proc.pid)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    after = tree_cpu(proc.pid)
+    row = next((line for line in result.stdout.splitlines() if line.startswith('"PING_INLINE"')), None)
+    if result.returncode != 0 or row is None:
+        raise RuntimeError(f"redis-benchmark failed: {result.stdout[-300:]} {result.stderr[-300:]}")
+    rps = float(re.findall(r'"([\d.]+)"', row)[0])
+    return Sample(rps, (after - before) / requests * 1e6)
+
+
+def available(servers: dict) -> tuple[dict, list[str]]:
+    usable, notes = {}, []
+    for name, (command, modules, is_peer) in servers.items():
+        missing = [m for m in modules if importlib.util.find_spec(m) is None]
+        if missing or (command[0] != PY and not shutil.which(command[0])):
+            notes.append(f"{name}: skipped ({', '.join(missing) or command[0]} not installed)")
+            continue
+        usable[name] = (command, modules, is_peer)
+    return usable, notes
+
+
+def run_layout(servers: dict, rounds: int, scale: float, pinned: bool) -> dict[str, dict[str, list[Sample]]]:
+    results: dict[str, dict[str, list[Sample]]] = {name: {case: [] for case in CASES} for name in servers}
+    names = list(servers)
+    for round_no in range(rounds):
+        order = names[round_no % len(names):] + names[:round_no % len(names)]
+        for name in order:
+            port = free_port()
+            proc = start(servers[name][0], port, "0" if pinned else None)
+            try:
+                for case, (flags, requests) in CASES.items():
+                    sample = measure(proc, port, flags, max(1000, int(requests * scale)), "1" if pinned else None)
+                    results[name][case].append(sample)
+                    print(f"  round {round_no + 1} {name:<24} {case:<6} {sample.rps:>10.0f} req/s "
+                          f"{sample.cpu_us:>7.2f} us/req", file=sys.stderr)
+            finally:
+                stop(proc)
+    return results
+
+
+def medians(results: dict[str, dict[str, list[Sample]]]) -> dict[str, dict[str, Sample]]:
+    return {name: {case: Sample(statistics.median(s.rps for s in samples), statistics.median(s.cpu_us for s in samples))
+                   for case, samples in cases.items() if samples}
+            for name, cases in results.items()}
+
+
+def table(med: dict[str, dict[str, Sample]], servers: dict, title: str) -> str:
+    peers = [name for name, spec in servers.items() if spec[2]]
+    lines = [f"### {title}", "",
+             "| case | server | requests/s | CPU µs/req | req/s ÷ redis | CPU ÷ redis | req/s ÷ best peer | CPU ÷ best peer |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for case in CASES:
+        redis = med.get("redis-server", {}).get(case)
+        best_rps = max((med[p][case] for p in peers if case in med[p]), key=lambda s: s.rps, default=None)
+        best_cpu = min((med[p][case] for p in peers if case in med[p]), key=lambda s: s.cpu_us, default=None)
+        for name in med:
+            s = med[name].get(case)
+            if s is None:
+                continue
+            cells = [case, name, f"{s.rps:,.0f}", f"{s.cpu_us:.2f}",
+                     _ratio(s.rps, redis.rps if redis else None), _ratio(s.cpu_us, redis.cpu_us if redis else None),
+                     _ratio(s.rps, best_rps.rps if best_rps else None), _ratio(s.cpu_us, best_cpu.cpu_us if best_cpu else None)]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _ratio(value: float, reference: float | None) -> str:
+    return f"{value / reference:.2f}" if reference else "-"
+
+
+def targets(med: dict[str, dict[str, Sample]], servers: dict) -> list[str]:
+    """The issue's targets for the pinned layout, each with its measured ratio."""
+    ours = med.get("prefork_tcp", {})
+    peers = [name for name, spec in servers.items() if spec[2]]
+    out = []
+
+    def check(label: str, value: float | None, limit: float, higher_is_better: bool) -> None:
+        if value is None:
+            out.append(f"- {label}: not measured")
+            return
+        ok = value >= limit if higher_is_better else value <= limit
+        out.append(f"- {label}: {value:.2f} ({'met' if ok else 'MISSED'}; target {'≥' if higher_is_better else '≤'} {limit})")
+
+    def best(case: str, key) -> Sample | None:
+        candidates = [med[p][case] for p in peers if case in med[p]]
+        return key(candidates) if candidates else None
+
+    p16_rps = best("-P 16", lambda c: max(c, key=lambda s: s.rps))
+    p16_cpu = best("-P 16", lambda c: min(c, key=lambda s: s.cpu_us))
+    check("-P 16 requests/s ÷ best peer", ours["-P 16"].rps / p16_rps.rps if p16_rps and "-P 16" in ours else None, 0.9, True)
+    check("-P 16 CPU/req ÷ best peer", ours["-P 16"].cpu_us / p16_cpu.cpu_us if p16_cpu and "-P 16" in ours else None, 1.15, False)
+    redis = med.get("redis-server", {}).get("-P 1")
+    check("-P 1 CPU/req ÷ redis-server", ours["-P 1"].cpu_us / redis.cpu_us if redis and "-P 1" in ours else None, 1.1, False)
+    uv = med.get("uvloop Protocol", {}).get("-k 0")
+    check("-k 0 CPU/connection ÷ uvloop Protocol", ours["-k 0"].cpu_us / uv.cpu_us if uv and "-k 0" in ours else None, 1.2, False)
+    return out
+
+
+def chart(med: dict[str, dict[str, Sample]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(med)
+    fig, axes = plt.subplots(1, len(CASES), figsize=(5 * len(CASES), 4.5))
+    for ax, case in zip(axes, CASES, strict=True):
+        values = [med[n][case].rps / 1000 if case in med[n] else 0 for n in names]
+        colors = ["#d62728" if n == "prefork_tcp" else ("#7f7f7f" if n == "redis-server" else "#1f77b4") for n in names]
+        ax.barh(names, values, color=colors)
+        ax.set_title(f"redis-benchmark ping_inline {case} -c 50")
+        ax.set_xlabel("thousand requests/s (server on one core)")
+        ax.invert_yaxis()
+        for y, value in enumerate(values):
+            ax.text(value, y, f" {value:.0f}k", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the request counts (shorter or longer runs)")
+    parser.add_argument("--only", action="append", help="run only these servers (repeatable)")
+    parser.add_argument("--no-unpinned", action="store_true", help="skip the 2-worker unpinned layout")
+    parser.add_argument("--markdown", help="also write the tables to this file")
+    parser.add_argument("--json", help="write the raw samples to this file")
+    parser.add_argument("--chart", help="write a bar chart PNG of the pinned layout here")
+    args = parser.parse_args()
+    for tool in ("redis-benchmark", "taskset"):
+        if not shutil.which(tool):
+            print(f"bench: {tool} is needed (apt-get install redis-tools util-linux)", file=sys.stderr)
+            return 2
+    if (os.cpu_count() or 1) < 2:
+        print("bench: the pinned layout needs two CPUs", file=sys.stderr)
+        return 2
+    servers, notes = available({k: v for k, v in SERVERS.items() if not args.only or k in args.only})
+    started = time.monotonic()
+    pinned = medians(run_layout(servers, args.rounds, args.scale, pinned=True))
+    report = [table(pinned, servers, "Pinned: server on CPU 0, client on CPU 1 (median of "
+                    f"{args.rounds} rounds)"), "Targets:", *targets(pinned, servers), ""]
+    unpinned = {}
+    if not args.no_unpinned:
+        unpinned_servers, more = available(UNPINNED)
+        notes += more
+        unpinned = medians(run_layout(unpinned_servers, args.rounds, args.scale, pinned=False))
+        report.append(table(unpinned, unpinned_servers, "Unpinned: prefork_tcp with 2 workers, and redis-server"))
+    report += [f"- {note}" for note in notes]
+    report.append(f"\n({time.monotonic() - started:.0f} s; {psutil.cpu_count()} CPUs; "
+                  f"Python {sys.version.split()[0]}; `python3 scripts/bench.py --rounds {args.rounds} --scale {args.scale}`)")
+    text = "\n".join(report)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"pinned": {n: {c: vars(s) for c, s in cs.items()} for n, cs in pinned.items()},
+                                               "unpinned": {n: {c: vars(s) for c, s in cs.items()} for n, cs in unpinned.items()}},
+                                              indent=1))
+    if args.chart:
+        chart(pinned, args.chart)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
