@@ -52,6 +52,7 @@ _new_request = tuple.__new__
 
 _RESPOND = TcpResponse.RESPOND
 _CLOSE = TcpResponse.CLOSE
+_CLOSE_EV = TcpEvent.CLOSE
 
 
 class TcpWorker:
@@ -86,7 +87,7 @@ class TcpWorker:
         conn, event, body = item
         self._conn = conn
         self._request = request = _new_request(Request, (event, body, conn.server, conn.uuid, conn.remote))
-        self._state = _CLOSE_EVENT if event is TcpEvent.CLOSE else _AWAITING
+        self._state = _CLOSE_EVENT if event is _CLOSE_EV else _AWAITING
         return request
 
     def respond(self, body: bytes | str, response: TcpResponse = _RESPOND) -> None:

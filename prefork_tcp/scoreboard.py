@@ -98,7 +98,11 @@ class Scoreboard:
 
 
 class SlotWriter:
-    """A worker's handle on its own slot; every method is a few memory stores."""
+    """A worker's handle on its own slot; every method is a few memory stores.
+
+    Per event the loop stores only busy_since (``floats[busy_index]``); the event count
+    and the time of the last event are published when it goes idle, once per poll.
+    """
 
     __slots__ = ("ints", "floats", "base")
 
@@ -110,14 +114,18 @@ class SlotWriter:
     def set_state(self, state: State) -> None:
         self.ints[self.base + STATE] = state
 
-    def event_started(self, now: float) -> None:
-        base = self.base
-        self.floats[base + BUSY_SINCE] = now
-        self.floats[base + LAST_EVENT] = now
-        self.ints[base + EVENTS] += 1
+    @property
+    def busy_index(self) -> int:
+        """Index into ``floats`` of busy_since: the event loop stores the time there per event."""
+        return self.base + BUSY_SINCE
 
-    def event_done(self) -> None:
-        self.floats[self.base + BUSY_SINCE] = 0.0
+    def went_idle(self, events: int) -> None:
+        """Publish the events handled so far and mark the worker idle (before it waits)."""
+        base, floats = self.base, self.floats
+        if floats[base + BUSY_SINCE]:
+            floats[base + LAST_EVENT] = floats[base + BUSY_SINCE]
+            floats[base + BUSY_SINCE] = 0.0
+        self.ints[base + EVENTS] = events
 
     def set_connections(self, count: int) -> None:
         self.ints[self.base + CONNECTIONS] = count
@@ -125,6 +133,3 @@ class SlotWriter:
     def heartbeat(self, now: float) -> None:
         self.floats[self.base + HEARTBEAT] = now
 
-    @property
-    def events(self) -> int:
-        return self.ints[self.base + EVENTS]

@@ -15,6 +15,7 @@ import socket
 import time
 import uuid
 from collections import deque
+from time import monotonic
 
 from .api import TcpEvent, TcpResponse
 from .connection import Connection
@@ -74,8 +75,10 @@ class EventLoop:
         #: Framing rules by server name, for connections adopted from other workers.
         self.servers = {lst.name: lst for lst in listeners}
         self.slot = slot or SlotWriter(Scoreboard(1), 0)
-        #: Events left before this worker asks to retire; counting down from -1 never reaches 0.
-        self.budget = max_jobs if max_jobs > 0 else -1
+        #: Events handed to the application so far.
+        self.handled = 0
+        #: After this many events the worker asks to retire (-1: never).
+        self.max_jobs = max_jobs if max_jobs > 0 else -1
         self.channel = channel
         channel.setblocking(False)
         self.signals = signals
@@ -97,28 +100,29 @@ class EventLoop:
 
     def next_event(self) -> Event | None:
         """Return the next event to deliver, waiting for one; ``None`` once stopped."""
-        slot = self.slot
-        if self.ready:
-            slot.event_done()
-        else:
+        if not self.ready:
             self.ready = True
-            slot.set_state(State.IDLE)
+            self.slot.set_state(State.IDLE)
             self._tell_master(MSG_READY)
         events = self.events
+        floats, busy_index = self.slot.floats, self.slot.busy_index
         while True:
             while events:
                 item = events.popleft()
                 conn, event, _ = item
                 if event is DATA:
-                    if not conn.open or conn.hold(item):
+                    if not conn.open:
+                        continue
+                    if conn.held or conn.out_size >= conn.high_water:
+                        conn.hold(item)  # a slow reader: wait until its output drains
                         continue
                 elif event is _EOF:
                     if conn.open and not conn.hold(item):
                         self._finish(conn)
                     continue
-                slot.event_started(time.monotonic())
-                self.budget -= 1
-                if not self.budget:
+                floats[busy_index] = monotonic()
+                self.handled += 1
+                if self.handled == self.max_jobs:
                     self._tell_master(MSG_RETIRE_ME)
                 return item
             if self.stopped:
@@ -132,6 +136,7 @@ class EventLoop:
             if self.stopping and self._drained():
                 self._shut_down()
                 return None
+            self.slot.went_idle(self.handled)
             self.poll()
 
     def answer(self, conn: Connection, response: TcpResponse, body: bytes) -> None:
@@ -239,6 +244,8 @@ class EventLoop:
         except OSError:
             self._drop(conn)
             return
+        if sent == len(data) and conn.mask == EPOLLIN and not conn.held and not conn.closing:
+            return  # the common case: all written, nothing to change
         if sent < len(data):
             conn.unsent(data[sent:])
         if conn.held:

@@ -77,17 +77,18 @@ def test_scoreboard_slots_are_shared_with_a_forked_child():
     if pid == 0:  # the child writes its slot, as a worker does
         writer = SlotWriter(board, slot)
         writer.set_state(State.IDLE)
-        for _ in range(3):
-            writer.event_started(7.0)
-            writer.event_done()
-        writer.event_started(8.0)
+        writer.floats[writer.busy_index] = 7.0  # an event, as the event loop stores it
+        writer.went_idle(3)
+        writer.floats[writer.busy_index] = 8.0
+        writer.went_idle(4)
+        writer.floats[writer.busy_index] = 9.0  # busy again
         writer.set_connections(42)
         os._exit(0)
     os.waitpid(pid, 0)
     board.set_pid(slot, pid)
     seen = board.row(slot)
     assert (seen.pid, seen.state, seen.events, seen.connections) == (pid, State.IDLE, 4, 42)
-    assert seen.busy_since == 8.0 and seen.last_event == 8.0 and seen.started == 5.0
+    assert seen.busy_since == 9.0 and seen.last_event == 8.0 and seen.started == 5.0
     board.reset(slot)
     assert board.row(slot).state == State.FREE
     assert board.claim(pid=9, started=1.0) == slot
