@@ -130,6 +130,3 @@ class SlotWriter:
     def set_connections(self, count: int) -> None:
         self.ints[self.base + CONNECTIONS] = count
 
-    def heartbeat(self, now: float) -> None:
-        self.floats[self.base + HEARTBEAT] = now
-

@@ -13,16 +13,16 @@ import select
 import signal
 import socket
 import time
-import uuid
 from collections import deque
 from time import monotonic
 
 from .api import TcpEvent, TcpResponse
 from .connection import Connection
 from .framing import MessageTooLarge, make_framer
-from .scoreboard import Scoreboard, SlotWriter, State
+from .scoreboard import HEARTBEAT, Scoreboard, SlotWriter, State
 from .signals import SignalPipe
 from .sockets import Listener, format_peer
+from .uuids import new_uuid
 
 log = logging.getLogger("prefork_tcp.worker")
 
@@ -75,6 +75,7 @@ class EventLoop:
         #: Framing rules by server name, for connections adopted from other workers.
         self.servers = {lst.name: lst for lst in listeners}
         self.slot = slot or SlotWriter(Scoreboard(1), 0)
+        self.heartbeat_index = self.slot.base + HEARTBEAT
         #: Events handed to the application so far.
         self.handled = 0
         #: After this many events the worker asks to retire (-1: never).
@@ -168,14 +169,17 @@ class EventLoop:
 
     def poll(self) -> None:
         """Wait for sockets to become ready and turn what they have into queued events."""
-        timeout = self._poll_timeout()
+        timeout = self._poll_timeout() if self.lingering or self.accept_resume or self.stopping else -1
         conns = self.conns
         ready = self.epoll.poll(timeout)
-        self.slot.heartbeat(time.monotonic())
+        self.slot.floats[self.heartbeat_index] = monotonic()
         for fd, mask in ready:
             conn = conns.get(fd)
             if conn is not None:
-                self._service(conn, mask)
+                if mask == EPOLLIN and conn.mask == EPOLLIN and not conn.closing:
+                    self._recv(conn)  # the common case: data (or EOF) to read
+                else:
+                    self._service(conn, mask)
             elif fd in self.listeners:
                 self._accept(self.listeners[fd])
             elif fd == self.channel.fileno():
@@ -210,7 +214,15 @@ class EventLoop:
             self._end_of_input(conn)
             self._update_mask(conn)
             return
-        self._received(conn, data)
+        try:  # framed right here: this is the per-read hot path (``_received`` is for adopted bytes)
+            messages = conn.framer.feed(data)
+        except MessageTooLarge as exc:
+            self._too_large(conn, exc)
+            return
+        if len(messages) == 1:
+            self.events.append((conn, DATA, messages[0]))
+        elif messages:
+            self.events.extend([(conn, DATA, m) for m in messages])
 
     def _end_of_input(self, conn: Connection) -> None:
         """The client half-closed: deliver the unfinished rest, then finish after its answers."""
@@ -221,19 +233,17 @@ class EventLoop:
         self.events.append((conn, _EOF, b""))
 
     def _received(self, conn: Connection, data: bytes) -> None:
+        """Frame bytes that did not come from this worker's own read (an adopted connection's)."""
         try:
             messages = conn.framer.feed(data)
         except MessageTooLarge as exc:
-            log.warning(
-                "closing connection %s (server %s, remote %s): %s",
-                conn.uuid, conn.server, conn.remote or "-", exc,
-            )
-            self._finish(conn)
+            self._too_large(conn, exc)
             return
-        if len(messages) == 1:
-            self.events.append((conn, DATA, messages[0]))
-        elif messages:
-            self.events.extend([(conn, DATA, m) for m in messages])
+        self.events.extend([(conn, DATA, m) for m in messages])
+
+    def _too_large(self, conn: Connection, exc: MessageTooLarge) -> None:
+        log.warning("closing connection %s (server %s, remote %s): %s", conn.uuid, conn.server, conn.remote or "-", exc)
+        self._finish(conn)
 
     def _send(self, conn: Connection) -> None:
         data = conn.take_output()
@@ -275,7 +285,7 @@ class EventLoop:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = Connection(
                 sock,
-                str(uuid.uuid4()),
+                new_uuid(),
                 listener.name,
                 format_peer(sock.family, addr),
                 make_framer(listener.delimiter, listener.max_message_size),

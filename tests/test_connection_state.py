@@ -147,3 +147,25 @@ def test_parcel_carries_held_input_partial_and_unsent_output():
     assert (parcel.uuid, parcel.server, parcel.remote, parcel.eof) == ("u-1", "srv", "127.0.0.1:5", True)
     assert parcel.pending_input == b"one\r\ntw" and parcel.unsent_output == b"answer"
     assert conn.held is None and conn.out_size == 0 and conn.framer.pending == 0
+
+
+def test_new_uuid_is_uuid4_text_unique_and_fresh_after_fork():
+    import os
+    import uuid as uuid_module
+
+    from prefork_tcp.uuids import new_uuid
+
+    seen = {new_uuid() for _ in range(20_000)}
+    assert len(seen) == 20_000
+    for text in list(seen)[:1000]:
+        parsed = uuid_module.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid_module.RFC_4122
+    new_uuid()  # the parent has a partly used block now
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write_end, new_uuid().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read_end, 100).decode()
+    assert child != new_uuid() and child not in seen
