@@ -47,9 +47,13 @@ PEERS = HERE / "peers"
 PY = sys.executable
 
 #: name -> (command taking the port, python modules it needs, is it a Python peer)
+def prefork(workers: int) -> list[str]:
+    return [PY, "-m", "prefork_tcp", "serve", "prefork_tcp.examples.ping:main", "-w", str(workers),
+            "--log-level", "warning", "-b", "127.0.0.1:{port}"]
+
+
 SERVERS: dict[str, tuple[list[str], tuple[str, ...], bool]] = {
-    "prefork_tcp": ([PY, "-m", "prefork_tcp", "serve", "prefork_tcp.examples.ping:main", "-w", "1",
-                     "--log-level", "warning", "-b", "127.0.0.1:{port}"], (), False),
+    "prefork_tcp": (prefork(1), (), False),
     "asyncio Protocol": ([PY, str(PEERS / "asyncio_protocol.py"), "{port}"], (), True),
     "uvloop Protocol": ([PY, str(PEERS / "asyncio_protocol.py"), "{port}", "--uvloop"], ("uvloop",), True),
     "asyncio streams": ([PY, str(PEERS / "asyncio_streams.py"), "{port}"], (), True),
@@ -59,14 +63,14 @@ SERVERS: dict[str, tuple[list[str], tuple[str, ...], bool]] = {
                       "--appendonly", "no", "--protected-mode", "no"], (), False),
 }
 UNPINNED = {
-    "prefork_tcp (2 workers)": ([*SERVERS["prefork_tcp"][0][:5], "2", *SERVERS["prefork_tcp"][0][6:]], (), False),
+    "prefork_tcp (2 workers)": (prefork(2), (), False),
     "redis-server": SERVERS["redis-server"],
 }
 #: case -> (redis-benchmark flags, requests at --scale 1)
 CASES = {
-    "-P 1": (["-c", "50", "-P", "1"], 150_000),
-    "-P 16": (["-c", "50", "-P", "16"], 600_000),
-    "-k 0": (["-c", "50", "-k", "0"], 20_000),
+    "-P 1": (["-c", "50", "-P", "1"], 100_000),
+    "-P 16": (["-c", "50", "-P", "16"], 400_000),
+    "-k 0": (["-c", "50", "-k", "0"], 15_000),
 }
 
 
@@ -279,27 +283,29 @@ def main() -> int:
     servers, notes = available({k: v for k, v in SERVERS.items() if not args.only or k in args.only})
     started = time.monotonic()
     pinned = medians(run_layout(servers, args.rounds, args.scale, pinned=True))
-    report = [table(pinned, servers, "Pinned: server on CPU 0, client on CPU 1 (median of "
-                    f"{args.rounds} rounds)"), "Targets:", *targets(pinned, servers), ""]
+    report = [table(pinned, servers, f"Pinned: server on CPU 0, client on CPU 1 (median of {args.rounds} rounds)"),
+              "Targets:", *targets(pinned, servers), ""]
+    print("\n".join(report), flush=True)  # shown even if the unpinned layout fails
+    if args.chart:
+        chart(pinned, args.chart)
     unpinned = {}
+    rest: list[str] = []
     if not args.no_unpinned:
         unpinned_servers, more = available(UNPINNED)
         notes += more
         unpinned = medians(run_layout(unpinned_servers, args.rounds, args.scale, pinned=False))
-        report.append(table(unpinned, unpinned_servers, "Unpinned: prefork_tcp with 2 workers, and redis-server"))
-    report += [f"- {note}" for note in notes]
-    report.append(f"\n({time.monotonic() - started:.0f} s; {psutil.cpu_count()} CPUs; "
-                  f"Python {sys.version.split()[0]}; `python3 scripts/bench.py --rounds {args.rounds} --scale {args.scale}`)")
-    text = "\n".join(report)
-    print(text)
+        rest.append(table(unpinned, unpinned_servers, "Unpinned: prefork_tcp with 2 workers, and redis-server"))
+    rest += [f"- {note}" for note in notes]
+    rest.append(f"\n({time.monotonic() - started:.0f} s; {psutil.cpu_count()} CPUs; "
+                f"Python {sys.version.split()[0]}; `python3 scripts/bench.py --rounds {args.rounds} --scale {args.scale}`)")
+    print("\n".join(rest))
+    text = "\n".join(report + rest)
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")
     if args.json:
-        Path(args.json).write_text(json.dumps({"pinned": {n: {c: vars(s) for c, s in cs.items()} for n, cs in pinned.items()},
-                                               "unpinned": {n: {c: vars(s) for c, s in cs.items()} for n, cs in unpinned.items()}},
-                                              indent=1))
-    if args.chart:
-        chart(pinned, args.chart)
+        raw = {"pinned": pinned, "unpinned": unpinned}
+        Path(args.json).write_text(json.dumps({layout: {n: {c: vars(x) for c, x in cs.items()} for n, cs in data.items()}
+                                               for layout, data in raw.items()}, indent=1))
     return 0
 
 
