@@ -271,6 +271,17 @@ class EventLoop:
     def _accept(self, listener: Listener) -> None:
         lsock = listener.sock
         family, type_, proto = lsock.family, lsock.type, lsock.proto
+        try:
+            self._accept_batch(listener, lsock, family, type_, proto)
+        finally:
+            if listener.sock.fileno() in self.listeners and not self.accept_resume:
+                # Re-arm: this worker's wait-queue entry moves behind the other workers',
+                # so EPOLLEXCLUSIVE wakes another idle worker for the next connection.
+                fd = listener.sock.fileno()
+                self.epoll.unregister(fd)
+                self.epoll.register(fd, EPOLLIN | select.EPOLLEXCLUSIVE)
+
+    def _accept_batch(self, listener: Listener, lsock: socket.socket, family: int, type_: int, proto: int) -> None:
         for _ in range(ACCEPT_BATCH):
             try:
                 # The C-level accept and socket type: socket.socket's Python layer costs
