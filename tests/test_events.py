@@ -282,3 +282,16 @@ def test_a_thousand_concurrent_connections(start_server):
     wait_for(lambda: kinds(server.events()).count("CLOSE") == 1000, what="1000 CLOSE events")
     pids = {e["pid"] for e in server.events()}
     assert len(pids) == 2, "both workers accept connections"
+
+
+def test_sequential_connections_reach_every_idle_worker(start_server):
+    server = start_server(servers_config("echo"))
+    address = server.address("echo")
+    clients = []
+    for i in range(40):  # one after another, each answered before the next is opened
+        client = Client(address)
+        client.send(b"pid\r\n")
+        clients.append(int(client.line()))
+        client.close()
+    counts = sorted(clients.count(pid) for pid in set(clients))
+    assert len(counts) == 2 and counts[0] >= 10, counts  # not all on the first worker that waits
