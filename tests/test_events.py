@@ -288,7 +288,7 @@ def test_sequential_connections_reach_every_idle_worker(start_server):
     server = start_server(servers_config("echo"))
     address = server.address("echo")
     clients = []
-    for i in range(40):  # one after another, each answered before the next is opened
+    for _ in range(40):  # one after another, each answered before the next is opened
         client = Client(address)
         client.send(b"pid\r\n")
         clients.append(int(client.line()))
