@@ -2,7 +2,7 @@
 
 Sans-IO: the worker loop does every read, write and close; this object only records what
 was read and answered and says what the loop should do next (``wants_read``,
-``wants_write``, ``closing``).
+``out_size``, ``closing``).
 """
 
 from __future__ import annotations
@@ -148,11 +148,6 @@ class Connection:
     def wants_read(self) -> bool:
         """Whether the loop should read: open, no EOF yet, output below the high-water mark."""
         return self.open and not self.eof and self.out_size < self.high_water
-
-    @property
-    def wants_write(self) -> bool:
-        """Whether output is waiting for the socket to become writable."""
-        return self.out_size > 0
 
     def __repr__(self) -> str:
         state = "open" if self.open else ("closing" if self.closing else "finished")

@@ -145,10 +145,6 @@ class EventLoop:
         """Carry out an answer other than ``RESPOND`` (which ``TcpWorker`` writes itself)."""
         if response is TcpResponse.READ:
             return
-        if response is TcpResponse.RESPOND:
-            if conn.write(body):
-                self.dirty.append(conn)
-            return
         if response is TcpResponse.RESPOND_CLOSE and conn.write(body):
             self.dirty.append(conn)
         self._finish(conn)
