@@ -330,6 +330,7 @@ class Arbiter:
         if handle.retiring or handle.stopping or handle.killed or self.stopping:
             return
         handle.retiring = reason
+        handle.retire_requested = time.monotonic()
         log.info("retiring worker %d (pid %d): %s", handle.id, handle.pid, reason)
 
     def _send_retirements(self) -> None:
@@ -339,9 +340,10 @@ class Arbiter:
         serving = sum(w.serving for w in self.workers.values())
         if not serving:
             return
+        # Waiting for replacements ends after allocate_timeout: then the workers serving take over.
         overdue = time.monotonic() - self.config.pool.allocate_timeout
         for handle in self.workers.values():
-            if handle.retiring and not handle.retire_sent and (serving >= self.target or handle.started < overdue):
+            if handle.retiring and not handle.retire_sent and (serving >= self.target or handle.retire_requested < overdue):
                 handle.tell(CMD_RETIRE)
                 handle.retire_sent = time.monotonic()
         if self.reload_backup is not None and not any(w.retiring and not w.retire_sent for w in self.workers.values()):

@@ -39,6 +39,8 @@ class WorkerHandle:
     failure: tuple[int, str] | None = None
     #: Why it is being retired ("" while it is not).
     retiring: str = ""
+    #: Monotonic time the retirement was decided (0: not retiring).
+    retire_requested: float = 0.0
     #: Monotonic time the retire command was sent (0: not yet).
     retire_sent: float = 0.0
     #: Why the master killed it ("" unless it did).

@@ -112,3 +112,9 @@ def fails_while_marked(worker: TcpWorker) -> None:
     if os.path.exists(os.environ["FAIL_MARKER"]):
         raise RuntimeError("marker present")
     main(worker)
+
+
+def boot_half_second(worker: TcpWorker) -> None:
+    """The recorder, but taking half a second to become ready."""
+    time.sleep(0.5)
+    main(worker)

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 from harness import Client, servers_config, wait_for
 
@@ -236,3 +237,18 @@ def test_a_retiring_worker_stuck_in_an_event_is_killed_after_destroy_timeout(sta
     with Client(server.address("echo")) as client:
         client.send(b"after\r\n")
         assert client.line() == b"after\r\n"
+
+
+def test_an_old_worker_retires_only_after_its_replacement_is_ready(start_server):
+    extra = '[tcp.pool]\nmax_jobs = 5\nallocate_timeout = "2s"\n'
+    server = start_server(servers_config("echo", app="recorder:boot_half_second", extra=extra))
+    time.sleep(2.5)  # both workers are now older than allocate_timeout
+    with Client(server.address("echo")) as client:
+        uuid = connection_uuid(client)
+        old = answering_pid(client)
+        for _ in range(4):
+            answering_pid(client)  # the 5th event and beyond: that worker asks to retire
+        retired = server.wait_log(rf"\(pid {old}\) retired")[0]
+        ready = server.wait_log(r"worker 3 \(pid \d+\) ready")[0]
+        assert server.lines.index(ready) < server.lines.index(retired), server.log
+        assert connection_uuid(client) == uuid
