@@ -54,7 +54,8 @@ class Scoreboard:
 
     def __init__(self, slots: int) -> None:
         self.slots = slots
-        self._map = mmap.mmap(-1, slots * SLOT_BYTES, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+        # One more 8-byte field after the slots: how many slots from the start are (or were) used.
+        self._map = mmap.mmap(-1, slots * SLOT_BYTES + 8, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
         self.ints = memoryview(self._map).cast("Q")
         self.floats = memoryview(self._map).cast("d")
 
@@ -65,12 +66,18 @@ class Scoreboard:
             base = slot * FIELDS
             if ints[base + STATE] == State.FREE:
                 self.reset(slot)
+                ints[self.used_index] = max(ints[self.used_index], slot + 1)
                 ints[base + PID] = pid
                 self.floats[base + STARTED] = started
                 self.floats[base + HEARTBEAT] = started
                 ints[base + STATE] = State.BOOTING
                 return slot
         raise RuntimeError(f"all {self.slots} scoreboard slots are in use")
+
+    @property
+    def used_index(self) -> int:
+        """Index into ``ints`` of the number of slots in use from the start (a bound for scans)."""
+        return self.slots * FIELDS
 
     def set_pid(self, slot: int, pid: int) -> None:
         self.ints[slot * FIELDS + PID] = pid
@@ -104,12 +111,23 @@ class SlotWriter:
     and the time of the last event are published when it goes idle, once per poll.
     """
 
-    __slots__ = ("ints", "floats", "base")
+    __slots__ = ("ints", "floats", "base", "used_index")
 
     def __init__(self, board: Scoreboard, slot: int) -> None:
         self.ints = board.ints
         self.floats = board.floats
         self.base = slot * FIELDS
+        self.used_index = board.used_index
+
+    def above_fair_share(self, connections: int, margin: float) -> bool:
+        """Whether this worker holds more than ``margin`` times the average of the serving workers."""
+        ints = self.ints
+        serving = total = 0
+        for base in range(0, ints[self.used_index] * FIELDS, FIELDS):
+            if ints[base + STATE] == State.IDLE:
+                serving += 1
+                total += ints[base + CONNECTIONS]
+        return serving > 1 and connections * serving > total * margin + serving
 
     def set_state(self, state: State) -> None:
         self.ints[self.base + STATE] = state

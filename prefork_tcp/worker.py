@@ -41,6 +41,10 @@ ACCEPT_BATCH = 64
 LINGER = 2.0
 #: How long accepting pauses when the process runs out of file descriptors.
 ACCEPT_BACKOFF = 0.5
+#: A worker holding more than this times the serving workers' average number of
+#: connections (plus one) lets the others accept for ACCEPT_YIELD seconds.
+FAIR_SHARE = 1.1
+ACCEPT_YIELD = 0.005
 
 #: Commands the master writes on a worker's channel.
 CMD_STOP = b"T"
@@ -270,7 +274,9 @@ class EventLoop:
         try:
             self._accept_batch(listener, lsock, family, type_, proto)
         finally:
-            if listener.sock.fileno() in self.listeners and not self.accept_resume:
+            if self.listeners and self.slot.above_fair_share(len(self.conns), FAIR_SHARE):
+                self._pause_accepting(ACCEPT_YIELD)  # the other workers take the next ones
+            elif listener.sock.fileno() in self.listeners and not self.accept_resume:
                 # Re-arm: this worker's wait-queue entry moves behind the other workers',
                 # so EPOLLEXCLUSIVE wakes another idle worker for the next connection.
                 fd = listener.sock.fileno()
@@ -412,10 +418,11 @@ class EventLoop:
             # EPOLLEXCLUSIVE: a new connection wakes one waiting worker, not all of them.
             self.epoll.register(fd, EPOLLIN | select.EPOLLEXCLUSIVE)
 
-    def _pause_accepting(self) -> None:
-        for fd in self.listeners:
-            self.epoll.unregister(fd)
-        self.accept_resume = time.monotonic() + ACCEPT_BACKOFF
+    def _pause_accepting(self, seconds: float = ACCEPT_BACKOFF) -> None:
+        if not self.accept_resume:
+            for fd in self.listeners:
+                self.epoll.unregister(fd)
+        self.accept_resume = time.monotonic() + seconds
 
     def _tell_master(self, message: bytes) -> None:
         try:
