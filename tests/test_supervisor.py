@@ -112,3 +112,21 @@ def test_close_requests_settle_on_found_all_answers_death_or_deadline():
     requests.answer(third, 4, True)  # too late: already settled
     assert results == [("none", False), ("a", True), ("b", False), ("c", False)]
     assert requests.pending == {}
+
+
+def test_fair_share_counts_only_serving_workers():
+    board = Scoreboard(8)
+    writers = []
+    for connections, state in [(10, State.IDLE), (6, State.IDLE), (50, State.RETIRING), (0, State.BOOTING)]:
+        writer = SlotWriter(board, board.claim(0, 1.0))
+        writer.set_state(state)
+        writer.set_connections(connections)
+        writers.append(writer)
+    # serving: 10 and 6 connections, an average of 8; the retiring and booting ones do not count
+    assert writers[0].above_fair_share(10, 1.1)  # 10 > 8 * 1.1 + 1
+    assert not writers[1].above_fair_share(6, 1.1)
+    assert not writers[0].above_fair_share(9, 1.1)  # 9 <= 9.8
+    alone = Scoreboard(2)
+    only = SlotWriter(alone, alone.claim(0, 1.0))
+    only.set_state(State.IDLE)
+    assert not only.above_fair_share(1000, 1.1)  # a single worker never yields
