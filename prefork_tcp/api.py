@@ -62,10 +62,11 @@ class TcpWorker:
     never constructs one itself.
     """
 
-    __slots__ = ("_conn", "_loop", "_pid", "_request", "_state")
+    __slots__ = ("_conn", "_events", "_loop", "_pid", "_request", "_state")
 
     def __init__(self, loop: EventLoop) -> None:
         self._loop = loop
+        self._events = loop.pump()
         self._conn: Connection | None = None
         self._request: Request | None = None
         self._state = _IDLE
@@ -79,7 +80,7 @@ class TcpWorker:
         """
         if self._state == _AWAITING:
             self._loop.answer(self._conn, _CLOSE, b"")  # type: ignore[arg-type]
-        item = self._loop.next_event()
+        item = next(self._events, None)
         if item is None:
             self._conn = self._request = None
             self._state = _IDLE
@@ -102,8 +103,12 @@ class TcpWorker:
         self._state = _ANSWERED
         conn = self._conn
         if response is _RESPOND:
-            if body and conn.write(body):  # type: ignore[union-attr]
-                self._loop.dirty.append(conn)
+            if body:
+                out = conn.out
+                if not out:
+                    self._loop.dirty.append(conn)
+                out.append(body)
+                conn.out_size += len(body)
         else:
             self._loop.answer(conn, response, body)  # type: ignore[arg-type]
 

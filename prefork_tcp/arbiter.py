@@ -29,7 +29,7 @@ from .pool import WorkerHandle, describe_exit, fork_worker, read_messages, rss_m
 from .scoreboard import Scoreboard, SlotWriter
 from .signals import SignalPipe
 from .sockets import Listener, rebind, unlink_unix
-from .supervisor import Limits, jittered_max_jobs, judge
+from .supervisor import Limits, Watch, jittered_max_jobs, judge
 from .worker import CMD_QUIT, CMD_RETIRE, CMD_STOP, MSG_READY, MSG_RETIRE_ME
 from .workerloop import CMD_CLOSE, CMD_CLOSE_RESULT, MSG_CLOSE_REQUEST, MSG_CLOSED
 from .workerproc import EXIT_APP_LOAD, EXIT_BOOT_FAILED, MSG_FAILED, WorkerContext
@@ -70,6 +70,7 @@ class Arbiter:
         self.target = config.pool.num_workers
         self.limits = Limits.from_pool(config.pool)
         self.board = Scoreboard(SLOTS)
+        self.watch = Watch()
         self.relay = handoff.Relay()
         self.closes = CloseRequests()
         self.control: ControlServer | None = None
@@ -310,7 +311,8 @@ class Arbiter:
             if not handle.ready or handle.killed:
                 continue
             rss = rss_mb(handle.pid) if self.limits.needs_memory else None
-            verdict = judge(self.board.row(handle.slot), self.limits, now, handle.max_jobs, rss)
+            row = self.board.row(handle.slot)
+            verdict = judge(row, self.watch.observe(row, now), self.limits, now, handle.max_jobs, rss)
             if verdict is None:
                 continue
             if verdict.action == "kill":

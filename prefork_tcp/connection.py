@@ -24,7 +24,6 @@ class Connection:
 
     __slots__ = (
         "closing",
-        "dirty",
         "eof",
         "fd",
         "framer",
@@ -71,8 +70,6 @@ class Connection:
         self.eof = False
         #: Finished, but the socket stays until the output drains (graceful close).
         self.closing = False
-        #: Queued on the worker's list of connections with output to flush.
-        self.dirty = False
         #: Events held back while the output is above the high-water mark, oldest first.
         self.held: list | None = None
         #: The epoll event mask the socket is registered with (0: not registered).
@@ -81,15 +78,18 @@ class Connection:
         self.linger_until = 0.0
 
     def write(self, data: bytes) -> bool:
-        """Queue output; return True when the connection just became dirty."""
+        """Queue output; return True when it is the first queued (the loop must flush it).
+
+        The loop keeps every connection with queued output either on its list of
+        connections to flush or registered for ``EPOLLOUT``, so only the first write
+        after the output drained needs telling.
+        """
         if not data:
             return False
-        self.out.append(data)
+        out = self.out
+        out.append(data)
         self.out_size += len(data)
-        if self.dirty:
-            return False
-        self.dirty = True
-        return True
+        return len(out) == 1
 
     def take_output(self) -> bytes:
         """Return all queued output as one buffer, leaving none queued."""

@@ -22,23 +22,23 @@ class Framer:
     ``MessageTooLarge``.  ``max_size`` counts the message without its delimiter.
     """
 
-    __slots__ = ("_dlen", "_partial", "delimiter", "max_size")
+    __slots__ = ("delimiter", "dlen", "max_size", "partial")
 
     def __init__(self, delimiter: bytes, max_size: int) -> None:
         if not delimiter:
             raise ValueError("Framer needs a non-empty delimiter; use StreamFramer for none")
         self.delimiter = delimiter
         self.max_size = max_size
-        self._dlen = len(delimiter)
-        self._partial = bytearray()
+        self.dlen = len(delimiter)
+        self.partial = bytearray()
 
     def feed(self, data: bytes) -> list[bytes]:
         """Return the messages that ``data`` completes, each ending with the delimiter."""
         delim = self.delimiter
-        partial = self._partial
+        partial = self.partial
         if partial:
             # Only the seam can hold a delimiter that started in the old bytes.
-            seam = max(0, len(partial) - self._dlen + 1)
+            seam = max(0, len(partial) - self.dlen + 1)
             partial += data
             if partial.find(delim, seam) < 0:
                 self._check_partial(len(partial))
@@ -53,7 +53,7 @@ class Framer:
                     self._check_partial(len(data))
                     partial += data
                 return []
-            if first + self._dlen == len(data):
+            if first + self.dlen == len(data):
                 if first > self.max_size:
                     raise MessageTooLarge(first, self.max_size)
                 return [data]
@@ -70,18 +70,18 @@ class Framer:
 
     def take_partial(self) -> bytes:
         """Return and forget the bytes of the unfinished message (at end of stream)."""
-        rest = bytes(self._partial)
-        self._partial.clear()
+        rest = bytes(self.partial)
+        self.partial.clear()
         return rest
 
     @property
     def pending(self) -> int:
         """Number of bytes waiting for a delimiter."""
-        return len(self._partial)
+        return len(self.partial)
 
     def _check_partial(self, size: int) -> None:
         # A partial may end with the first bytes of a delimiter, which do not count.
-        if size > self.max_size + self._dlen - 1:
+        if size > self.max_size + self.dlen - 1:
             raise MessageTooLarge(size, self.max_size)
 
 
@@ -91,6 +91,9 @@ class StreamFramer:
     __slots__ = ()
 
     delimiter = b""
+    dlen = 0
+    max_size = 0
+    partial = b""
     pending = 0
 
     def feed(self, data: bytes) -> list[bytes]:

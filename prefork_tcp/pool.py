@@ -128,7 +128,7 @@ def worker_row(handle: WorkerHandle, row: Row, now: float) -> dict[str, object]:
     elif handle.retiring or handle.stopping:
         state = "retiring"
     else:
-        state = "busy" if row.busy_since else "idle"
+        state = "busy" if row.busy else "idle"
     rss = rss_mb(handle.pid)
     return {"id": handle.id, "pid": handle.pid, "state": state, "events": row.events,
             "connections": row.connections, "rss_mb": round(rss, 1) if rss is not None else None,

@@ -1,9 +1,13 @@
 """Per-worker state in shared memory: workers write it without syscalls, the master reads it.
 
 The master maps an anonymous shared region before forking; every worker gets one slot
-of eight 8-byte fields. Aligned 8-byte stores and loads are atomic on the platforms this
-runs on, so no lock is needed: each field has exactly one writer (the worker owning the
-slot, or the master while the slot is free).
+of eight 8-byte fields (64 bytes: one cache line, so workers never share a line).
+Aligned 8-byte stores and loads are atomic on the platforms this runs on, so no lock is
+needed: each field has exactly one writer (the worker owning the slot, or the master
+while the slot is free).
+
+Workers write no times: reading the clock per event would cost more than the rest of
+the bookkeeping.  The master times what it observes instead (``supervisor.Watch``).
 """
 
 from __future__ import annotations
@@ -15,23 +19,20 @@ from dataclasses import dataclass
 FIELDS = 8
 SLOT_BYTES = FIELDS * 8
 
-# Field offsets within a slot.
+# Field offsets within a slot; 6 and 7 are spare.
 PID = 0  # Q
 STATE = 1  # Q: a State
-BUSY_SINCE = 2  # d: monotonic time the current event was handed out; 0 when idle
-LAST_EVENT = 3  # d: monotonic time the last event was handed out (0: none yet)
-EVENTS = 4  # Q: events handed to the application
-CONNECTIONS = 5  # Q: open connections
-HEARTBEAT = 6  # d: monotonic time the worker's loop last woke up
-STARTED = 7  # d: monotonic time the worker was started
+BUSY = 2  # Q: number of the event in progress (the worker's count of events so far); 0 while it waits
+EVENTS = 3  # Q: events handed to the application, published each time the worker waits
+CONNECTIONS = 4  # Q: open connections
+STARTED = 5  # d: monotonic time the worker was started
 
 
 class State(enum.IntEnum):
     FREE = 0
     BOOTING = 1
-    IDLE = 2
-    BUSY = 3
-    RETIRING = 4
+    SERVING = 2  # ready, taking connections (busy or not: see BUSY)
+    RETIRING = 3  # handing connections over, or stopping
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,15 @@ class Row:
     slot: int
     pid: int
     state: State
-    busy_since: float
-    last_event: float
+    busy: int
     events: int
     connections: int
-    heartbeat: float
     started: float
+
+    @property
+    def events_handed_out(self) -> int:
+        """Events handed out so far, the one in progress included."""
+        return max(self.events, self.busy)
 
 
 class Scoreboard:
@@ -69,7 +73,6 @@ class Scoreboard:
                 ints[self.used_index] = max(ints[self.used_index], slot + 1)
                 ints[base + PID] = pid
                 self.floats[base + STARTED] = started
-                self.floats[base + HEARTBEAT] = started
                 ints[base + STATE] = State.BOOTING
                 return slot
         raise RuntimeError(f"all {self.slots} scoreboard slots are in use")
@@ -95,27 +98,25 @@ class Scoreboard:
             slot=slot,
             pid=ints[base + PID],
             state=State(ints[base + STATE]),
-            busy_since=floats[base + BUSY_SINCE],
-            last_event=floats[base + LAST_EVENT],
+            busy=ints[base + BUSY],
             events=ints[base + EVENTS],
             connections=ints[base + CONNECTIONS],
-            heartbeat=floats[base + HEARTBEAT],
             started=floats[base + STARTED],
         )
 
 
 class SlotWriter:
-    """A worker's handle on its own slot; every method is a few memory stores.
+    """A worker's handle on its own slot; every method is a memory store or two.
 
-    Per event the loop stores only busy_since (``floats[busy_index]``); the event count
-    and the time of the last event are published when it goes idle, once per poll.
+    The event loop writes the event counters itself, through ``ints`` at ``busy_index``
+    and ``events_index``: per event the event's number into BUSY; each time it waits,
+    0 into BUSY and the count into EVENTS.
     """
 
-    __slots__ = ("ints", "floats", "base", "used_index")
+    __slots__ = ("ints", "base", "used_index")
 
     def __init__(self, board: Scoreboard, slot: int) -> None:
         self.ints = board.ints
-        self.floats = board.floats
         self.base = slot * FIELDS
         self.used_index = board.used_index
 
@@ -124,7 +125,7 @@ class SlotWriter:
         ints = self.ints
         serving = total = 0
         for base in range(0, ints[self.used_index] * FIELDS, FIELDS):
-            if ints[base + STATE] == State.IDLE:
+            if ints[base + STATE] == State.SERVING:
                 serving += 1
                 total += ints[base + CONNECTIONS]
         return serving > 1 and connections * serving > total * margin + serving
@@ -134,17 +135,13 @@ class SlotWriter:
 
     @property
     def busy_index(self) -> int:
-        """Index into ``floats`` of busy_since: the event loop stores the time there per event."""
-        return self.base + BUSY_SINCE
+        """Index into ``ints`` of BUSY."""
+        return self.base + BUSY
 
-    def went_idle(self, events: int) -> None:
-        """Publish the events handled so far and mark the worker idle (before it waits)."""
-        base, floats = self.base, self.floats
-        if floats[base + BUSY_SINCE]:
-            floats[base + LAST_EVENT] = floats[base + BUSY_SINCE]
-            floats[base + BUSY_SINCE] = 0.0
-        self.ints[base + EVENTS] = events
+    @property
+    def events_index(self) -> int:
+        """Index into ``ints`` of EVENTS."""
+        return self.base + EVENTS
 
     def set_connections(self, count: int) -> None:
         self.ints[self.base + CONNECTIONS] = count
-

@@ -1,4 +1,4 @@
-"""The limits the master enforces, as pure decisions about one scoreboard row."""
+"""The limits the master enforces: what it observes of each worker, and pure decisions on it."""
 
 from __future__ import annotations
 
@@ -49,24 +49,58 @@ def jittered_max_jobs(max_jobs: int, rng: random.Random | None = None) -> int:
     return max_jobs + (rng or random).randint(0, int(max_jobs * MAX_JOBS_JITTER))
 
 
-def judge(row: Row, limits: Limits, now: float, max_jobs: int, rss_mb: float | None = None) -> Verdict | None:
+class Activity(NamedTuple):
+    """When the master saw a worker's current event start and its last event happen."""
+
+    busy_since: float  # 0: no event in progress
+    last_event: float  # 0: none seen yet
+
+
+class Watch:
+    """The master's clock on the scoreboard: workers publish event numbers, not times.
+
+    Each ``observe`` compares a slot with what was seen there before: an event number
+    not seen before started now, a changed event count means events happened now.  So
+    both times are late by at most the interval between two observations (``watch_tick``).
+    """
+
+    def __init__(self) -> None:
+        #: slot -> (pid, event in progress, its start, events started, when that last changed)
+        self._seen: dict[int, tuple[int, int, float, int, float]] = {}
+
+    def observe(self, row: Row, now: float) -> Activity:
+        pid, busy, busy_since, events, last_event = self._seen.get(row.slot, (row.pid, 0, 0.0, 0, 0.0))
+        if pid != row.pid:  # a new worker in the slot
+            busy, busy_since, events, last_event = 0, 0.0, 0, 0.0
+        if row.busy != busy:
+            busy, busy_since = row.busy, (now if row.busy else 0.0)
+        if row.events_handed_out != events:
+            events, last_event = row.events_handed_out, now
+        self._seen[row.slot] = (row.pid, busy, busy_since, events, last_event)
+        return Activity(busy_since, last_event)
+
+
+def judge(row: Row, activity: Activity, limits: Limits, now: float, max_jobs: int,
+          rss_mb: float | None = None) -> Verdict | None:
     """Return what the master should do with the worker in ``row``, or None.
 
-    ``max_jobs`` is this worker's own (jittered) budget; ``rss_mb`` its memory when
-    ``limits.needs_memory``.  A stuck event is judged even for a retiring worker: a
-    worker cannot hand its connections over while one of its events never ends.
+    ``activity`` is what ``Watch`` timed of it; ``max_jobs`` this worker's own
+    (jittered) budget; ``rss_mb`` its memory when ``limits.needs_memory``.  A stuck
+    event is judged even for a retiring worker: a worker cannot hand its connections
+    over while one of its events never ends.
     """
-    if row.state not in (State.IDLE, State.BUSY, State.RETIRING):
+    if row.state not in (State.SERVING, State.RETIRING):
         return None
-    if limits.exec_ttl and row.busy_since and now - row.busy_since > limits.exec_ttl:
+    busy_since = activity.busy_since
+    if limits.exec_ttl and busy_since and now - busy_since > limits.exec_ttl:
         return Verdict("kill", f"an event ran longer than exec_ttl ({limits.exec_ttl:g}s)")
     if row.state == State.RETIRING:
         return None
-    if max_jobs and row.events >= max_jobs:
-        return Verdict("retire", f"handled {row.events} events (max_jobs {max_jobs})")
+    if max_jobs and row.events_handed_out >= max_jobs:
+        return Verdict("retire", f"handled {row.events_handed_out} events (max_jobs {max_jobs})")
     if limits.ttl and now - row.started > limits.ttl:
         return Verdict("retire", f"older than ttl ({limits.ttl:g}s)")
-    if limits.idle_ttl and not row.busy_since and now - max(row.last_event, row.started) > limits.idle_ttl:
+    if limits.idle_ttl and not row.busy and now - max(activity.last_event, row.started) > limits.idle_ttl:
         return Verdict("retire", f"idle longer than idle_ttl ({limits.idle_ttl:g}s)")
     if limits.max_worker_memory and rss_mb is not None and rss_mb > limits.max_worker_memory:
         return Verdict("retire", f"uses {rss_mb:.0f} MB (max_worker_memory {limits.max_worker_memory} MB)")

@@ -1,8 +1,8 @@
 """A worker's event loop: accept, read, frame, queue events, write answers, close.
 
-The application drives the loop: ``TcpWorker.wait_request()`` calls ``next_event()``,
-which hands out queued events and, only when none are left, flushes every answer
-written since the last poll (one ``send`` per connection) and waits in ``epoll``.
+The application drives the loop: ``TcpWorker.wait_request()`` takes the next event from
+``pump()``, which hands out queued events and, only when none are left, flushes every
+answer written since the last poll (one ``send`` per connection) and waits in ``epoll``.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import signal
 import socket
 import time
 from collections import deque
-from time import monotonic
+from collections.abc import Iterator
 
 from .api import TcpEvent, TcpResponse
 from .connection import Connection
 from .framing import MessageTooLarge, make_framer
-from .scoreboard import HEARTBEAT, Scoreboard, SlotWriter, State
+from .scoreboard import Scoreboard, SlotWriter, State
 from .signals import SignalPipe
 from .sockets import Listener, format_peer
 from .uuids import new_uuid
@@ -80,9 +80,6 @@ class EventLoop:
         #: Framing rules by server name, for connections adopted from other workers.
         self.servers = {lst.name: lst for lst in listeners}
         self.slot = slot or SlotWriter(Scoreboard(1), 0)
-        self.heartbeat_index = self.slot.base + HEARTBEAT
-        #: Events handed to the application so far.
-        self.handled = 0
         #: After this many events the worker asks to retire (-1: never).
         self.max_jobs = max_jobs if max_jobs > 0 else -1
         self.channel = channel
@@ -104,46 +101,115 @@ class EventLoop:
 
     # -- what TcpWorker calls -------------------------------------------------------
 
-    def next_event(self) -> Event | None:
-        """Return the next event to deliver, waiting for one; ``None`` once stopped."""
-        if not self.ready:
-            self.ready = True
-            self.slot.set_state(State.IDLE)
-            self._tell_master(MSG_READY)
-        events = self.events
-        floats, busy_index = self.slot.floats, self.slot.busy_index
+    def pump(self) -> Iterator[Event]:
+        """Yield the events to deliver, in order, waiting for them; return once stopped.
+
+        The worker's hot loop, written as one generator so that what it touches per
+        event lives in local variables: deliver queued events; when none are left, flush
+        every answer written since the last poll (one ``send`` per connection), wait in
+        ``epoll`` and turn what the sockets have into queued events.  Rare duties
+        (retiring, stopping, lingering closes, paused accepts) are in ``_attend``.
+        """
+        self.ready = True
+        self.slot.set_state(State.SERVING)
+        self._tell_master(MSG_READY)
+        events, dirty, conns, high_water = self.events, self.dirty, self.conns, self.high_water
+        popleft, append = events.popleft, events.append
+        ints, busy_index, events_index = self.slot.ints, self.slot.busy_index, self.slot.events_index
+        max_jobs = self.max_jobs
+        handled = 0
+        epoll_poll = self.epoll.poll
         while True:
             while events:
-                item = events.popleft()
+                item = popleft()
                 conn, event, _ = item
                 if event is DATA:
                     if not conn.open:
                         continue
-                    if conn.held or conn.out_size >= conn.high_water:
+                    if conn.held or conn.out_size >= high_water:
                         conn.hold(item)  # a slow reader: wait until its output drains
                         continue
                 elif event is _EOF:
                     if conn.open and not conn.hold(item):
                         self._finish(conn)
                     continue
-                floats[busy_index] = monotonic()
-                self.handled += 1
-                if self.handled == self.max_jobs:
+                handled += 1
+                ints[busy_index] = handled  # the scoreboard: this event is in progress
+                if handled == max_jobs:
                     self._tell_master(MSG_RETIRE_ME)
-                return item
-            if self.stopped:
-                return None
-            self.flush()
-            if events:  # flushing released events held back for a slow reader
-                continue
-            if self.retiring and not self.stopping:
-                self._hand_off_all()
-                self.begin_stop(quick=False)
-            if self.stopping and self._drained():
-                self._shut_down()
-                return None
-            self.slot.went_idle(self.handled)
-            self.poll()
+                yield item
+            if dirty:
+                for conn in dirty:
+                    out, sock = conn.out, conn.sock
+                    if not out or sock is None:
+                        continue
+                    # Flush (``_send``, inlined): one send per connection.
+                    data = out[0] if len(out) == 1 else b"".join(out)
+                    out.clear()
+                    conn.out_size = 0
+                    try:
+                        sent = sock.send(data)
+                    except (BlockingIOError, InterruptedError):
+                        sent = 0
+                    except OSError:
+                        self._drop(conn)
+                        continue
+                    if sent != len(data) or conn.mask != EPOLLIN or conn.held or conn.closing:
+                        self._sent(conn, data, sent)
+                dirty.clear()
+                if events:  # flushing released events held back for a slow reader
+                    continue
+            timeout = -1.0
+            if self.retiring or self.stopping or self.lingering or self.accept_resume:
+                timeout = self._attend()
+                if timeout is None:
+                    return
+                if events:
+                    continue
+            ints[busy_index] = 0  # waiting, with this many events handled
+            ints[events_index] = handled
+            for fd, mask in epoll_poll(timeout):
+                conn = conns.get(fd)
+                if conn is None:
+                    self._wake(fd)
+                    continue
+                if mask != EPOLLIN or conn.mask != EPOLLIN or conn.closing:
+                    self._service(conn, mask)
+                    continue
+                # Data (or EOF) to read: ``_recv``, inlined.
+                try:
+                    data = conn.sock.recv(conn.read_size)  # type: ignore[union-attr]
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    self._drop(conn)
+                    continue
+                if not data:
+                    self._end_of_input(conn)
+                    self._update_mask(conn)
+                    continue
+                framer = conn.framer
+                if not framer.partial and (first := data.find(framer.delimiter)) + framer.dlen == len(data) and first <= framer.max_size:
+                    append((conn, DATA, data))  # one whole message: ``Framer.feed``'s fast path
+                    continue
+                try:
+                    messages = framer.feed(data)
+                except MessageTooLarge as exc:
+                    self._too_large(conn, exc)
+                    continue
+                events.extend([(conn, DATA, m) for m in messages])
+
+    def _attend(self) -> float | None:
+        """The loop's rare duties before it waits; return the wait's timeout (None: stopped)."""
+        if self.lingering or self.accept_resume:
+            self._expire()
+        if self.retiring and not self.stopping:
+            self._hand_off_all()
+            self.begin_stop(quick=False)
+        if self.stopping and self._drained():
+            self._shut_down()
+            return None
+        return self._poll_timeout()
 
     def answer(self, conn: Connection, response: TcpResponse, body: bytes) -> None:
         """Carry out an answer other than ``RESPOND`` (which ``TcpWorker`` writes itself)."""
@@ -159,35 +225,14 @@ class EventLoop:
 
     # -- the loop -------------------------------------------------------------------
 
-    def flush(self) -> None:
-        """Hand every dirty connection's output to the kernel, one ``send`` each."""
-        dirty = self.dirty
-        for conn in dirty:
-            conn.dirty = False
-            if conn.sock is not None and conn.out_size:
-                self._send(conn)
-        dirty.clear()
-
-    def poll(self) -> None:
-        """Wait for sockets to become ready and turn what they have into queued events."""
-        timeout = self._poll_timeout() if self.lingering or self.accept_resume or self.stopping else -1
-        conns = self.conns
-        ready = self.epoll.poll(timeout)
-        self.slot.floats[self.heartbeat_index] = monotonic()
-        for fd, mask in ready:
-            conn = conns.get(fd)
-            if conn is not None:
-                if mask == EPOLLIN and conn.mask == EPOLLIN and not conn.closing:
-                    self._recv(conn)  # the common case: data (or EOF) to read
-                else:
-                    self._service(conn, mask)
-            elif fd in self.listeners:
-                self._accept(self.listeners[fd])
-            elif fd == self.channel.fileno():
-                self._read_channel()
-            elif fd == self.signals.fileno():
-                self._read_signals()
-        self._expire()
+    def _wake(self, fd: int) -> None:
+        """A descriptor other than a connection is ready: a listener, the channel or signals."""
+        if fd in self.listeners:
+            self._accept(self.listeners[fd])
+        elif fd == self.channel.fileno():
+            self._read_channel()
+        elif fd == self.signals.fileno():
+            self._read_signals()
 
     def _service(self, conn: Connection, mask: int) -> None:
         if conn.out_size and mask & (EPOLLOUT | EPOLL_TROUBLE):
@@ -247,6 +292,7 @@ class EventLoop:
         self._finish(conn)
 
     def _send(self, conn: Connection) -> None:
+        """Hand a connection's queued output to the kernel (``pump()`` inlines this)."""
         data = conn.take_output()
         try:
             sent = conn.sock.send(data)  # type: ignore[union-attr]
@@ -255,8 +301,10 @@ class EventLoop:
         except OSError:
             self._drop(conn)
             return
-        if sent == len(data) and conn.mask == EPOLLIN and not conn.held and not conn.closing:
-            return  # the common case: all written, nothing to change
+        self._sent(conn, data, sent)
+
+    def _sent(self, conn: Connection, data: bytes, sent: int) -> None:
+        """Act on a send: keep what the kernel did not take, release held events, close."""
         if sent < len(data):
             conn.unsent(data[sent:])
         if conn.held:
@@ -324,11 +372,7 @@ class EventLoop:
             return
         self.events.append((conn, CLOSE, b""))
         conn.closing = True
-        if conn.out_size:
-            if not conn.dirty:
-                conn.dirty = True
-                self.dirty.append(conn)
-        else:
+        if not conn.out_size:  # else it is on the flush list or waits for EPOLLOUT already
             self._close_gracefully(conn)
 
     def _drop(self, conn: Connection) -> None:

@@ -15,7 +15,7 @@ def make_conn(high_water: int = 100) -> Connection:
 
 def test_output_is_joined_and_unsent_rest_put_back_first():
     conn = make_conn()
-    assert conn.write(b"ab") is True  # became dirty
+    assert conn.write(b"ab") is True  # the first queued: the loop must flush it
     assert conn.write(b"cd") is False
     assert conn.write(b"") is False
     assert conn.out_size == 4
@@ -57,8 +57,8 @@ class RecordingLoop:
         self.abandoned: list[str] = []
         self.dirty: list[Connection] = []
 
-    def next_event(self):
-        return self.events.pop(0) if self.events else None
+    def pump(self):
+        yield from self.events
 
     def answer(self, conn, response, body):
         self.answers.append((conn.uuid, response, body))
