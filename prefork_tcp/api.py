@@ -62,11 +62,12 @@ class TcpWorker:
     never constructs one itself.
     """
 
-    __slots__ = ("_conn", "_events", "_loop", "_pid", "_request", "_state")
+    __slots__ = ("_conn", "_dirty", "_events", "_loop", "_pid", "_request", "_state")
 
     def __init__(self, loop: EventLoop) -> None:
         self._loop = loop
         self._events = loop.pump()
+        self._dirty = loop.dirty
         self._conn: Connection | None = None
         self._request: Request | None = None
         self._state = _IDLE
@@ -95,22 +96,23 @@ class TcpWorker:
         """Answer the current request with ``body`` and ``response`` (default: write, keep reading)."""
         if body.__class__ is not bytes:
             body = _as_bytes(body)
+        if response is _RESPOND and self._state == _AWAITING:  # the common case first
+            self._state = _ANSWERED
+            if body:  # Connection.write, inlined
+                conn = self._conn
+                out = conn.out  # type: ignore[union-attr]
+                if not out:
+                    self._dirty.append(conn)
+                out.append(body)
+                conn.out_size += len(body)  # type: ignore[union-attr]
+            return
         if response.__class__ is not TcpResponse:
             raise TypeError(f"response must be a TcpResponse, got {type(response).__name__}")
         if self._state != _AWAITING:
             self._check_answerable()
             return
         self._state = _ANSWERED
-        conn = self._conn
-        if response is _RESPOND:
-            if body:
-                out = conn.out
-                if not out:
-                    self._loop.dirty.append(conn)
-                out.append(body)
-                conn.out_size += len(body)
-        else:
-            self._loop.answer(conn, response, body)  # type: ignore[arg-type]
+        self._loop.answer(self._conn, response, body)  # type: ignore[arg-type]
 
     def read(self) -> None:
         """Answer the current request with ``READ``: write nothing, keep reading."""
