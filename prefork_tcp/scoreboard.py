@@ -19,19 +19,18 @@ from dataclasses import dataclass
 FIELDS = 8
 SLOT_BYTES = FIELDS * 8
 
-# Field offsets within a slot; 6 and 7 are spare.
+# Field offsets within a slot; 5 to 7 are spare.
 PID = 0  # Q
 STATE = 1  # Q: a State
-BUSY = 2  # Q: number of the event in progress (the worker's count of events so far); 0 while it waits
-EVENTS = 3  # Q: events handed to the application, published each time the worker waits
-CONNECTIONS = 4  # Q: open connections
-STARTED = 5  # d: monotonic time the worker was started
+ACTIVITY = 2  # q: +N while the worker's event number N is in progress, -N while it waits after N events
+CONNECTIONS = 3  # Q: open connections
+STARTED = 4  # d: monotonic time the worker was started
 
 
 class State(enum.IntEnum):
     FREE = 0
     BOOTING = 1
-    SERVING = 2  # ready, taking connections (busy or not: see BUSY)
+    SERVING = 2  # ready, taking connections (busy or not: see ACTIVITY)
     RETIRING = 3  # handing connections over, or stopping
 
 
@@ -42,15 +41,10 @@ class Row:
     slot: int
     pid: int
     state: State
-    busy: int
-    events: int
+    busy: int  # number of the event in progress; 0 while waiting
+    events: int  # events handed out so far, the one in progress included
     connections: int
     started: float
-
-    @property
-    def events_handed_out(self) -> int:
-        """Events handed out so far, the one in progress included."""
-        return max(self.events, self.busy)
 
 
 class Scoreboard:
@@ -61,6 +55,7 @@ class Scoreboard:
         # One more 8-byte field after the slots: how many slots from the start are (or were) used.
         self._map = mmap.mmap(-1, slots * SLOT_BYTES + 8, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
         self.ints = memoryview(self._map).cast("Q")
+        self.signed = memoryview(self._map).cast("q")
         self.floats = memoryview(self._map).cast("d")
 
     def claim(self, pid: int, started: float) -> int:
@@ -98,8 +93,8 @@ class Scoreboard:
             slot=slot,
             pid=ints[base + PID],
             state=State(ints[base + STATE]),
-            busy=ints[base + BUSY],
-            events=ints[base + EVENTS],
+            busy=max(0, self.signed[base + ACTIVITY]),
+            events=abs(self.signed[base + ACTIVITY]),
             connections=ints[base + CONNECTIONS],
             started=floats[base + STARTED],
         )
@@ -108,15 +103,16 @@ class Scoreboard:
 class SlotWriter:
     """A worker's handle on its own slot; every method is a memory store or two.
 
-    The event loop writes the event counters itself, through ``ints`` at ``busy_index``
-    and ``events_index``: per event the event's number into BUSY; each time it waits,
-    0 into BUSY and the count into EVENTS.
+    The event loop writes ACTIVITY itself, one store at a time, through ``signed`` at
+    ``activity_index``: per event the event's number (counting from 1), and minus the
+    number of events handled so far each time it waits.
     """
 
-    __slots__ = ("ints", "base", "used_index")
+    __slots__ = ("ints", "signed", "base", "used_index")
 
     def __init__(self, board: Scoreboard, slot: int) -> None:
         self.ints = board.ints
+        self.signed = board.signed
         self.base = slot * FIELDS
         self.used_index = board.used_index
 
@@ -134,14 +130,9 @@ class SlotWriter:
         self.ints[self.base + STATE] = state
 
     @property
-    def busy_index(self) -> int:
-        """Index into ``ints`` of BUSY."""
-        return self.base + BUSY
-
-    @property
-    def events_index(self) -> int:
-        """Index into ``ints`` of EVENTS."""
-        return self.base + EVENTS
+    def activity_index(self) -> int:
+        """Index into ``signed`` of ACTIVITY."""
+        return self.base + ACTIVITY
 
     def set_connections(self, count: int) -> None:
         self.ints[self.base + CONNECTIONS] = count

@@ -74,8 +74,8 @@ class Watch:
             busy, busy_since, events, last_event = 0, 0.0, 0, 0.0
         if row.busy != busy:
             busy, busy_since = row.busy, (now if row.busy else 0.0)
-        if row.events_handed_out != events:
-            events, last_event = row.events_handed_out, now
+        if row.events != events:
+            events, last_event = row.events, now
         self._seen[row.slot] = (row.pid, busy, busy_since, events, last_event)
         return Activity(busy_since, last_event)
 
@@ -96,8 +96,8 @@ def judge(row: Row, activity: Activity, limits: Limits, now: float, max_jobs: in
         return Verdict("kill", f"an event ran longer than exec_ttl ({limits.exec_ttl:g}s)")
     if row.state == State.RETIRING:
         return None
-    if max_jobs and row.events_handed_out >= max_jobs:
-        return Verdict("retire", f"handled {row.events_handed_out} events (max_jobs {max_jobs})")
+    if max_jobs and row.events >= max_jobs:
+        return Verdict("retire", f"handled {row.events} events (max_jobs {max_jobs})")
     if limits.ttl and now - row.started > limits.ttl:
         return Verdict("retire", f"older than ttl ({limits.ttl:g}s)")
     if limits.idle_ttl and not row.busy and now - max(activity.last_event, row.started) > limits.idle_ttl:

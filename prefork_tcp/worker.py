@@ -95,6 +95,8 @@ class EventLoop:
         self.retiring = False
         self.stop_deadline = 0.0
         self.accept_resume = 0.0
+        #: Set whenever one of the four above needs the loop's attention (``_attend``).
+        self.attention = False
         self.epoll.register(channel.fileno(), EPOLLIN)
         self.epoll.register(signals.fileno(), EPOLLIN)
         self._watch_listeners()
@@ -115,7 +117,7 @@ class EventLoop:
         self._tell_master(MSG_READY)
         events, dirty, conns, high_water = self.events, self.dirty, self.conns, self.high_water
         popleft, append = events.popleft, events.append
-        ints, busy_index, events_index = self.slot.ints, self.slot.busy_index, self.slot.events_index
+        activity, activity_index = self.slot.signed, self.slot.activity_index
         max_jobs = self.max_jobs
         handled = 0
         epoll_poll = self.epoll.poll
@@ -134,7 +136,7 @@ class EventLoop:
                         self._finish(conn)
                     continue
                 handled += 1
-                ints[busy_index] = handled  # the scoreboard: this event is in progress
+                activity[activity_index] = handled  # the scoreboard: event number `handled` in progress
                 if handled == max_jobs:
                     self._tell_master(MSG_RETIRE_ME)
                 yield item
@@ -160,14 +162,13 @@ class EventLoop:
                 if events:  # flushing released events held back for a slow reader
                     continue
             timeout = -1.0
-            if self.retiring or self.stopping or self.lingering or self.accept_resume:
+            if self.attention:
                 timeout = self._attend()
                 if timeout is None:
                     return
                 if events:
                     continue
-            ints[busy_index] = 0  # waiting, with this many events handled
-            ints[events_index] = handled
+            activity[activity_index] = -handled  # waiting, with this many events handled
             for fd, mask in epoll_poll(timeout):
                 conn = conns.get(fd)
                 if conn is None:
@@ -209,6 +210,7 @@ class EventLoop:
         if self.stopping and self._drained():
             self._shut_down()
             return None
+        self.attention = bool(self.stopping or self.lingering or self.accept_resume)
         return self._poll_timeout()
 
     def answer(self, conn: Connection, response: TcpResponse, body: bytes) -> None:
@@ -395,6 +397,7 @@ class EventLoop:
             return
         conn.linger_until = time.monotonic() + LINGER
         self.lingering.add(conn)
+        self.attention = True
         self._set_mask(conn, EPOLLIN)
 
     def _close_socket(self, conn: Connection) -> None:
@@ -467,6 +470,7 @@ class EventLoop:
             for fd in self.listeners:
                 self.epoll.unregister(fd)
         self.accept_resume = time.monotonic() + seconds
+        self.attention = True
 
     def _tell_master(self, message: bytes) -> None:
         try:
@@ -498,6 +502,7 @@ class EventLoop:
             self._close_listeners()
             self.slot.set_state(State.RETIRING)
         self.stopping = True
+        self.attention = True
         self.quick = quick
         for conn in list(self.conns.values()):
             if quick:

@@ -104,6 +104,7 @@ class WorkerLoop(EventLoop):
         if self.retiring or self.stopping:
             return
         self.retiring = True
+        self.attention = True
         self.slot.set_state(State.RETIRING)
         self._close_listeners()
 

@@ -26,7 +26,7 @@ def decide(limits: Limits, max_jobs: int = 0, rss_mb: float | None = None, busy_
 
 
 def test_no_limits_no_verdict():
-    assert decide(Limits(), rss_mb=10 ** 6, events=10 ** 9, started=0.0, busy=10 ** 9, busy_since=1.0) is None
+    assert decide(Limits(), rss_mb=10 ** 6, events=10 ** 9, busy=10 ** 9, started=0.0, busy_since=1.0) is None
 
 
 def test_exec_ttl_kills_a_stuck_event_even_while_retiring():
@@ -40,7 +40,7 @@ def test_exec_ttl_kills_a_stuck_event_even_while_retiring():
 def test_max_jobs_uses_the_workers_own_budget_and_counts_the_event_in_progress():
     assert decide(Limits(max_jobs=100), 110, events=99) is None
     assert decide(Limits(max_jobs=100), 110, events=110) == Verdict("retire", "handled 110 events (max_jobs 110)")
-    assert decide(Limits(max_jobs=100), 110, events=100, busy=110) == Verdict("retire", "handled 110 events (max_jobs 110)")
+    assert decide(Limits(max_jobs=100), 110, events=110, busy=110) == Verdict("retire", "handled 110 events (max_jobs 110)")
 
 
 def test_ttl_idle_ttl_and_memory_retire():
@@ -65,14 +65,14 @@ def test_retiring_workers_are_not_retired_again():
 def test_watch_times_what_it_observes():
     watch = Watch()
     assert watch.observe(row(), 1.0) == Activity(0.0, 0.0)  # nothing handed out yet
-    assert watch.observe(row(busy=1), 2.0) == Activity(2.0, 2.0)  # event 1 seen in progress
-    assert watch.observe(row(busy=1), 3.0) == Activity(2.0, 2.0)  # the same event: still since 2.0
-    assert watch.observe(row(busy=4, events=3), 4.0) == Activity(4.0, 4.0)  # a later event
+    assert watch.observe(row(busy=1, events=1), 2.0) == Activity(2.0, 2.0)  # event 1 seen in progress
+    assert watch.observe(row(busy=1, events=1), 3.0) == Activity(2.0, 2.0)  # the same event: still since 2.0
+    assert watch.observe(row(busy=4, events=4), 4.0) == Activity(4.0, 4.0)  # a later event
     assert watch.observe(row(events=4), 5.0) == Activity(0.0, 4.0)  # waiting; nothing new
     assert watch.observe(row(events=9), 6.0) == Activity(0.0, 6.0)  # events came and went between looks
     assert watch.observe(row(events=9), 7.0) == Activity(0.0, 6.0)
     assert watch.observe(row(pid=2), 8.0) == Activity(0.0, 0.0)  # a new worker in the slot
-    assert watch.observe(row(slot=1, busy=1), 9.0) == Activity(9.0, 9.0)  # slots are apart
+    assert watch.observe(row(slot=1, busy=1, events=1), 9.0) == Activity(9.0, 9.0)  # slots are apart
 
 
 @given(st.integers(min_value=0, max_value=10 ** 7), st.integers(min_value=0))
@@ -95,17 +95,16 @@ def test_scoreboard_slots_are_shared_with_a_forked_child():
     if pid == 0:  # the child writes its slot, as a worker does
         writer = SlotWriter(board, slot)
         writer.set_state(State.SERVING)
-        writer.ints[writer.busy_index] = 1  # event 1 in progress, as the event loop stores it
-        writer.ints[writer.busy_index] = 0  # waiting, 1 event handled
-        writer.ints[writer.events_index] = 1
-        writer.ints[writer.busy_index] = 2  # busy again
+        writer.signed[writer.activity_index] = 1  # event 1 in progress, as the event loop stores it
+        writer.signed[writer.activity_index] = -1  # waiting, 1 event handled
+        writer.signed[writer.activity_index] = 2  # busy again
         writer.set_connections(42)
         os._exit(0)
     os.waitpid(pid, 0)
     board.set_pid(slot, pid)
     seen = board.row(slot)
-    assert (seen.pid, seen.state, seen.busy, seen.events, seen.connections) == (pid, State.SERVING, 2, 1, 42)
-    assert seen.events_handed_out == 2 and seen.started == 5.0
+    assert (seen.pid, seen.state, seen.busy, seen.events, seen.connections) == (pid, State.SERVING, 2, 2, 42)
+    assert seen.started == 5.0
     board.reset(slot)
     assert board.row(slot).state == State.FREE
     assert board.claim(pid=9, started=1.0) == slot
