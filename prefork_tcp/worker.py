@@ -142,15 +142,15 @@ class EventLoop:
                 yield item
             if dirty:
                 for conn in dirty:
-                    out, sock = conn.out, conn.sock
-                    if not out or sock is None:
+                    out = conn.out
+                    if not out:  # sent already, or closed
                         continue
                     # Flush (``_send``, inlined): one send per connection.
                     data = out[0] if len(out) == 1 else b"".join(out)
                     out.clear()
                     conn.out_size = 0
                     try:
-                        sent = sock.send(data)
+                        sent = conn.sock.send(data)  # type: ignore[union-attr]
                     except (BlockingIOError, InterruptedError):
                         sent = 0
                     except OSError:
@@ -161,7 +161,7 @@ class EventLoop:
                 dirty.clear()
                 if events:  # flushing released events held back for a slow reader
                     continue
-            timeout = -1.0
+            timeout: float | None = -1
             if self.attention:
                 timeout = self._attend()
                 if timeout is None:
@@ -190,8 +190,10 @@ class EventLoop:
                     self._update_mask(conn)
                     continue
                 framer = conn.framer
-                if not framer.partial and (first := data.find(framer.delimiter)) + framer.dlen == len(data) and first <= framer.max_size:
-                    append((conn, DATA, data))  # one whole message: ``Framer.feed``'s fast path
+                first = data.find(framer.delimiter)
+                if 0 <= first <= framer.max_size and first + framer.dlen == len(data) and not framer.partial:
+                    # Exactly one whole message (``Framer.feed`` agrees: tests/test_framing.py).
+                    append((conn, DATA, data))
                     continue
                 try:
                     messages = framer.feed(data)
@@ -406,6 +408,8 @@ class EventLoop:
             return
         conn.sock = None
         conn.closing = False
+        conn.out.clear()  # a closed connection has nothing to flush
+        conn.out_size = 0
         self.lingering.discard(conn)
         # No EPOLL_CTL_DEL: closing the last descriptor of the socket removes it from the
         # epoll set, one system call fewer per connection.

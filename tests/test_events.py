@@ -58,6 +58,20 @@ def test_message_and_delimiter_split_over_many_reads_is_one_event(start_server):
     assert bodies(server.events()) == ["hello<END>", "world<END>", "<END>"]
 
 
+def test_a_fragment_one_byte_shorter_than_the_delimiter_is_not_a_message(start_server):
+    # A read as long as the delimiter minus one, without it, once passed for a whole message.
+    server = start_server(servers_config("crlf", "end", end='delimiter = "<END>"'))
+    for name, pieces, message in [("crlf", [b"a", b"b\r\n"], b"ab\r\n"), ("end", [b"abcd", b"<END>"], b"abcd<END>")]:
+        with Client(server.address(name)) as client:
+            client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for piece in pieces:
+                client.send(piece)
+                time.sleep(0.05)  # encourage separate reads; the result must not depend on them
+            assert client.read_exactly(len(message)) == message
+    wait_for(lambda: kinds(server.events()).count("CLOSE") == 2, what="two CLOSE events")
+    assert bodies(server.events()) == ["ab\r\n", "abcd<END>"]
+
+
 def test_stream_mode_delivers_chunks_as_read(start_server):
     server = start_server(servers_config("raw", raw='delimiter = ""'))
     payload = bytes(range(256)) * 64

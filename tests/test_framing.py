@@ -98,3 +98,26 @@ def test_stream_mode_returns_every_chunk():
 def test_empty_delimiter_needs_stream_framer():
     with pytest.raises(ValueError):
         Framer(b"", 10)
+
+
+def whole_message(framer: Framer | StreamFramer, data: bytes) -> bool:
+    """The worker loop's inline test for a read that is exactly one message (worker.py, ``pump``)."""
+    first = data.find(framer.delimiter)
+    return 0 <= first <= framer.max_size and first + framer.dlen == len(data) and not framer.partial
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    delimiter=st.sampled_from([*DELIMITERS, b""]),
+    pending=st.sampled_from([b"", b"a", b"\r", b"<EN"]),
+    data=st.lists(st.sampled_from([b"a", b"b", b"\r", b"\n", b".", b"<", b"END>", b"x" * 7, b"\x00"]), min_size=1).map(b"".join),
+    max_size=st.integers(min_value=0, max_value=40),
+)
+def test_the_loops_whole_message_shortcut_agrees_with_feed(delimiter, pending, data, max_size):
+    framer = make_framer(delimiter, max_size)
+    try:
+        framer.feed(pending)
+    except MessageTooLarge:
+        return
+    if whole_message(framer, data):
+        assert framer.feed(data) == [data] and framer.pending == 0
