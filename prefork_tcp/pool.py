@@ -121,14 +121,14 @@ def read_messages(handle: WorkerHandle) -> list[tuple[bytes, list[int]]]:
     return messages
 
 
-def worker_row(handle: WorkerHandle, row: Row, now: float) -> dict[str, object]:
-    """Return one line of the ``workers`` table."""
+def worker_row(handle: WorkerHandle, row: Row, now: float, busy_known: bool) -> dict[str, object]:
+    """Return one line of the ``workers`` table; ``busy_known`` when workers mark each event (exec_ttl)."""
     if not handle.ready:
         state = "booting"
     elif handle.retiring or handle.stopping:
         state = "retiring"
     else:
-        state = "busy" if row.busy else "idle"
+        state = ("busy" if row.busy else "idle") if busy_known else "serving"
     rss = rss_mb(handle.pid)
     return {"id": handle.id, "pid": handle.pid, "state": state, "events": row.events,
             "connections": row.connections, "rss_mb": round(rss, 1) if rss is not None else None,

@@ -70,6 +70,7 @@ class EventLoop:
         high_water: int,
         slot: SlotWriter | None = None,
         max_jobs: int = 0,
+        mark_events: bool = True,
     ) -> None:
         self.epoll = select.epoll()
         self.events: deque[Event] = deque()
@@ -82,6 +83,9 @@ class EventLoop:
         self.slot = slot or SlotWriter(Scoreboard(1), 0)
         #: After this many events the worker asks to retire (-1: never).
         self.max_jobs = max_jobs if max_jobs > 0 else -1
+        #: Whether each event's number goes into the scoreboard as it starts (``exec_ttl``
+        #: needs it); the count of events handled is published at every wait regardless.
+        self.mark_events = mark_events
         self.channel = channel
         channel.setblocking(False)
         self.signals = signals
@@ -118,7 +122,7 @@ class EventLoop:
         events, dirty, conns, high_water = self.events, self.dirty, self.conns, self.high_water
         popleft, append = events.popleft, events.append
         activity, activity_index = self.slot.signed, self.slot.activity_index
-        max_jobs = self.max_jobs
+        max_jobs, mark_events = self.max_jobs, self.mark_events
         handled = 0
         epoll_poll = self.epoll.poll
         while True:
@@ -136,7 +140,8 @@ class EventLoop:
                         self._finish(conn)
                     continue
                 handled += 1
-                activity[activity_index] = handled  # the scoreboard: event number `handled` in progress
+                if mark_events:
+                    activity[activity_index] = handled  # the scoreboard: event number `handled` in progress
                 if handled == max_jobs:
                     self._tell_master(MSG_RETIRE_ME)
                 yield item

@@ -77,6 +77,7 @@ def run(ctx: WorkerContext) -> int:
         high_water=1024 * 1024,
         slot=ctx.slot,
         max_jobs=ctx.max_jobs,
+        mark_events=pool.supervisor.exec_ttl > 0,
     )
     try:
         app(TcpWorker(loop))

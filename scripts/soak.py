@@ -87,7 +87,7 @@ class Server:
     def serving_workers(self) -> dict[int, int]:
         """Map the pid of each serving worker to its open connections."""
         rows = [row.split() for row in self.manage("workers").splitlines()[1:]]
-        return {int(row[1]): int(row[4]) for row in rows if row[2] in ("idle", "busy")}
+        return {int(row[1]): int(row[4]) for row in rows if row[2] in ("serving", "idle", "busy")}
 
     def stop(self) -> str:
         self.proc.send_signal(signal.SIGTERM)

@@ -49,7 +49,22 @@ def test_workers_table_counts_events_and_connections(start_server, tmp_path):
             client.line()
         rows = manage("workers", "-c", config).stdout.splitlines()[1:]
         (row,) = [line.split() for line in rows]
-        assert row[2] == "idle" and row[3] == "6" and row[4] == "1"  # CONNECTED + 5 DATA, 1 open
+        assert row[2] == "serving" and row[3] == "6" and row[4] == "1"  # CONNECTED + 5 DATA, 1 open
+
+
+def test_workers_table_tells_busy_from_idle_when_exec_ttl_is_set(start_server, tmp_path):
+    server, config = start(start_server, tmp_path, workers=1, extra='[tcp.pool.supervisor]\nexec_ttl = "1m"\n')
+
+    def state() -> str:
+        (row,) = [line.split() for line in manage("workers", "-c", config).stdout.splitlines()[1:]]
+        return row[2]
+
+    with Client(server.address("echo")) as client:
+        client.send(b"x\r\n")
+        client.line()
+        wait_for(lambda: state() == "idle", what="the worker idle")
+        client.send(b"sleep 10\r\n")
+        wait_for(lambda: state() == "busy", what="the worker busy in its event")
 
 
 def test_reset_replaces_workers_keeping_connections(start_server, tmp_path):

@@ -12,16 +12,18 @@ PONG = b"+PONG\r\n"
 
 
 def main(worker: TcpWorker) -> None:
-    data = TcpEvent.DATA
+    data, connected = TcpEvent.DATA, TcpEvent.CONNECTED
     while (request := worker.wait_request()) is not None:
-        if request.event is data:
-            body = request.body
-            command = b"PING" if body == PING else body.rstrip(b"\r\n").upper()
+        body = request.body  # CONNECTED and CLOSE have an empty body
+        if body == PING:
+            worker.respond(PONG)
+        elif request.event is data:
+            command = body.rstrip(b"\r\n").upper()
             if command == b"PING":
                 worker.respond(PONG)
             elif command == b"QUIT":
                 worker.respond(b"+OK\r\n", TcpResponse.RESPOND_CLOSE)
             else:
                 worker.respond(b"-ERR unknown command\r\n")
-        elif request.event is TcpEvent.CONNECTED:
+        elif request.event is connected:
             worker.read()
