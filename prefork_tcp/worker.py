@@ -151,7 +151,7 @@ class EventLoop:
                     if not out:  # sent already, or closed
                         continue
                     # Flush (``_send``, inlined): one send per connection.
-                    data = out[0] if len(out) == 1 else b"".join(out)
+                    data = b"".join(out)  # a single chunk comes back as it is
                     out.clear()
                     conn.out_size = 0
                     try:
@@ -179,10 +179,10 @@ class EventLoop:
                 if conn is None:
                     self._wake(fd)
                     continue
-                if mask != EPOLLIN or conn.mask != EPOLLIN or conn.closing:
+                if conn.mask != EPOLLIN or conn.closing:
                     self._service(conn, mask)
                     continue
-                # Data (or EOF) to read: ``_recv``, inlined.
+                # Reading only: data, EOF or an error to read (``_recv``, inlined).
                 try:
                     data = conn.sock.recv(conn.read_size)  # type: ignore[union-attr]
                 except (BlockingIOError, InterruptedError):
@@ -198,7 +198,16 @@ class EventLoop:
                 first = data.find(framer.delimiter)
                 if 0 <= first <= framer.max_size and first + framer.dlen == len(data) and not framer.partial:
                     # Exactly one whole message (``Framer.feed`` agrees: tests/test_framing.py).
-                    append((conn, DATA, data))
+                    if events:
+                        append((conn, DATA, data))
+                        continue
+                    # Nothing queued before it: deliver it now, as the queue would.
+                    handled += 1
+                    if mark_events:
+                        activity[activity_index] = handled
+                    if handled == max_jobs:
+                        self._tell_master(MSG_RETIRE_ME)
+                    yield conn, DATA, data
                     continue
                 try:
                     messages = framer.feed(data)
