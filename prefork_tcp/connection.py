@@ -8,6 +8,7 @@ was read and answered and says what the loop should do next (``wants_read``,
 from __future__ import annotations
 
 import socket
+from select import EPOLLIN
 from typing import Union
 
 from .framing import Framer, StreamFramer
@@ -34,6 +35,7 @@ class Connection:
         "open",
         "out",
         "out_size",
+        "plain",
         "read_size",
         "remote",
         "server",
@@ -74,6 +76,9 @@ class Connection:
         self.held: list | None = None
         #: The epoll event mask the socket is registered with (0: not registered).
         self.mask = 0
+        #: Registered for EPOLLIN only, nothing held, not closing: the loop's fast paths
+        #: check this one flag, which ``settle()`` keeps true to those three.
+        self.plain = False
         #: Monotonic deadline while waiting for the client's FIN after our own.
         self.linger_until = 0.0
 
@@ -117,6 +122,7 @@ class Connection:
         if self.out_size < self.high_water:
             return False
         self.held = [event]
+        self.plain = False
         return True
 
     def release(self) -> list | None:
@@ -124,6 +130,7 @@ class Connection:
         if not self.held or self.out_size >= self.high_water:
             return None
         held, self.held = self.held, None
+        self.settle()
         return held
 
     def parcel(self, data_event: object) -> Parcel:
@@ -133,9 +140,14 @@ class Connection:
         new owner frames them into the same messages); output not yet sent goes along.
         """
         held, self.held = self.held or [], None
+        self.settle()
         pending = b"".join(body for _, event, body in held if event is data_event) + self.framer.take_partial()
         output = self.take_output() if self.out_size else b""
         return Parcel(self.uuid, self.server, self.remote, self.eof, pending, output)
+
+    def settle(self) -> None:
+        """Bring ``plain`` up to date after ``mask``, ``held`` or ``closing`` changed."""
+        self.plain = self.mask == EPOLLIN and not self.held and not self.closing
 
     def finish(self) -> bool:
         """Mark the connection finished; return True the first time (CLOSE is then due)."""

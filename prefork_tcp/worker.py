@@ -161,7 +161,7 @@ class EventLoop:
                     except OSError:
                         self._drop(conn)
                         continue
-                    if sent != len(data) or conn.mask != EPOLLIN or conn.held or conn.closing:
+                    if sent != len(data) or not conn.plain:
                         self._sent(conn, data, sent)
                 dirty.clear()
                 if events:  # flushing released events held back for a slow reader
@@ -179,7 +179,7 @@ class EventLoop:
                 if conn is None:
                     self._wake(fd)
                     continue
-                if conn.mask != EPOLLIN or conn.closing:
+                if not conn.plain:  # writing, closing or holding events back
                     self._service(conn, mask)
                     continue
                 # Reading only: data, EOF or an error to read (``_recv``, inlined).
@@ -379,6 +379,7 @@ class EventLoop:
             self.conns[conn.fd] = conn
             self.epoll.register(conn.fd, EPOLLIN)
             conn.mask = EPOLLIN
+            conn.plain = True
             self.slot.set_connections(len(self.conns))
             self.events.append((conn, CONNECTED, b""))
 
@@ -390,6 +391,7 @@ class EventLoop:
             return
         self.events.append((conn, CLOSE, b""))
         conn.closing = True
+        conn.plain = False
         if not conn.out_size:  # else it is on the flush list or waits for EPOLLOUT already
             self._close_gracefully(conn)
 
@@ -429,6 +431,7 @@ class EventLoop:
         # epoll set, one system call fewer per connection.
         self.conns.pop(conn.fd, None)
         conn.mask = 0
+        conn.plain = False
         self.slot.set_connections(len(self.conns))
         sock.close()
 
@@ -438,6 +441,7 @@ class EventLoop:
         if conn.mask:
             self.epoll.unregister(conn.fd)
             conn.mask = 0
+            conn.plain = False
         self.slot.set_connections(len(self.conns))
 
     def _update_mask(self, conn: Connection) -> None:
@@ -456,6 +460,7 @@ class EventLoop:
         else:
             self.epoll.modify(conn.fd, mask)
         conn.mask = mask
+        conn.settle()
 
     def _expire(self) -> None:
         now = time.monotonic()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import select
+
 import pytest
 
 from prefork_tcp import Request, TcpEvent, TcpResponse, TcpWorker
@@ -39,6 +41,30 @@ def test_reading_stops_above_high_water_and_events_are_held_in_order():
     conn.unsent(b"x" * 9)
     assert conn.release() == ["e2", "e3"]
     assert conn.hold("e4") is False
+
+
+def test_plain_follows_mask_held_and_closing():
+    conn = make_conn(high_water=10)
+    assert not conn.plain  # not registered yet
+    conn.mask = select.EPOLLIN
+    conn.settle()
+    assert conn.plain
+    conn.write(b"x" * 10)
+    assert conn.hold("e1") and not conn.plain  # holding events back
+    conn.take_output()
+    assert conn.release() == ["e1"] and conn.plain
+    conn.closing = True
+    conn.settle()
+    assert not conn.plain
+    conn.closing = False
+    conn.mask = select.EPOLLIN | select.EPOLLOUT
+    conn.settle()
+    assert not conn.plain
+    conn.mask = select.EPOLLIN
+    conn.write(b"x" * 10)
+    conn.hold((conn, "DATA", b"m\r\n"))
+    assert conn.parcel("DATA").pending_input == b"m\r\n"
+    assert conn.plain  # the held events left with the parcel
 
 
 def test_finish_is_true_once_and_stops_reading():
