@@ -13,7 +13,10 @@ PONG = b"+PONG\r\n"
 
 def main(worker: TcpWorker) -> None:
     data, connected = TcpEvent.DATA, TcpEvent.CONNECTED
-    while (request := worker.wait_request()) is not None:
+    while True:
+        request = worker.wait_request()
+        if request is None:
+            return
         body = request.body  # CONNECTED and CLOSE have an empty body
         if body == PING:
             worker.respond(PONG)
