@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""The worker's Python cost per PING, without the kernel: the real event loop and ping
+example, driven by fake sockets whose calls are C built-ins that do nothing.
+
+Each round the fake epoll reports --connections readable connections, each of which
+reads ``PING\\r\\n``; the ping example answers every one, and the answers are "sent" by
+``len``. After --rounds rounds the loop is told to stop, as the master would.
+
+    python3 scripts/hotpath.py [--connections 2] [--rounds 200000]
+    python3 scripts/hotpath.py --callgrind     # instructions per request (needs valgrind)
+
+Timing (the default) is as noisy as the machine. ``--callgrind`` runs this script twice
+under valgrind (few and many rounds) and reports the difference in instructions per
+request: the same on every run, so it tells apart changes of a few percent. Under
+redis-benchmark ``-P 1 -c 50`` a poll returns about two connections, hence the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import re
+import select
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from prefork_tcp.api import TcpWorker  # noqa: E402
+from prefork_tcp.connection import Connection  # noqa: E402
+from prefork_tcp.examples.ping import main as ping_main  # noqa: E402
+from prefork_tcp.framing import make_framer  # noqa: E402
+from prefork_tcp.signals import SignalPipe  # noqa: E402
+from prefork_tcp.worker import CMD_QUIT  # noqa: E402
+from prefork_tcp.workerloop import WorkerLoop  # noqa: E402
+
+FIRST_FD = 100_000  # fake descriptors, far above any real one
+
+
+class FakeSocket:
+    """recv() always has one PING; send() takes everything. Both are C calls."""
+
+    __slots__ = ("recv", "send", "_fd")
+
+    def __init__(self, fd: int, read_size: int) -> None:
+        self.recv = {read_size: b"PING\r\n"}.get
+        self.send = len
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        pass
+
+
+class FakeEpoll:
+    """poll() reports the same readable connections for ``rounds`` rounds, then the channel."""
+
+    def __init__(self, ready: list[tuple[int, int]], rounds: int, channel_fd: int) -> None:
+        batches = itertools.chain(itertools.repeat(ready, rounds), itertools.repeat([(channel_fd, select.EPOLLIN)]))
+        self.poll = lambda timeout=-1, _next=batches.__next__: _next()
+
+    def register(self, fd: int, mask: int = 0) -> None:
+        pass
+
+    modify = register
+
+    def unregister(self, fd: int) -> None:
+        pass
+
+
+def run(connections: int, rounds: int) -> tuple[float, int]:
+    """Serve ``connections * rounds`` PINGs; return the CPU seconds it took and the events handled."""
+    channel, master_end = socket.socketpair()
+    # As the default config runs it: no exec_ttl, so no per-event scoreboard store.
+    loop = WorkerLoop([], channel, SignalPipe(()), drain_timeout=1.0, high_water=1 << 20, mark_events=False)
+    read_size = 65536
+    for fd in range(FIRST_FD, FIRST_FD + connections):
+        conn = Connection(FakeSocket(fd, read_size), f"uuid-{fd}", "default", "127.0.0.1:1",  # type: ignore[arg-type]
+                          make_framer(b"\r\n", 1 << 20), read_size, 1 << 20)
+        conn.mask = select.EPOLLIN
+        conn.settle()
+        loop.conns[fd] = conn
+    ready = [(fd, select.EPOLLIN) for fd in loop.conns]
+    loop.epoll = FakeEpoll(ready, rounds, channel.fileno())  # type: ignore[assignment]
+    master_end.send(CMD_QUIT)  # read once the rounds are over: the loop stops, the app returns
+    start = time.process_time()
+    ping_main(TcpWorker(loop))
+    seconds = time.process_time() - start
+    # Published at the last wait before the stop: minus the events handled by then.
+    return seconds, -loop.slot.signed[loop.slot.activity_index]
+
+
+def instructions(connections: int, rounds: int) -> int:
+    """Instructions valgrind counts for a whole run of this script."""
+    result = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
+         "--connections", str(connections), "--rounds", str(rounds)],
+        capture_output=True, text=True, check=True)
+    match = re.search(r"Collected : (\d+)", result.stderr)
+    if match is None:
+        raise RuntimeError(f"no instruction count from valgrind: {result.stderr[-300:]}")
+    return int(match.group(1))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--connections", type=int, default=2, help="readable connections per poll")
+    parser.add_argument("--rounds", type=int, default=200_000)
+    parser.add_argument("--callgrind", action="store_true", help="count instructions under valgrind instead")
+    args = parser.parse_args()
+    if args.callgrind:
+        few, many = 5_000, 25_000
+        per_request = (instructions(args.connections, many) - instructions(args.connections, few)) / (
+            args.connections * (many - few))
+        print(f"{per_request:,.0f} instructions per request ({args.connections} connections per poll, "
+              f"Python {sys.version.split()[0]})")
+        return 0
+    requests = args.connections * args.rounds
+    seconds, handled = run(args.connections, args.rounds)
+    if handled != requests:
+        print(f"the loop handled {handled} events, not {requests}", file=sys.stderr)
+        return 1
+    print(f"{seconds / requests * 1e9:,.0f} ns of CPU per request "
+          f"({args.connections} connections per poll, Python {sys.version.split()[0]})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
