@@ -196,7 +196,7 @@ class EventLoop:
                     continue
                 framer = conn.framer
                 first = data.find(framer.delimiter)
-                if 0 <= first <= framer.max_size and first + framer.dlen == len(data) and not framer.partial:
+                if first + framer.dlen == len(data) and first >= 0 and first <= framer.max_size and not framer.partial:
                     # Exactly one whole message (``Framer.feed`` agrees: tests/test_framing.py).
                     if events:
                         append((conn, DATA, data))
@@ -209,12 +209,9 @@ class EventLoop:
                         self._tell_master(MSG_RETIRE_ME)
                     yield conn, DATA, data
                     continue
-                try:
-                    messages = framer.feed(data)
-                except MessageTooLarge as exc:
-                    self._too_large(conn, exc)
-                    continue
-                events.extend([(conn, DATA, m) for m in messages])
+                # A method, not a comprehension here: a closure over ``conn`` would make it
+                # a cell variable, and every use of it in this loop slower.
+                self._received(conn, data)
 
     def _attend(self) -> float | None:
         """The loop's rare duties before it waits; return the wait's timeout (None: stopped)."""
@@ -278,15 +275,7 @@ class EventLoop:
             self._end_of_input(conn)
             self._update_mask(conn)
             return
-        try:  # framed right here: this is the per-read hot path (``_received`` is for adopted bytes)
-            messages = conn.framer.feed(data)
-        except MessageTooLarge as exc:
-            self._too_large(conn, exc)
-            return
-        if len(messages) == 1:
-            self.events.append((conn, DATA, messages[0]))
-        elif messages:
-            self.events.extend([(conn, DATA, m) for m in messages])
+        self._received(conn, data)
 
     def _end_of_input(self, conn: Connection) -> None:
         """The client half-closed: deliver the unfinished rest, then finish after its answers."""
@@ -297,7 +286,7 @@ class EventLoop:
         self.events.append((conn, _EOF, b""))
 
     def _received(self, conn: Connection, data: bytes) -> None:
-        """Frame bytes that did not come from this worker's own read (an adopted connection's)."""
+        """Frame bytes read from a connection (or adopted with it) and queue its messages."""
         try:
             messages = conn.framer.feed(data)
         except MessageTooLarge as exc:

@@ -103,7 +103,7 @@ def test_empty_delimiter_needs_stream_framer():
 def whole_message(framer: Framer | StreamFramer, data: bytes) -> bool:
     """The worker loop's inline test for a read that is exactly one message (worker.py, ``pump``)."""
     first = data.find(framer.delimiter)
-    return 0 <= first <= framer.max_size and first + framer.dlen == len(data) and not framer.partial
+    return first + framer.dlen == len(data) and first >= 0 and first <= framer.max_size and not framer.partial
 
 
 @settings(max_examples=500, deadline=None)
