@@ -125,11 +125,12 @@ class EventLoop:
         max_jobs, mark_events = self.max_jobs, self.mark_events
         handled = 0
         epoll_poll = self.epoll.poll
+        data_event, length = DATA, len  # locals: cheaper to load than globals
         while True:
             while events:
                 item = popleft()
                 conn, event, _ = item
-                if event is DATA:
+                if event is data_event:
                     if not conn.open:
                         continue
                     if conn.held or conn.out_size >= high_water:
@@ -161,7 +162,7 @@ class EventLoop:
                     except OSError:
                         self._drop(conn)
                         continue
-                    if sent != len(data) or not conn.plain:
+                    if sent != length(data) or not conn.plain:
                         self._sent(conn, data, sent)
                 dirty.clear()
                 if events:  # flushing released events held back for a slow reader
@@ -196,10 +197,10 @@ class EventLoop:
                     continue
                 framer = conn.framer
                 first = data.find(framer.delimiter)
-                if first + framer.dlen == len(data) and first >= 0 and first <= framer.max_size and not framer.partial:
+                if first + framer.dlen == length(data) and first >= 0 and first <= framer.max_size and not framer.partial:
                     # Exactly one whole message (``Framer.feed`` agrees: tests/test_framing.py).
                     if events:
-                        append((conn, DATA, data))
+                        append((conn, data_event, data))
                         continue
                     # Nothing queued before it: deliver it now, as the queue would.
                     handled += 1
@@ -207,7 +208,7 @@ class EventLoop:
                         activity[activity_index] = handled
                     if handled == max_jobs:
                         self._tell_master(MSG_RETIRE_ME)
-                    yield conn, DATA, data
+                    yield conn, data_event, data
                     continue
                 # A method, not a comprehension here: a closure over ``conn`` would make it
                 # a cell variable, and every use of it in this loop slower.
