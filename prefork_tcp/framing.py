@@ -22,14 +22,16 @@ class Framer:
     ``MessageTooLarge``.  ``max_size`` counts the message without its delimiter.
     """
 
-    __slots__ = ("delimiter", "dlen", "max_size", "partial")
+    __slots__ = ("_dlen", "delimiter", "max_size", "partial", "probe")
 
     def __init__(self, delimiter: bytes, max_size: int) -> None:
         if not delimiter:
             raise ValueError("Framer needs a non-empty delimiter; use StreamFramer for none")
         self.delimiter = delimiter
+        #: What the worker loop's whole-message test partitions a read at.
+        self.probe = delimiter
         self.max_size = max_size
-        self.dlen = len(delimiter)
+        self._dlen = len(delimiter)
         self.partial = bytearray()
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -38,7 +40,7 @@ class Framer:
         partial = self.partial
         if partial:
             # Only the seam can hold a delimiter that started in the old bytes.
-            seam = max(0, len(partial) - self.dlen + 1)
+            seam = max(0, len(partial) - self._dlen + 1)
             partial += data
             if partial.find(delim, seam) < 0:
                 self._check_partial(len(partial))
@@ -53,7 +55,7 @@ class Framer:
                     self._check_partial(len(data))
                     partial += data
                 return []
-            if first + self.dlen == len(data):
+            if first + self._dlen == len(data):
                 if first > self.max_size:
                     raise MessageTooLarge(first, self.max_size)
                 return [data]
@@ -81,7 +83,7 @@ class Framer:
 
     def _check_partial(self, size: int) -> None:
         # A partial may end with the first bytes of a delimiter, which do not count.
-        if size > self.max_size + self.dlen - 1:
+        if size > self.max_size + self._dlen - 1:
             raise MessageTooLarge(size, self.max_size)
 
 
@@ -91,10 +93,12 @@ class StreamFramer:
     __slots__ = ()
 
     delimiter = b""
-    dlen = 0
     max_size = 0
     partial = b""
     pending = 0
+    #: The loop's whole-message test partitions reads at this; any read is one message
+    #: here, whatever that test finds, so any non-empty value does.
+    probe = b"\n"
 
     def feed(self, data: bytes) -> list[bytes]:
         """Return ``data`` as one message (nothing for an empty chunk)."""

@@ -196,8 +196,9 @@ class EventLoop:
                     self._update_mask(conn)
                     continue
                 framer = conn.framer
-                first = data.find(framer.delimiter)
-                if first + framer.dlen == length(data) and first >= 0 and first <= framer.max_size and not framer.partial:
+                # partition(), not find(): find() parses its arguments the slow way.
+                head, found, rest = data.partition(framer.probe)
+                if not rest and found and length(head) <= framer.max_size and not framer.partial:
                     # Exactly one whole message (``Framer.feed`` agrees: tests/test_framing.py).
                     if events:
                         append((conn, data_event, data))

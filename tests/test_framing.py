@@ -102,8 +102,8 @@ def test_empty_delimiter_needs_stream_framer():
 
 def whole_message(framer: Framer | StreamFramer, data: bytes) -> bool:
     """The worker loop's inline test for a read that is exactly one message (worker.py, ``pump``)."""
-    first = data.find(framer.delimiter)
-    return first + framer.dlen == len(data) and first >= 0 and first <= framer.max_size and not framer.partial
+    head, found, rest = data.partition(framer.probe)
+    return not rest and bool(found) and len(head) <= framer.max_size and not framer.partial
 
 
 @settings(max_examples=500, deadline=None)
