@@ -5,7 +5,9 @@ from __future__ import annotations
 import enum
 import logging
 import os
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
+
+from .request import Request, new_request
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -31,24 +33,11 @@ class TcpResponse(enum.Enum):
     CLOSE = "CLOSE"  # write nothing, close
 
 
-class Request(NamedTuple):
-    """One event of one connection, as handed to the application. Immutable."""
-
-    event: TcpEvent
-    body: bytes
-    server: str
-    connection_uuid: str
-    remote_address: str
-
-
 # Where the current request stands.
 _IDLE = 0  # no request yet, or wait_request() returned None
 _AWAITING = 1  # CONNECTED or DATA delivered, not answered yet
 _ANSWERED = 2
 _CLOSE_EVENT = 3  # a CLOSE was delivered: answers are accepted and ignored
-
-#: Builds a Request without the generated ``__new__`` frame: one event per call is the hot path.
-_new_request = tuple.__new__
 
 _RESPOND = TcpResponse.RESPOND
 _CLOSE = TcpResponse.CLOSE
@@ -88,7 +77,7 @@ class TcpWorker:
             return None
         conn, event, body = item
         self._conn = conn
-        self._request = request = _new_request(Request, (event, body, conn.server, conn.uuid, conn.remote))
+        self._request = request = new_request((event, body, conn.server, conn.uuid, conn.remote))
         self._state = _CLOSE_EVENT if event is _CLOSE_EV else _AWAITING
         return request
 

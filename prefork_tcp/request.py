@@ -1,0 +1,67 @@
+"""``Request``: one event of one connection, as the application sees it.
+
+A tuple of five named fields, like a ``NamedTuple``, but built differently: the worker
+makes one per event, and a ``NamedTuple``'s generated ``__new__`` (a Python function)
+would cost more than the rest of handing the event out. ``Request`` keeps tuple's own C
+constructor; ``Request(event, body, ...)`` still works, through the metaclass, and the
+event loop uses ``new_request(fields)``.
+"""
+
+from __future__ import annotations
+
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .api import TcpEvent
+
+try:  # the C descriptor NamedTuple uses for its fields
+    from _collections import _tuplegetter
+except ImportError:  # pragma: no cover - other interpreters
+
+    def _tuplegetter(index: int, doc: str) -> Any:  # type: ignore[misc]
+        return property(itemgetter(index), doc=doc)
+
+
+FIELDS = ("event", "body", "server", "connection_uuid", "remote_address")
+
+
+class _RequestType(type):
+    """``Request(event, body, server, connection_uuid, remote_address)`` builds a Request."""
+
+    def __call__(cls, event: TcpEvent, body: bytes, server: str, connection_uuid: str, remote_address: str) -> Any:
+        return tuple.__new__(cls, (event, body, server, connection_uuid, remote_address))
+
+
+class Request(tuple, metaclass=_RequestType):  # type: ignore[type-arg]
+    """One event of one connection, as handed to the application. Immutable."""
+
+    __slots__ = ()
+    _fields = FIELDS
+    __match_args__ = FIELDS
+
+    event: TcpEvent = _tuplegetter(0, "CONNECTED, DATA or CLOSE")
+    body: bytes = _tuplegetter(1, "the message, delimiter included (empty for CONNECTED and CLOSE)")
+    server: str = _tuplegetter(2, "the name of the server the connection came in on")
+    connection_uuid: str = _tuplegetter(3, "UUID4 text, one per connection, stable for its whole life")
+    remote_address: str = _tuplegetter(4, '"ip:port", "[ipv6]:port", or for a unix socket the peer name or ""')
+
+    def __repr__(self) -> str:
+        return "Request(" + ", ".join(f"{name}={value!r}" for name, value in zip(FIELDS, self, strict=True)) + ")"
+
+    def __getnewargs__(self) -> tuple[tuple[Any, ...]]:
+        return (tuple(self),)  # pickle and copy rebuild it with tuple's constructor
+
+    def _asdict(self) -> dict[str, Any]:
+        return dict(zip(FIELDS, self, strict=True))
+
+    def _replace(self, **changes: Any) -> Request:
+        unknown = set(changes) - set(FIELDS)
+        if unknown:
+            raise ValueError(f"Request has no field(s) {sorted(unknown)}")
+        return Request(**{**self._asdict(), **changes})
+
+
+#: ``new_request((event, body, server, connection_uuid, remote_address))``: type.__call__
+#: on Request itself, so tuple's constructor runs without the metaclass's Python frame.
+new_request = type.__call__.__get__(Request)

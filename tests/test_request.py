@@ -1,0 +1,48 @@
+"""Request: five named fields on a tuple, built by the loop without a Python frame."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+
+from prefork_tcp import Request, TcpEvent
+from prefork_tcp.request import new_request
+
+FIELDS = (TcpEvent.DATA, b"hi\r\n", "srv", "u-1", "127.0.0.1:5")
+
+
+def test_built_from_fields_by_position_or_name_and_by_the_loop_alike():
+    by_position = Request(*FIELDS)
+    by_name = Request(event=FIELDS[0], body=FIELDS[1], server=FIELDS[2], connection_uuid=FIELDS[3], remote_address=FIELDS[4])
+    from_loop = new_request(FIELDS)
+    assert by_position == by_name == from_loop == FIELDS
+    assert type(from_loop) is Request and isinstance(from_loop, tuple)
+    assert hash(from_loop) == hash(FIELDS)
+    with pytest.raises(TypeError):
+        Request(*FIELDS[:4])  # type: ignore[call-arg]
+
+
+def test_fields_read_by_name_and_never_written():
+    request = new_request(FIELDS)
+    assert (request.event, request.body, request.server, request.connection_uuid, request.remote_address) == FIELDS
+    with pytest.raises(AttributeError):
+        request.body = b"x"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        request.extra = 1  # type: ignore[attr-defined]
+
+
+def test_repr_copy_pickle_and_the_namedtuple_helpers():
+    request = new_request(FIELDS)
+    assert repr(request) == ("Request(event=<TcpEvent.DATA: 'DATA'>, body=b'hi\\r\\n', server='srv', "
+                             "connection_uuid='u-1', remote_address='127.0.0.1:5')")
+    for clone in (copy.copy(request), copy.deepcopy(request), pickle.loads(pickle.dumps(request))):
+        assert clone == request and type(clone) is Request
+    assert request._asdict()["connection_uuid"] == "u-1"
+    assert request._replace(body=b"other\r\n") == Request(FIELDS[0], b"other\r\n", *FIELDS[2:])
+    with pytest.raises(ValueError, match="no field"):
+        request._replace(size=3)
+    match request:
+        case Request(event, body):
+            assert (event, body) == FIELDS[:2]
