@@ -6,8 +6,8 @@ Aligned 8-byte stores and loads are atomic on the platforms this runs on, so no 
 needed: each field has exactly one writer (the worker owning the slot, or the master
 while the slot is free).
 
-Workers write no times: reading the clock per event would cost more than the rest of
-the bookkeeping.  The master times what it observes instead (``supervisor.Watch``).
+Workers write no times: a clock read per event is a noticeable share of handing an event
+out.  The master times what it observes instead (``supervisor.Watch``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ SLOT_BYTES = FIELDS * 8
 # Field offsets within a slot; 5 to 7 are spare.
 PID = 0  # Q
 STATE = 1  # Q: a State
-ACTIVITY = 2  # q: +N while the worker's event number N is in progress, -N while it waits after N events
+ACTIVITY = 2  # q: -N while the worker waits after N events; +N while event N runs (marked with exec_ttl only)
 CONNECTIONS = 3  # Q: open connections
 STARTED = 4  # d: monotonic time the worker was started
 

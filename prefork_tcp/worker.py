@@ -113,7 +113,8 @@ class EventLoop:
         The worker's hot loop, written as one generator so that what it touches per
         event lives in local variables: deliver queued events; when none are left, flush
         every answer written since the last poll (one ``send`` per connection), wait in
-        ``epoll`` and turn what the sockets have into queued events.  Rare duties
+        ``epoll`` and turn what the sockets have into events: queued, or, for a read that
+        is one whole message while nothing is queued, handed out at once.  Rare duties
         (retiring, stopping, lingering closes, paused accepts) are in ``_attend``.
         """
         self.ready = True
