@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from functools import cache
+
+#: The read size a framer assumes when it is not told (the default ``read_buf_size``).
+READ_SIZE = 64 * 1024
+
 
 class MessageTooLarge(Exception):
     """A message grew past the server's ``max_message_size`` without a delimiter."""
@@ -20,24 +25,36 @@ class Framer:
     split into chunks, and the pending partial message never holds more than
     ``max_size + len(delimiter) - 1`` bytes: past that ``feed()`` raises
     ``MessageTooLarge``.  ``max_size`` counts the message without its delimiter.
+
+    ``probe`` serves the worker loop's shortcut for a read that is exactly one message
+    (``read.partition(probe)`` finds it once, at the end): it is the delimiter while that
+    answer is the same as ``feed()``'s, and otherwise something longer than any read of
+    ``read_size`` bytes, which no read contains. It is the delimiter when nothing is
+    pending and no read can hold a message over ``max_size``.
     """
 
-    __slots__ = ("_dlen", "delimiter", "max_size", "partial", "probe")
+    __slots__ = ("_blocked", "_dlen", "_partial", "_shortcut", "delimiter", "max_size", "probe")
 
-    def __init__(self, delimiter: bytes, max_size: int) -> None:
+    def __init__(self, delimiter: bytes, max_size: int, read_size: int = READ_SIZE) -> None:
         if not delimiter:
             raise ValueError("Framer needs a non-empty delimiter; use StreamFramer for none")
         self.delimiter = delimiter
-        #: What the worker loop's whole-message test partitions a read at.
-        self.probe = delimiter
         self.max_size = max_size
         self._dlen = len(delimiter)
-        self.partial = bytearray()
+        self._partial = bytearray()
+        self._blocked = _longer_than(read_size)
+        self._shortcut = delimiter if read_size <= max_size + self._dlen else self._blocked
+        self.probe = self._shortcut
 
     def feed(self, data: bytes) -> list[bytes]:
         """Return the messages that ``data`` completes, each ending with the delimiter."""
+        messages = self._feed(data)
+        self.probe = self._blocked if self._partial else self._shortcut
+        return messages
+
+    def _feed(self, data: bytes) -> list[bytes]:
         delim = self.delimiter
-        partial = self.partial
+        partial = self._partial
         if partial:
             # Only the seam can hold a delimiter that started in the old bytes.
             seam = max(0, len(partial) - self._dlen + 1)
@@ -72,14 +89,15 @@ class Framer:
 
     def take_partial(self) -> bytes:
         """Return and forget the bytes of the unfinished message (at end of stream)."""
-        rest = bytes(self.partial)
-        self.partial.clear()
+        rest = bytes(self._partial)
+        self._partial.clear()
+        self.probe = self._shortcut
         return rest
 
     @property
     def pending(self) -> int:
         """Number of bytes waiting for a delimiter."""
-        return len(self.partial)
+        return len(self._partial)
 
     def _check_partial(self, size: int) -> None:
         # A partial may end with the first bytes of a delimiter, which do not count.
@@ -94,10 +112,9 @@ class StreamFramer:
 
     delimiter = b""
     max_size = 0
-    partial = b""
     pending = 0
-    #: The loop's whole-message test partitions reads at this; any read is one message
-    #: here, whatever that test finds, so any non-empty value does.
+    #: The loop's whole-message shortcut partitions reads at this. Here every read is one
+    #: message whatever the shortcut finds, so any non-empty value does.
     probe = b"\n"
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -109,6 +126,12 @@ class StreamFramer:
         return b""
 
 
-def make_framer(delimiter: bytes, max_size: int) -> Framer | StreamFramer:
+@cache
+def _longer_than(read_size: int) -> bytes:
+    """A probe no read of up to ``read_size`` bytes contains (one per read size, shared)."""
+    return bytes(read_size + 1)
+
+
+def make_framer(delimiter: bytes, max_size: int, read_size: int = READ_SIZE) -> Framer | StreamFramer:
     """Return the framer for a server's ``delimiter`` (empty means stream mode)."""
-    return Framer(delimiter, max_size) if delimiter else StreamFramer()
+    return Framer(delimiter, max_size, read_size) if delimiter else StreamFramer()

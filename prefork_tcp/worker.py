@@ -196,11 +196,11 @@ class EventLoop:
                     self._end_of_input(conn)
                     self._update_mask(conn)
                     continue
-                framer = conn.framer
-                # partition(), not find(): find() parses its arguments the slow way.
-                head, found, rest = data.partition(framer.probe)
-                if not rest and found and length(head) <= framer.max_size and not framer.partial:
-                    # Exactly one whole message (``Framer.feed`` agrees: tests/test_framing.py).
+                # Exactly one whole message? ``Framer.probe`` is made so that this agrees
+                # with ``Framer.feed`` (tests/test_framing.py). partition(), not find():
+                # find() parses its arguments the slow way.
+                _, found, rest = data.partition(conn.framer.probe)
+                if found and not rest:
                     if events:
                         append((conn, data_event, data))
                         continue
@@ -364,7 +364,7 @@ class EventLoop:
                 new_uuid(),
                 listener.name,
                 format_peer(family, addr),
-                make_framer(listener.delimiter, listener.max_message_size),
+                make_framer(listener.delimiter, listener.max_message_size, listener.read_size),
                 listener.read_size,
                 self.high_water,
             )

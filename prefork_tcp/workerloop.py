@@ -141,7 +141,7 @@ class WorkerLoop(EventLoop):
             (server.delimiter, server.max_message_size, server.read_size) if server else (b"\r\n", 1 << 20, 65536)
         )
         conn = Connection(sock, parcel.uuid, parcel.server, parcel.remote,
-                          make_framer(delimiter, max_size), read_size, self.high_water)
+                          make_framer(delimiter, max_size, read_size), read_size, self.high_water)
         self.conns[conn.fd] = conn
         self.slot.set_connections(len(self.conns))
         log.debug("adopted connection %s (server %s)", conn.uuid, conn.server)

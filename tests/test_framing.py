@@ -101,9 +101,9 @@ def test_empty_delimiter_needs_stream_framer():
 
 
 def whole_message(framer: Framer | StreamFramer, data: bytes) -> bool:
-    """The worker loop's inline test for a read that is exactly one message (worker.py, ``pump``)."""
-    head, found, rest = data.partition(framer.probe)
-    return not rest and bool(found) and len(head) <= framer.max_size and not framer.partial
+    """The worker loop's shortcut for a read that is exactly one message (worker.py, ``pump``)."""
+    _, found, rest = data.partition(framer.probe)
+    return bool(found) and not rest
 
 
 @settings(max_examples=500, deadline=None)
@@ -112,12 +112,27 @@ def whole_message(framer: Framer | StreamFramer, data: bytes) -> bool:
     pending=st.sampled_from([b"", b"a", b"\r", b"<EN"]),
     data=st.lists(st.sampled_from([b"a", b"b", b"\r", b"\n", b".", b"<", b"END>", b"x" * 7, b"\x00"]), min_size=1).map(b"".join),
     max_size=st.integers(min_value=0, max_value=40),
+    read_size=st.integers(min_value=1, max_value=60),
 )
-def test_the_loops_whole_message_shortcut_agrees_with_feed(delimiter, pending, data, max_size):
-    framer = make_framer(delimiter, max_size)
+def test_the_loops_whole_message_shortcut_agrees_with_feed(delimiter, pending, data, max_size, read_size):
+    framer = make_framer(delimiter, max_size, read_size)
     try:
         framer.feed(pending)
     except MessageTooLarge:
         return
+    data = data[:read_size]  # the loop never reads more at once
     if whole_message(framer, data):
         assert framer.feed(data) == [data] and framer.pending == 0
+
+
+def test_the_shortcut_takes_a_lone_message_unless_something_is_pending_or_reads_can_be_too_large():
+    framer = make_framer(b"\r\n", 10, read_size=12)
+    assert whole_message(framer, b"PING\r\n")
+    assert not whole_message(framer, b"PING\r\nPI")  # more than one message
+    framer.feed(b"PI")
+    assert not whole_message(framer, b"NG\r\n")  # its start is pending
+    assert framer.feed(b"NG\r\n") == [b"PING\r\n"] and whole_message(framer, b"PING\r\n")
+    framer.feed(b"x")
+    framer.take_partial()
+    assert whole_message(framer, b"PING\r\n")
+    assert not whole_message(make_framer(b"\r\n", 10, read_size=13), b"PING\r\n")  # a read could hold 11 + 2
