@@ -369,7 +369,7 @@ class Arbiter:
     def worker_rows(self) -> list[dict[str, object]]:
         """The ``workers`` table: one row per worker process, oldest first."""
         now = time.monotonic()
-        busy_known = self.limits.exec_ttl > 0
+        busy_known = self.limits.needs_busy
         return [worker_row(w, self.board.row(w.slot), now, busy_known) for w in sorted(self.workers.values(), key=lambda w: w.id)]
 
     def close_connection(self, uuid: str, done: Callable[[bool], None], exclude: int = 0) -> None:

@@ -37,6 +37,15 @@ class Limits:
         return cls(pool.max_jobs, sup.ttl, sup.idle_ttl, sup.max_worker_memory, sup.exec_ttl)
 
     @property
+    def needs_busy(self) -> bool:
+        """Whether workers must mark each event in the scoreboard as it starts.
+
+        ``exec_ttl`` times the event in progress; ``idle_ttl`` must not take a worker
+        busy in one long event for an idle one.
+        """
+        return self.exec_ttl > 0 or self.idle_ttl > 0
+
+    @property
     def needs_memory(self) -> bool:
         """Whether ``judge`` wants the worker's RSS (reading it costs a syscall)."""
         return self.max_worker_memory > 0

@@ -20,6 +20,7 @@ from .config import Config
 from .scoreboard import SlotWriter
 from .signals import SignalPipe
 from .sockets import Listener
+from .supervisor import Limits
 from .workerloop import WorkerLoop
 
 log = logging.getLogger("prefork_tcp.worker")
@@ -77,7 +78,7 @@ def run(ctx: WorkerContext) -> int:
         high_water=1024 * 1024,
         slot=ctx.slot,
         max_jobs=ctx.max_jobs,
-        mark_events=pool.supervisor.exec_ttl > 0,
+        mark_events=Limits.from_pool(pool).needs_busy,
     )
     try:
         app(TcpWorker(loop))

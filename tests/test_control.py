@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 
+import pytest
 from harness import TESTS, Client, servers_config, wait_for
 
 
@@ -52,8 +53,9 @@ def test_workers_table_counts_events_and_connections(start_server, tmp_path):
         assert row[2] == "serving" and row[3] == "6" and row[4] == "1"  # CONNECTED + 5 DATA, 1 open
 
 
-def test_workers_table_tells_busy_from_idle_when_exec_ttl_is_set(start_server, tmp_path):
-    server, config = start(start_server, tmp_path, workers=1, extra='[tcp.pool.supervisor]\nexec_ttl = "1m"\n')
+@pytest.mark.parametrize("limit", ['exec_ttl = "1m"', 'idle_ttl = "1h"'])
+def test_workers_table_tells_busy_from_idle_when_a_limit_needs_it(start_server, tmp_path, limit):
+    server, config = start(start_server, tmp_path, workers=1, extra=f"[tcp.pool.supervisor]\n{limit}\n")
 
     def state() -> str:
         (row,) = [line.split() for line in manage("workers", "-c", config).stdout.splitlines()[1:]]

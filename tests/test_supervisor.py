@@ -58,6 +58,11 @@ def test_workers_not_ready_are_left_to_allocate_timeout(state):
     assert decide(Limits(max_jobs=1, exec_ttl=1), 1, state=state, busy=7, busy_since=1.0, events=10 ** 6) is None
 
 
+def test_busy_marks_are_needed_by_exec_ttl_and_idle_ttl_only():
+    assert not Limits(max_jobs=5, ttl=60, max_worker_memory=100).needs_busy
+    assert Limits(exec_ttl=1).needs_busy and Limits(idle_ttl=1).needs_busy
+
+
 def test_retiring_workers_are_not_retired_again():
     assert decide(Limits(max_jobs=1), 1, state=State.RETIRING, events=10) is None
 
