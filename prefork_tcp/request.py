@@ -2,9 +2,9 @@
 
 A tuple of five named fields, like a ``NamedTuple``, but built differently: the worker
 makes one per event, and a ``NamedTuple``'s generated ``__new__`` (a Python function)
-would cost more than the rest of handing the event out. ``Request`` keeps tuple's own C
-constructor; ``Request(event, body, ...)`` still works, through the metaclass, and the
-event loop uses ``new_request(fields)``.
+sends every construction through the slow ``tuple.__new__`` path. ``Request`` keeps
+tuple's own C constructor; ``Request(event, body, ...)`` still works, through the
+metaclass, and the event loop uses ``new_request(fields)``.
 """
 
 from __future__ import annotations
