@@ -150,7 +150,7 @@ class EventLoop:
             if dirty:
                 for conn in dirty:
                     out = conn.out
-                    if not out:  # sent already, or closed
+                    if not out or conn.sock is None:  # sent already, or closed (an answer may come after)
                         continue
                     # Flush (``_send``, inlined): one send per connection.
                     data = b"".join(out)  # a single chunk comes back as it is
