@@ -98,9 +98,8 @@ class Connection:
 
     def take_output(self) -> bytes:
         """Return all queued output as one buffer, leaving none queued."""
-        out = self.out
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
+        data = b"".join(self.out)  # a single chunk comes back as it is
+        self.out.clear()
         self.out_size = 0
         return data
 

@@ -111,7 +111,6 @@ class StreamFramer:
     __slots__ = ()
 
     delimiter = b""
-    max_size = 0
     pending = 0
     #: The loop's whole-message shortcut partitions reads at this. Here every read is one
     #: message whatever the shortcut finds, so any non-empty value does.

@@ -64,14 +64,6 @@ class FakeEpoll:
         batches = itertools.chain(itertools.repeat(ready, rounds), itertools.repeat([(channel_fd, select.EPOLLIN)]))
         self.poll = lambda timeout=-1, _next=batches.__next__: _next()
 
-    def register(self, fd: int, mask: int = 0) -> None:
-        pass
-
-    modify = register
-
-    def unregister(self, fd: int) -> None:
-        pass
-
 
 def run(connections: int, rounds: int) -> tuple[float, int]:
     """Serve ``connections * rounds`` PINGs; return the CPU seconds it took and the events handled."""
