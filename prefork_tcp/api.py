@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 from .request import Request, new_request
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from .connection import Connection
     from .workerloop import WorkerLoop as EventLoop
 
@@ -138,6 +140,14 @@ class TcpWorker:
         if not isinstance(uuid, str):
             raise TypeError(f"uuid must be a str, got {type(uuid).__name__}")
         return self._loop.close_connection(uuid)
+
+    def current_connection(self) -> Connection | None:
+        """The connection of the request being handled (for the worker process, not the app)."""
+        return self._conn
+
+    def events(self) -> Iterator[tuple[Connection, TcpEvent | None, bytes]]:
+        """The loop's event stream (for the worker process, not the app)."""
+        return self._events
 
     def _check_answerable(self) -> None:
         if self._state == _CLOSE_EVENT:

@@ -9,7 +9,6 @@ workers to live ones.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import selectors
@@ -22,17 +21,16 @@ from setproctitle import setproctitle
 
 from . import handoff, logs
 from .apploader import App
+from .channel import EOF, ChannelError, Kind, Message, Truncated
 from .closing import CloseRequests
-from .config import Config, ConfigError
-from .control import ControlServer, answer, socket_path
-from .pool import WorkerHandle, describe_exit, fork_worker, read_messages, rss_mb, worker_row
+from .config import MAX_WORKERS, Config, ConfigError
+from .control import ControlClient, ControlError, ControlPlane, socket_path
+from .pool import WorkerHandle, describe_exit, fork_worker, rss_mb, worker_row
 from .scoreboard import Scoreboard, SlotWriter
 from .signals import SignalPipe
 from .sockets import Listener, rebind, unlink_unix
 from .supervisor import Limits, Watch, jittered_max_jobs, judge
-from .worker import CMD_QUIT, CMD_RETIRE, CMD_STOP, MSG_READY, MSG_RETIRE_ME
-from .workerloop import CMD_CLOSE, CMD_CLOSE_RESULT, MSG_CLOSE_REQUEST, MSG_CLOSED
-from .workerproc import EXIT_APP_LOAD, EXIT_BOOT_FAILED, MSG_FAILED, WorkerContext
+from .workerproc import EXIT_APP_LOAD, EXIT_BOOT_FAILED, WorkerContext
 from .workerproc import run as run_worker
 
 log = logging.getLogger("prefork_tcp.master")
@@ -48,11 +46,14 @@ RELAY_RETRY = 0.02
 #: Delay before retrying after the n-th consecutive failed boot: BACKOFF * 2**(n-1), capped.
 BACKOFF = 0.5
 BACKOFF_CAP = 30.0
-#: Scoreboard slots: enough for the workers, their replacements and TTIN.
-SLOTS = 1024
+#: Scoreboard slots: enough for MAX_WORKERS, their replacements and retiring workers.
+SLOTS = 4 * MAX_WORKERS
 #: How long a close by uuid waits for the workers' answers.
 CLOSE_TIMEOUT = 5.0
-_CONTROL = object()  # selector tag of the control socket
+#: Crashes (an application exception after ready) this far apart do not count as repeated.
+CRASH_MEMORY = 60.0
+#: After a step of the main loop raised, the loop waits at least this long before the next round.
+FAULT_PAUSE = 0.1
 
 Reloader = Callable[[], "tuple[Config, str]"]
 
@@ -73,7 +74,7 @@ class Arbiter:
         self.watch = Watch()
         self.relay = handoff.Relay()
         self.closes = CloseRequests()
-        self.control: ControlServer | None = None
+        self.control: ControlPlane | None = None
         self.workers: dict[int, WorkerHandle] = {}
         self.selector = selectors.DefaultSelector()
         self.signals: SignalPipe | None = None
@@ -84,6 +85,13 @@ class Arbiter:
         self.ever_ready = False
         self.announced = False
         self.boot_failures = 0
+        #: Consecutive workers that crashed (see CRASH_MEMORY), and when the last did.
+        self.crashes = 0
+        self.last_crash = 0.0
+        self.spawn_failures = 0
+        #: A step of the main loop raised in this round (the next wait is at least FAULT_PAUSE).
+        self.faulted = False
+        self._fault_logged: dict[str, float] = {}
         self.spawn_after = 0.0
         self.next_check = 0.0
         self.stopping = False
@@ -100,25 +108,40 @@ class Arbiter:
         self.selector.register(self.signals.fileno(), selectors.EVENT_READ, None)
         path = socket_path(self.config.control.socket, self.config.pidfile)
         if path:
-            self.control = ControlServer(path)
-            self.selector.register(self.control.fileno(), selectors.EVENT_READ, _CONTROL)
+            try:
+                self.control = ControlPlane(path, self.selector)
+            except (OSError, ControlError) as exc:
+                log.error("cannot create the control socket: %s", exc)
+                self._cleanup()
+                return 1
             log.info("control socket at %s", path)
         for lst in self.listeners:
             log.info("listening at %s (server %s)", lst.bound, lst.name)
         log.info("master %d starting %d workers for %s", os.getpid(), self.target, self.app_spec)
+        steps = (self._spawn_missing, self._wait, self._reap, self._check_timeouts, self._supervise,
+                 self._send_retirements, self._relay, self._sync_channels)
         try:
             while True:
-                self._spawn_missing()
-                self._wait()
-                self._reap()
-                self._check_timeouts()
-                self._supervise()
-                self._send_retirements()
-                self._relay()
+                self.faulted = False
+                for step in steps:
+                    self._guarded(step)
                 if self.stopping and not self.workers:
                     return self.exit_code
         finally:
             self._cleanup()
+
+    def _guarded(self, step: Callable[[], None]) -> None:
+        """Run one step of the main loop; an unexpected exception is logged (with its
+        traceback, at most once a second per step) and the loop carries on."""
+        try:
+            step()
+        except Exception:
+            self.faulted = True
+            now = time.monotonic()
+            name = step.__name__
+            if now - self._fault_logged.get(name, -1.0) >= 1.0:
+                self._fault_logged[name] = now
+                log.exception("master: %s failed; carrying on", name)
 
     def _wait(self) -> None:
         now = time.monotonic()
@@ -127,15 +150,36 @@ class Arbiter:
             timeout = min(timeout, max(0.0, self.spawn_after - now))
         if self.relay.waiting:
             timeout = min(timeout, RELAY_RETRY)
-        for key, _ in self.selector.select(timeout):
-            if key.data is None:
+        if self.control is not None and self.control.deadline:
+            timeout = min(timeout, max(0.0, self.control.deadline - now))
+        if self.faulted:
+            timeout = max(timeout, FAULT_PAUSE)
+        for key, events in self.selector.select(timeout):
+            data = key.data
+            if data is None:
                 assert self.signals is not None
                 for signum in self.signals.drain():
                     self._on_signal(signum)
-            elif key.data is _CONTROL:
-                self._on_control()
-            else:
-                self._read_channel(key.data)
+            elif isinstance(data, WorkerHandle):
+                if events & selectors.EVENT_WRITE:
+                    data.channel.flush()
+                if events & selectors.EVENT_READ:
+                    self._read_channel(data)
+            elif isinstance(data, ControlClient):
+                assert self.control is not None
+                self.control.serve(data, events, self)
+            elif isinstance(data, ControlPlane):
+                data.accept(self)
+        if self.control is not None:
+            self.control.tend(self)
+
+    def _sync_channels(self) -> None:
+        """Watch a worker's channel for writability exactly while messages wait in its queue."""
+        for handle in self.workers.values():
+            wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if handle.channel.pending else 0)
+            if handle.watching and handle.watching != wanted:
+                self.selector.modify(handle.channel.sock, wanted, handle)
+                handle.watching = wanted
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
@@ -150,7 +194,9 @@ class Arbiter:
             self.remove_worker()
         elif signum == signal.SIGUSR1:
             logs.reopen()
-            log.info("SIGUSR1: log files reopened")
+            for handle in self.workers.values():
+                handle.tell(Kind.REOPEN_LOGS)
+            log.info("SIGUSR1: log files reopened (the workers reopen theirs)")
         elif signum == signal.SIGUSR2:
             log.warning("SIGUSR2 (re-exec) is not supported by this version; ignored")
 
@@ -160,12 +206,21 @@ class Arbiter:
         if self.stopping or (self.spawn_after and time.monotonic() < self.spawn_after):
             return
         self.spawn_after = 0.0
-        while sum(1 for w in self.workers.values() if not (w.retiring or w.stopping or w.killed)) < self.target:
-            handle = fork_worker(self.next_id, self.board, jittered_max_jobs(self.config.pool.max_jobs),
-                                 self.generation, self._become_worker)
+        while sum(1 for w in self.workers.values() if not w.leaving) < self.target:
+            try:
+                handle = fork_worker(self.next_id, self.board, jittered_max_jobs(self.config.pool.max_jobs),
+                                     self.generation, self._become_worker, {w.slot for w in self.workers.values()})
+            except (OSError, RuntimeError) as exc:  # no descriptors, processes or slots: try again later
+                self.spawn_failures += 1
+                delay = min(BACKOFF * 2 ** (self.spawn_failures - 1), BACKOFF_CAP)
+                log.error("cannot start a worker: %s; retrying in %.1fs", exc, delay)
+                self.spawn_after = time.monotonic() + delay
+                return
+            self.spawn_failures = 0
             self.next_id += 1
             self.workers[handle.pid] = handle
-            self.selector.register(handle.channel, selectors.EVENT_READ, handle)
+            self.selector.register(handle.channel.sock, selectors.EVENT_READ, handle)
+            handle.watching = selectors.EVENT_READ
             log.debug("started worker %d (pid %d)", handle.id, handle.pid)
 
     def _become_worker(self, worker_id: int, channel: socket.socket, slot: int, stack_fd: int,
@@ -177,7 +232,9 @@ class Arbiter:
                 other.close()
             self.relay.close()
             if self.control is not None:
-                self.control.sock.close()
+                for client in self.control.clients:
+                    client.sock.close()
+                self.control.server.sock.close()
             if self.signals is not None:
                 self.signals.close()
             code = run_worker(WorkerContext(
@@ -193,32 +250,69 @@ class Arbiter:
             os._exit(code)
 
     def _read_channel(self, handle: WorkerHandle) -> None:
-        for message, fds in read_messages(handle):
-            if message.startswith(handoff.MSG_PARCEL):
-                self.relay.add(message, fds)
+        """Act on every message waiting on a worker's channel; a worker that sends
+        something that is not a message of the table is killed."""
+        while handle.watching:
+            try:
+                message = handle.channel.receive()
+            except Truncated as exc:  # the master is short of descriptors: the worker keeps it
+                log.warning("could not take connection %s from worker %d: %s", exc.message["uuid"], handle.id, exc)
+                handle.tell(Kind.PARCEL_ACK, uuid=exc.message["uuid"], ok=False)
                 continue
-            for fd in fds:
-                os.close(fd)
-            if not message:
+            except ChannelError as exc:
+                self._kill_garbage(handle, str(exc))
+                return
+            if message is None:
+                return
+            if message is EOF:
                 self._unwatch(handle)
-            elif message == MSG_READY:
-                self._on_ready(handle)
-            elif message == MSG_RETIRE_ME:
-                self.retire(handle, f"handled its max_jobs ({handle.max_jobs} events)")
-            elif message.startswith(MSG_CLOSED):
-                answer = json.loads(message[1:])
-                self.closes.answer(answer["id"], handle.pid, answer["found"])
-            elif message.startswith(MSG_CLOSE_REQUEST):
-                ask = json.loads(message[1:])
-                self.close_connection(ask["uuid"], _tell_result(handle, ask["id"]), exclude=handle.pid)
-            elif message.startswith(MSG_FAILED):
-                handle.failure = (int(message[1:2]), message[2:].decode("utf-8", "replace"))
+                return
+            self._on_message(handle, message)
+
+    def _on_message(self, handle: WorkerHandle, message: Message) -> None:
+        kind = message.kind
+        if kind is Kind.PARCEL:
+            self._take_parcel(handle, message)
+        elif kind is Kind.PARCEL_ACK:
+            self.relay.acknowledged(handle.pid, message["uuid"], message["ok"])
+        elif kind is Kind.READY:
+            self._on_ready(handle)
+        elif kind is Kind.BUDGET_LOW:
+            handle.budget_low = True  # _spawn_missing starts its successor now
+        elif kind is Kind.BUDGET_SPENT:
+            handle.budget_low = True
+            self.retire(handle, f"handled its max_jobs ({handle.max_jobs} events)")
+            handle.retire_sent = handle.retire_sent or time.monotonic()  # it is handing over already
+        elif kind is Kind.CLOSED:
+            self.closes.answer(message["id"], handle.pid, message["found"])
+        elif kind is Kind.CLOSE_REQUEST:
+            self.close_connection(message["uuid"], _tell_result(handle, message["id"]), exclude=handle.pid)
+        elif kind is Kind.FAILED:
+            code = message["code"] if message["code"] in (EXIT_BOOT_FAILED, EXIT_APP_LOAD) else EXIT_BOOT_FAILED
+            handle.failure = (code, message["cause"])
+
+    def _take_parcel(self, handle: WorkerHandle, message: Message) -> None:
+        """A worker hands a connection over: keep it until another worker adopts it."""
+        uuid = message["uuid"]
+        if self.relay.holds(uuid):
+            self._kill_garbage(handle, f"parcel {uuid} handed over twice")
+            for fd in message.fds:
+                os.close(fd)
+            return
+        self.relay.add(message.fields, message.fds)
+        handle.tell(Kind.PARCEL_ACK, uuid=uuid, ok=True)
+
+    def _kill_garbage(self, handle: WorkerHandle, why: str) -> None:
+        log.error("worker %d (pid %d) sent garbage on its channel (%s); killing it", handle.id, handle.pid, why)
+        self._unwatch(handle)
+        if not handle.killed:
+            handle.killed = "sent garbage on its channel"
+            handle.signal(signal.SIGKILL)
 
     def _unwatch(self, handle: WorkerHandle) -> None:
-        try:
-            self.selector.unregister(handle.channel)
-        except KeyError:
-            pass  # already, at the channel's EOF
+        if handle.watching:
+            self.selector.unregister(handle.channel.sock)
+            handle.watching = 0
 
     def _on_ready(self, handle: WorkerHandle) -> None:
         handle.ready = True
@@ -248,6 +342,7 @@ class Arbiter:
         handle.close()
         self.board.reset(handle.slot)
         self.closes.gone(handle.pid)
+        self.relay.gone(handle.pid)
         how = describe_exit(status)
         if handle.killed:
             log.warning("worker %d (pid %d) %s (%s); starting a replacement", handle.id, handle.pid, how, handle.killed)
@@ -257,8 +352,22 @@ class Arbiter:
             level = logging.INFO if self.stopping or handle.stopping else logging.WARNING
             log.log(level, "worker %d (pid %d) %s%s", handle.id, handle.pid, how,
                     "" if level == logging.INFO else "; starting a replacement")
+            if level != logging.INFO and status != 0:
+                self._on_crash()
         else:
             self._on_boot_failure(handle, how)
+
+    def _on_crash(self) -> None:
+        """A serving worker failed: replace it at once, but back off when it keeps happening."""
+        now = time.monotonic()
+        if now - self.last_crash > CRASH_MEMORY:
+            self.crashes = 0
+        self.crashes += 1
+        self.last_crash = now
+        if self.crashes > 1:
+            delay = min(BACKOFF * 2 ** (self.crashes - 2), BACKOFF_CAP)
+            log.error("workers failed %d times in a row; the next one starts in %.1fs", self.crashes, delay)
+            self.spawn_after = max(self.spawn_after, now + delay)
 
     def _on_boot_failure(self, handle: WorkerHandle, how: str) -> None:
         code, cause = handle.failure or (EXIT_BOOT_FAILED, f"worker {handle.id} (pid {handle.pid}) {how} before it was ready")
@@ -346,7 +455,7 @@ class Arbiter:
         overdue = time.monotonic() - self.config.pool.allocate_timeout
         for handle in self.workers.values():
             if handle.retiring and not handle.retire_sent and (serving >= self.target or handle.retire_requested < overdue):
-                handle.tell(CMD_RETIRE)
+                handle.tell(Kind.RETIRE)
                 handle.retire_sent = time.monotonic()
         if self.reload_backup is not None and not any(w.retiring and not w.retire_sent for w in self.workers.values()):
             self.reload_backup = None
@@ -355,16 +464,11 @@ class Arbiter:
     def _relay(self) -> None:
         if not self.relay.waiting:
             return
-        targets = [(w.channel, self.board.row(w.slot).connections) for w in self.workers.values() if w.serving]
+        targets = [(w.pid, w.channel, self.board.row(w.slot).connections) for w in self.workers.values()
+                   if w.serving and not w.channel.pending]
         self.relay.deliver(targets)
 
     # -- commands -------------------------------------------------------------------------
-
-    def _on_control(self) -> None:
-        assert self.control is not None
-        accepted = self.control.accept()
-        if accepted is not None:
-            answer(self, *accepted)
 
     def worker_rows(self) -> list[dict[str, object]]:
         """The ``workers`` table: one row per worker process, oldest first."""
@@ -377,9 +481,8 @@ class Arbiter:
         pids = {w.pid for w in self.workers.values() if w.ready and not w.killed and w.pid != exclude}
         request_id = self.closes.start(uuid, pids, time.monotonic() + CLOSE_TIMEOUT, done)
         if request_id is not None:
-            ask = CMD_CLOSE + json.dumps({"id": request_id, "uuid": uuid}).encode()
             for pid in pids:
-                self.workers[pid].tell(ask)
+                self.workers[pid].tell(Kind.CLOSE, id=request_id, uuid=uuid)
 
     def replace_all(self, reason: str) -> None:
         """Retire every worker, keeping their connections (``reset``)."""
@@ -400,6 +503,9 @@ class Arbiter:
                     raise ConfigError(f"log.file: cannot open {config.log.file!r}: {exc.strerror}") from None
         except ConfigError as exc:
             log.error("config not reloaded: %s; the current workers keep serving", exc)
+            return
+        except Exception:  # a bug in loading must not end the master either
+            log.exception("config not reloaded; the current workers keep serving")
             return
         log.info("reloading %s", config.source or "the configuration")
         self.reload_backup = (self.config, self.app_spec, self.target)
@@ -430,7 +536,10 @@ class Arbiter:
         self._set_title()
 
     def add_worker(self) -> None:
-        """SIGTTIN: one worker more."""
+        """SIGTTIN: one worker more, up to MAX_WORKERS."""
+        if self.target >= MAX_WORKERS:
+            log.warning("SIGTTIN: already %d workers, the most one master runs; ignored", self.target)
+            return
         self.target += 1
         log.info("SIGTTIN: %d workers", self.target)
 
@@ -460,14 +569,14 @@ class Arbiter:
         self.quick = quick
         for handle in self.workers.values():
             handle.stopping = True
-            handle.tell(CMD_QUIT if quick else CMD_STOP)
+            handle.tell(Kind.QUIT if quick else Kind.STOP)
 
     def _cleanup(self) -> None:
         for handle in self.workers.values():
             handle.signal(signal.SIGKILL)
         self.relay.close()
         if self.control is not None:
-            self.control.close()
+            self.control.close_all()
         for lst in self.listeners:
             lst.sock.close()
             unlink_unix(lst.address)
@@ -487,4 +596,4 @@ class Arbiter:
 
 def _tell_result(handle: WorkerHandle, request_id: int) -> Callable[[bool], None]:
     """Return how to answer a worker's own close request."""
-    return lambda found: handle.tell(CMD_CLOSE_RESULT + json.dumps({"id": request_id, "found": found}).encode())
+    return lambda found: handle.tell(Kind.CLOSE_RESULT, id=request_id, found=found)

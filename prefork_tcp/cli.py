@@ -17,6 +17,7 @@ from .apploader import AppLoadError, load_app
 from .arbiter import Arbiter, Reloader
 from .control import ControlError, request, socket_path
 from .daemon import daemonize
+from .fdlimit import raise_open_files
 from .sockets import BindError, Listener, bind
 
 EXIT_RUNTIME = 1
@@ -69,7 +70,7 @@ def main() -> None:
 @click.option("-b", "--bind", "binds", multiple=True, metavar="[NAME=]ADDR",
               help="Listen on ADDR as server NAME (default name: default). Repeatable. "
                    "A NAME from the config keeps its settings and gets this address.")
-@click.option("-w", "--workers", type=click.IntRange(min=1), help="Worker processes (tcp.pool.num_workers).")
+@click.option("-w", "--workers", type=click.IntRange(1, cfg.MAX_WORKERS), help="Worker processes (tcp.pool.num_workers).")
 @click.option("--max-jobs", type=click.IntRange(min=0), help="Events per worker before it is recycled; 0 = never.")
 @click.option("--pidfile", help="Write the master's pid to this file.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error", "critical"], case_sensitive=False))
@@ -107,6 +108,11 @@ def _serve(config: cfg.Config, app_spec: str, preload: bool, daemon: bool, reloa
     except OSError as exc:
         _fail(f"log.file: cannot open {config.log.file!r}: {exc.strerror}", EXIT_USAGE)
     os.umask(config.umask)
+    before, after = raise_open_files()
+    if after != before:
+        log.info("open files limit raised from %d to %d", before, after)
+    else:
+        log.info("open files limit: %d", after)
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     preloaded = None
@@ -141,12 +147,12 @@ def _bind_all(config: cfg.Config) -> list[Listener]:
     listeners: list[Listener] = []
     for server in config.servers:
         try:
-            sock = bind(server.addr)
+            sock = bind(server.addr, backlog=server.backlog)
         except OSError as exc:
             for lst in listeners:
                 lst.sock.close()
             raise BindError(f"cannot listen on {server.addr} (server {server.name}): {exc.strerror or exc}") from None
-        listeners.append(Listener(server.name, server.addr, sock, server.delimiter, server.max_message_size, server.read_buf_size))
+        listeners.append(Listener.for_server(server, sock))
     return listeners
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import values as v
-from .sockets import Address
+from .sockets import BACKLOG, Address
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -23,6 +23,11 @@ else:  # pragma: no cover
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:8889"
 DEFAULT_SERVER = "default"
+#: The most worker processes one master runs (also the bound of ``-w``).
+MAX_WORKERS = 256
+
+_KEEPIDLE = v.duration_between("1s", "32767s", or_zero=True)  # TCP_KEEPIDLE takes 1..32767 seconds
+_WORKER_TIMEOUT = v.duration_between("10ms", "24h")
 
 
 class ConfigError(Exception):
@@ -58,18 +63,26 @@ class ServerConfig:
     name: str
     addr: Address = setting(parse=v.address, emit=str, doc="tcp://host:port, host:port, [::1]:port or unix:///path")
     delimiter: bytes = setting(b"\r\n", v.delimiter, "end of each message, kept in the body; \"\" = stream mode", _emit_delimiter)
-    max_message_size: int = setting(1 << 20, v.positive_int, "bytes a message may hold without its delimiter; more closes the connection")
-    read_buf_size: int = setting(64 * 1024, v.megabytes, "MB asked for by one read (RoadRunner's key; default 64 KiB)", _emit_megabytes)
+    max_message_size: int = setting(1 << 20, v.int_between(1, 1 << 30),
+                                    "bytes a message may hold without its delimiter; more closes the connection")
+    read_buf_size: int = setting(64 * 1024, v.megabytes_up_to(16),
+                                 "MB asked for by one read (RoadRunner's key; default 64 KiB)", _emit_megabytes)
+    idle_timeout: float = setting(0.0, v.duration, "nothing read or written this long: close; 0 = never", v.format_duration)
+    read_timeout: float = setting(60.0, v.duration,
+                                  "a started message must be complete this soon; 0 = never (not used in stream mode)", v.format_duration)
+    write_timeout: float = setting(60.0, v.duration, "queued output must make progress this often; 0 = never", v.format_duration)
+    keepalive: float = setting(0.0, _KEEPIDLE, "TCP keepalive idle time of accepted sockets; 0 = off", v.format_duration)
+    backlog: int = setting(BACKLOG, v.int_between(1, 65535), "listen(2) backlog (the kernel caps it at net.core.somaxconn)")
 
 
 @dataclass(frozen=True)
 class SupervisorConfig:
     """``[tcp.pool.supervisor]``: limits the master enforces on workers."""
 
-    watch_tick: float = setting(1.0, v.positive_duration, "how often the master checks the limits below", v.format_duration)
+    watch_tick: float = setting(1.0, v.duration_between("10ms", "1h"), "how often the master checks the limits below", v.format_duration)
     ttl: float = setting(0.0, v.duration, "recycle a worker older than this; 0 = never", v.format_duration)
     idle_ttl: float = setting(0.0, v.duration, "recycle a worker idle for this long; 0 = never", v.format_duration)
-    max_worker_memory: int = setting(0, v.non_negative_int, "MB of RSS above which a worker is recycled; 0 = no limit")
+    max_worker_memory: int = setting(0, v.int_between(0, 1 << 20), "MB of RSS above which a worker is recycled; 0 = no limit")
     exec_ttl: float = setting(0.0, v.duration, "how long one event may run before its worker is killed; 0 = no limit", v.format_duration)
 
 
@@ -77,10 +90,13 @@ class SupervisorConfig:
 class PoolConfig:
     """``[tcp.pool]``: the worker processes."""
 
-    num_workers: int = setting(parse=v.positive_int, factory=lambda: os.cpu_count() or 1, doc="worker processes (default: number of CPUs)")
-    max_jobs: int = setting(0, v.non_negative_int, "events a worker handles before it is recycled; 0 = never")
-    allocate_timeout: float = setting(60.0, v.positive_duration, "a worker must be ready this soon after it is started", v.format_duration)
-    destroy_timeout: float = setting(60.0, v.positive_duration, "a stopping worker gets this long, then SIGKILL", v.format_duration)
+    num_workers: int = setting(parse=v.int_between(1, MAX_WORKERS), factory=lambda: min(os.cpu_count() or 1, MAX_WORKERS),
+                               doc="worker processes (default: number of CPUs)")
+    max_connections: int = setting(0, v.int_between(0, 1_000_000),
+                                   "open connections per worker; 0 = as many as the open-files limit allows")
+    max_jobs: int = setting(0, v.int_between(0, 10**12), "events a worker handles before it is recycled; 0 = never")
+    allocate_timeout: float = setting(60.0, _WORKER_TIMEOUT, "a worker must be ready this soon after it is started", v.format_duration)
+    destroy_timeout: float = setting(60.0, _WORKER_TIMEOUT, "a stopping worker gets this long, then SIGKILL", v.format_duration)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
 
 
@@ -147,15 +163,12 @@ def load(path: str | None, overrides: dict[str, Any] | None = None, binds: list[
     raw = read_file(path) if path else {}
     for dotted, value in (overrides or {}).items():
         if value is not None:
-            _set_path(raw, dotted, value)
-    servers = raw.setdefault("tcp", {}).setdefault("servers", {}) if isinstance(raw.get("tcp", {}), dict) else None
+            *parents, key = dotted.split(".")
+            _table(raw, parents)[key] = value
     for name, addr in _parse_binds(binds or []):
-        if isinstance(servers, dict):
-            entry = servers.setdefault(name, {})
-            if isinstance(entry, dict):
-                entry["addr"] = addr
+        _table(raw, ["tcp", "servers", name])["addr"] = addr
     if not path and not binds:
-        raw["tcp"]["servers"] = {DEFAULT_SERVER: {"addr": DEFAULT_ADDRESS}}
+        _table(raw, ["tcp"])["servers"] = {DEFAULT_SERVER: {"addr": DEFAULT_ADDRESS}}
     config = _build(Config, v.expand_env(raw), "")
     if not config.servers:
         raise ConfigError("tcp.servers: no servers configured (add a [tcp.servers.NAME] table with an addr)")
@@ -166,10 +179,18 @@ def read_file(path: str) -> dict[str, Any]:
     """Return the TOML document at ``path`` as a dict; raises ``ConfigError``."""
     try:
         with open(path, "rb") as fh:
-            return tomllib.load(fh)
+            data = fh.read()
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a NUL in the path
+        raise ConfigError(f"{v.show(path)}: cannot read config: {exc}") from None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8 at byte {exc.start}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: nested too deeply") from None
+    except ValueError as exc:  # TOMLDecodeError, or an integer of more than 4300 digits
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 
 
@@ -185,17 +206,21 @@ def _parse_binds(binds: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def _set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, last = dotted.split(".")
-    for key in parents:
+def _table(raw: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """Return the table at ``keys`` in the document ``raw``, adding missing ones; raises ``ConfigError``."""
+    path = ""
+    for key in keys:
+        path = _join(path, key)
         raw = raw.setdefault(key, {})
-    raw[last] = value
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a table, got {v.brief(raw)}")
+    return raw
 
 
 def _build(cls: type, raw: Any, path: str, **fixed: Any) -> Any:
     """Return an instance of section ``cls`` from the TOML table ``raw`` at ``path``."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a table, got {v.show(raw)}")
+        raise ConfigError(f"{path}: expected a table, got {v.brief(raw)}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in _CLI_ONLY and f.name != "name"}
     for key in raw:
         if key not in fields:
@@ -222,23 +247,25 @@ def _build(cls: type, raw: Any, path: str, **fixed: Any) -> Any:
 
 def _build_servers(raw: Any, path: str) -> tuple[ServerConfig, ...]:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a table of servers, got {v.show(raw)}")
+        raise ConfigError(f"{path}: expected a table of servers, got {v.brief(raw)}")
     servers: list[ServerConfig] = []
     seen: dict[Address, str] = {}
     for name, table in raw.items():
-        server_path = f"{path}.{name}"
+        server_path = _join(path, name)
         if isinstance(table, dict) and "addr" not in table:
             raise ConfigError(f'{server_path}.addr: missing: server {name!r} needs an address, as in addr = "tcp://127.0.0.1:8889"')
         server = _build(ServerConfig, table, server_path, name=name)
         other = seen.get(server.addr)
         if other is not None and not (server.addr.kind == "tcp" and server.addr.port == 0):
-            raise ConfigError(f"{server_path}.addr: {server.addr} is already used by server {other!r}")
+            raise ConfigError(f"{server_path}.addr: {v.brief(str(server.addr))} is already used by server {other!r}")
         seen[server.addr] = name
         servers.append(server)
     return tuple(servers)
 
 
 def _join(path: str, key: str) -> str:
+    """Return the dotted key path of ``key`` in ``path``, quoting a key TOML cannot write bare."""
+    key = v.toml_key(key)
     return f"{path}.{key}" if path else key
 
 
@@ -262,7 +289,7 @@ def _emit_table(obj: Any, path: str, lines: list[str]) -> None:
             continue
         value = getattr(obj, f.name)
         if f.name == "servers":
-            subtables.extend((f"{_join(path, 'servers')}.{s.name}", s) for s in value)
+            subtables.extend((_join(_join(path, "servers"), s.name), s) for s in value)
         elif "emit" not in f.metadata:
             subtables.append((_join(path, f.name), value))
         else:

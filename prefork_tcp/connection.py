@@ -13,6 +13,7 @@ from typing import Union
 
 from .framing import Framer, StreamFramer
 from .handoff import Parcel
+from .timeouts import NONE, Timeouts
 
 FramerT = Union[Framer, StreamFramer]
 
@@ -24,23 +25,32 @@ class Connection:
     """State of one accepted connection, owned by exactly one worker."""
 
     __slots__ = (
+        "active",
         "closing",
+        "connected",
         "eof",
         "fd",
         "framer",
         "held",
         "high_water",
+        "idle_since",
         "linger_until",
         "mask",
         "open",
         "out",
         "out_size",
+        "partial_seen",
+        "partial_since",
         "plain",
         "read_size",
         "remote",
         "server",
         "sock",
+        "timeouts",
+        "unread",
         "uuid",
+        "write_since",
+        "wrote",
     )
 
     def __init__(
@@ -52,6 +62,8 @@ class Connection:
         framer: FramerT,
         read_size: int = 65536,
         high_water: int = HIGH_WATER,
+        timeouts: Timeouts = NONE,
+        now: float = 0.0,
     ) -> None:
         self.sock = sock
         self.fd = sock.fileno() if sock is not None else -1
@@ -81,6 +93,20 @@ class Connection:
         self.plain = False
         #: Monotonic deadline while waiting for the client's FIN after our own.
         self.linger_until = 0.0
+        #: Whether CONNECTED was delivered (a handoff before that lets the new owner do it).
+        self.connected = True
+        #: Messages taken back from the event queue undelivered (the application failed):
+        #: they travel with the parcel, after the held ones.
+        self.unread: list[bytes] = []
+        # Timeouts (``timeouts.expired``): the loop raises ``active`` on every read and
+        # ``wrote`` on every send that made progress; the sweep turns them into times.
+        self.timeouts = timeouts
+        self.active = False
+        self.idle_since = now
+        self.partial_seen = -1
+        self.partial_since = 0.0
+        self.wrote = False
+        self.write_since = 0.0
 
     def write(self, data: bytes) -> bool:
         """Queue output; return True when it is the first queued (the loop must flush it).
@@ -133,16 +159,16 @@ class Connection:
         return held
 
     def parcel(self, data_event: object) -> Parcel:
-        """Return what another worker needs to carry on serving this connection, taking it.
+        """Return what another worker needs to carry on serving this connection.
 
-        Held events become unread input again (their bodies keep their delimiters, so the
-        new owner frames them into the same messages); output not yet sent goes along.
+        Nothing is taken: the connection stays as it is until the parcel has safely
+        arrived.  Held events become unread input again (their bodies keep their
+        delimiters, so the new owner frames them into the same messages); output not
+        yet sent goes along.
         """
-        held, self.held = self.held or [], None
-        self.settle()
-        pending = b"".join(body for _, event, body in held if event is data_event) + self.framer.take_partial()
-        output = self.take_output() if self.out_size else b""
-        return Parcel(self.uuid, self.server, self.remote, self.eof, pending, output)
+        held = self.held or []
+        pending = b"".join([body for _, event, body in held if event is data_event] + self.unread) + self.framer.peek_partial()
+        return Parcel(self.uuid, self.server, self.remote, self.eof, pending, b"".join(self.out), self.connected)
 
     def settle(self) -> None:
         """Bring ``plain`` up to date after ``mask``, ``held`` or ``closing`` changed."""
@@ -157,8 +183,14 @@ class Connection:
 
     @property
     def wants_read(self) -> bool:
-        """Whether the loop should read: open, no EOF yet, output below the high-water mark."""
-        return self.open and not self.eof and self.out_size < self.high_water
+        """Whether the loop should read: open, no EOF yet, output below the high-water mark
+        and no events held back (a client that never reads is not read either)."""
+        return self.open and not self.eof and self.out_size < self.high_water and not self.held
+
+    @property
+    def reading(self) -> bool:
+        """Whether the loop is reading this connection now (for the read timeout)."""
+        return bool(self.mask & EPOLLIN) and not self.closing
 
     def __repr__(self) -> str:
         state = "open" if self.open else ("closing" if self.closing else "finished")

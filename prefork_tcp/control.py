@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import selectors
 import socket
+import stat
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -18,6 +21,12 @@ log = logging.getLogger("prefork_tcp.master")
 
 #: Longest request line accepted.
 MAX_REQUEST = 4096
+#: How long a client has to send its request line, and to read its reply.
+REQUEST_TIMEOUT = 2.0
+#: How long a client may wait for a reply the master gives later (``close`` asks the workers).
+ANSWER_TIMEOUT = 15.0
+#: Clients served at once; more are turned away.
+MAX_CLIENTS = 32
 #: How long a management command waits for the master's answer.
 CLIENT_TIMEOUT = 30.0
 
@@ -34,16 +43,18 @@ def socket_path(control_socket: str, pidfile: str) -> str:
 
 
 class ControlServer:
-    """The master's end: accepts clients, hands requests over, sends replies."""
+    """The master's end: a non-blocking listening socket; clients are ``ControlClient``."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        if os.path.exists(path):
-            os.unlink(path)
+        _claim_path(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
             self.sock.bind(path)
+        except OSError:
+            self.sock.close()
+            raise
         finally:
             os.umask(old_umask)
         os.chmod(path, 0o600)
@@ -53,22 +64,13 @@ class ControlServer:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def accept(self) -> tuple[socket.socket, dict[str, Any]] | None:
-        """Return a client and its request, or None when there was nothing usable."""
+    def accept(self, now: float) -> ControlClient | None:
+        """Return a new client, or None when none is waiting; raises OSError (EMFILE...)."""
         try:
             client, _ = self.sock.accept()
-        except (BlockingIOError, InterruptedError):
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return None
-        client.settimeout(2.0)  # a local client that stalls cannot hold the master long
-        try:
-            line = _read_line(client, MAX_REQUEST)
-            request = json.loads(line)
-            if not isinstance(request, dict) or not isinstance(request.get("command"), str):
-                raise ValueError("a request is a JSON object with a command")
-        except (OSError, ValueError) as exc:
-            reply(client, {"ok": False, "error": f"bad request: {exc}"})
-            return None
-        return client, request
+        return ControlClient(client, now + REQUEST_TIMEOUT)
 
     def close(self) -> None:
         self.sock.close()
@@ -76,6 +78,113 @@ class ControlServer:
             os.unlink(self.path)
         except OSError:
             pass
+
+
+class ControlClient:
+    """One management client: its request line is read, and its reply written, without
+    ever blocking the master; it is dropped at ``deadline``."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        sock.setblocking(False)
+        self.deadline = deadline
+        self.received = b""
+        self.outgoing = b""
+        #: A request was read (the reply may come later, as for ``close``).
+        self.asked = False
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read(self) -> dict[str, Any] | None:
+        """Read what arrived; return the request once its line is complete, else None.
+
+        A request that cannot be one (too long, not JSON, nested too deeply, no command)
+        is answered with an error and the client is closed.
+        """
+        try:
+            chunk = self.sock.recv(MAX_REQUEST + 1)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            self.close()
+            return None
+        self.received += chunk
+        if b"\n" not in self.received:
+            if len(self.received) > MAX_REQUEST:
+                self.refuse("request line too long")
+            elif not chunk:
+                self.refuse("no request line") if self.received else self.close()
+            return None
+        self.asked = True
+        self.deadline = time.monotonic() + ANSWER_TIMEOUT
+        line = self.received.partition(b"\n")[0]
+        try:
+            request = json.loads(line)
+        except Exception as exc:  # ValueError, RecursionError (deep nesting), UnicodeDecodeError
+            self.refuse(f"not JSON ({type(exc).__name__})")
+            return None
+        if not isinstance(request, dict) or not isinstance(request.get("command"), str):
+            self.refuse("a request is a JSON object with a command")
+            return None
+        return request
+
+    def refuse(self, why: str) -> None:
+        self.asked = True
+        self.reply({"ok": False, "error": f"bad request: {why}"})
+
+    def reply(self, answer: dict[str, Any]) -> None:
+        """Queue the one reply line; it is written as the client reads, then the client closed."""
+        if self.closed:
+            return
+        self.outgoing = json.dumps(answer).encode() + b"\n"
+        self.deadline = max(self.deadline, time.monotonic() + REQUEST_TIMEOUT)
+        self.flush()
+
+    @property
+    def replying(self) -> bool:
+        return bool(self.outgoing) and not self.closed
+
+    def flush(self) -> None:
+        """Write what the socket takes of the reply; close once it is all written."""
+        try:
+            sent = self.sock.send(self.outgoing)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        self.outgoing = self.outgoing[sent:]
+        if not self.outgoing:
+            self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.sock.close()
+
+
+def _claim_path(path: str) -> None:
+    """Remove a stale control socket at ``path``; refuse a live one or a file that is not a socket."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ControlError(f"{path}: a file that is not a socket is in the way of the control socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)  # left by a master that is gone
+        return
+    except OSError as exc:
+        raise ControlError(f"{path}: cannot check the control socket: {exc.strerror or exc}") from None
+    finally:
+        probe.close()
+    raise ControlError(f"{path}: another master is running there (its control socket answers)")
 
 
 class Master(Protocol):
@@ -92,7 +201,7 @@ class Master(Protocol):
     def close_connection(self, uuid: str, done: Callable[[bool], None], exclude: int = 0) -> None: ...
 
 
-def answer(master: Master, client: socket.socket, request: dict[str, Any]) -> None:
+def answer(master: Master, client: ControlClient, request: dict[str, Any]) -> None:
     """Carry out one management request and reply (``close`` replies once the workers answered)."""
     command = request["command"]
     done = {"ok": True}
@@ -119,14 +228,9 @@ def answer(master: Master, client: socket.socket, request: dict[str, Any]) -> No
         reply(client, {"ok": False, "error": f"unknown command {command!r}"})
 
 
-def reply(client: socket.socket, answer: dict[str, Any]) -> None:
-    """Send the one reply line and close the client."""
-    try:
-        client.sendall(json.dumps(answer).encode() + b"\n")
-    except OSError:
-        pass
-    finally:
-        client.close()
+def reply(client: ControlClient, answer: dict[str, Any]) -> None:
+    """Send the one reply line (then the client is closed)."""
+    client.reply(answer)
 
 
 def request(path: str, command: str, **args: Any) -> dict[str, Any]:
@@ -160,3 +264,81 @@ def _read_line(sock: socket.socket, limit: int) -> bytes:
         if len(data) > limit:
             raise ValueError("line too long")
     return data
+
+
+class ControlPlane:
+    """The control socket and its clients inside the master's selector: accepted, read,
+    answered and written without blocking, each client dropped at its deadline."""
+
+    def __init__(self, path: str, selector: selectors.BaseSelector) -> None:
+        self.server = ControlServer(path)
+        self.selector = selector
+        self.clients: dict[ControlClient, int] = {}  # client -> the events it is registered for
+        self.resume = 0.0  # accepting paused until then (out of descriptors)
+        self._warned = 0.0
+        selector.register(self.server.sock, selectors.EVENT_READ, self)
+
+    def accept(self, master: Master) -> None:
+        """The listening socket is readable: take the waiting clients."""
+        now = time.monotonic()
+        for _ in range(MAX_CLIENTS):
+            try:
+                client = self.server.accept(now)
+            except OSError as exc:  # out of descriptors: stop listening for a moment
+                if now - self._warned >= 1.0:
+                    self._warned = now
+                    log.warning("cannot accept a control client: %s; pausing for 0.5s", exc.strerror or exc)
+                self.selector.unregister(self.server.sock)
+                self.resume = now + 0.5
+                return
+            if client is None:
+                return
+            if len(self.clients) >= MAX_CLIENTS:
+                client.reply({"ok": False, "error": "too many management clients at once"})
+                client.close()
+                continue
+            self.clients[client] = 0
+        self.tend(master)
+
+    def serve(self, client: ControlClient, events: int, master: Master) -> None:
+        """A client's socket is ready: read its request (and answer it) or write its reply."""
+        if events & selectors.EVENT_WRITE and client.replying:
+            client.flush()
+        elif events & selectors.EVENT_READ and not client.asked:
+            request = client.read()
+            if request is not None:
+                answer(master, client, request)
+        self.tend(master)
+
+    def tend(self, master: Master) -> None:
+        """Drop clients past their deadline; watch each for what it waits for."""
+        now = time.monotonic()
+        if self.resume and now >= self.resume:
+            self.resume = 0.0
+            self.selector.register(self.server.sock, selectors.EVENT_READ, self)
+        for client, registered in list(self.clients.items()):
+            if not client.closed and now >= client.deadline:
+                client.close()  # never finished its request, or never read its reply
+            wanted = 0
+            if not client.closed:
+                wanted = selectors.EVENT_WRITE if client.replying else (0 if client.asked else selectors.EVENT_READ)
+            if wanted != registered:
+                if registered:
+                    self.selector.unregister(client.sock)
+                if wanted:
+                    self.selector.register(client.sock, wanted, client)
+                self.clients[client] = wanted
+            if client.closed:
+                del self.clients[client]
+
+    @property
+    def deadline(self) -> float:
+        """The earliest moment ``tend`` has something to do (0: nothing pending)."""
+        times = [c.deadline for c in self.clients] + ([self.resume] if self.resume else [])
+        return min(times, default=0.0)
+
+    def close_all(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.clients.clear()
+        self.server.close()

@@ -33,7 +33,7 @@ class Framer:
     pending and no read can hold a message over ``max_size``.
     """
 
-    __slots__ = ("_blocked", "_dlen", "_partial", "_shortcut", "delimiter", "max_size", "probe")
+    __slots__ = ("_blocked", "_dlen", "_partial", "_shortcut", "delimiter", "max_size", "probe", "started")
 
     def __init__(self, delimiter: bytes, max_size: int, read_size: int = READ_SIZE) -> None:
         if not delimiter:
@@ -45,11 +45,20 @@ class Framer:
         self._blocked = _longer_than(read_size)
         self._shortcut = delimiter if read_size <= max_size + self._dlen else self._blocked
         self.probe = self._shortcut
+        #: How many unfinished messages were begun so far: the read timeout's clock tells
+        #: one pending message from the next by it (``timeouts.expired``).
+        self.started = 0
 
     def feed(self, data: bytes) -> list[bytes]:
         """Return the messages that ``data`` completes, each ending with the delimiter."""
+        continued = bool(self._partial)
         messages = self._feed(data)
-        self.probe = self._blocked if self._partial else self._shortcut
+        if self._partial:
+            self.probe = self._blocked
+            if messages or not continued:
+                self.started += 1
+        else:
+            self.probe = self._shortcut
         return messages
 
     def _feed(self, data: bytes) -> list[bytes]:
@@ -94,6 +103,10 @@ class Framer:
         self.probe = self._shortcut
         return rest
 
+    def peek_partial(self) -> bytes:
+        """Return the bytes of the unfinished message, keeping them."""
+        return bytes(self._partial)
+
     @property
     def pending(self) -> int:
         """Number of bytes waiting for a delimiter."""
@@ -112,6 +125,7 @@ class StreamFramer:
 
     delimiter = b""
     pending = 0
+    started = 0
     #: The loop's whole-message shortcut partitions reads at this. Here every read is one
     #: message whatever the shortcut finds, so any non-empty value does.
     probe = b"\n"
@@ -123,6 +137,8 @@ class StreamFramer:
     def take_partial(self) -> bytes:
         """Stream mode never holds bytes back."""
         return b""
+
+    peek_partial = take_partial
 
 
 @cache

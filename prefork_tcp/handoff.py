@@ -1,26 +1,28 @@
-"""Handing a live connection from a retiring worker to another one, through the master.
+"""Handing a live connection from one worker to another, through the master.
 
-A parcel is one SEQPACKET message on a worker's channel: ``A`` + JSON (uuid, server,
-remote address, EOF seen, byte counts) with the connection's socket attached by
-SCM_RIGHTS.  Bytes read but not yet delivered and output not yet sent travel in a
-memfd attached beside the socket, so a message stays small however much a slow
-client has pending.
+A parcel is one PARCEL message (``channel.py``) with the connection's socket attached;
+bytes read but not yet delivered and output not yet sent travel in a memfd attached
+beside it, so a message stays small however much a slow client has pending.
+
+Every parcel is acknowledged (PARCEL_ACK), and nobody lets go of a connection before
+the next holder has it:
+
+1. the retiring worker sends the parcel and keeps its socket; the master answers
+   ``ok`` once it holds the descriptors (the worker then closes its copies), or not
+   ``ok`` when they did not all arrive (the worker keeps the connection and tries again);
+2. the master keeps its copies until a worker answers ``ok`` for the adopted
+   connection; a refusal (that worker ran out of descriptors) or the worker's death
+   before answering puts the parcel back in line for another worker.
 """
 
 from __future__ import annotations
 
-import array
-import json
+import bisect
 import os
-import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-MSG_PARCEL = b"A"
-#: Most file descriptors one channel message carries (socket and payload).
-MAX_FDS = 2
-_ANCILLARY = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
-#: Largest channel message (a failing worker's traceback is the biggest).
-MAX_MESSAGE = 65536
+from .channel import Channel, Kind, close_all
 
 
 @dataclass(frozen=True)
@@ -33,57 +35,45 @@ class Parcel:
     eof: bool = False
     pending_input: bytes = b""
     unsent_output: bytes = b""
+    #: Whether CONNECTED was delivered (False: the new owner delivers it first).
+    connected: bool = True
 
 
-def pack(parcel: Parcel, sock_fd: int) -> tuple[bytes, list[int]]:
-    """Return the channel message for ``parcel`` and the fds to attach (the caller closes the payload fd)."""
-    meta = {"uuid": parcel.uuid, "server": parcel.server, "remote": parcel.remote, "eof": parcel.eof,
-            "input": len(parcel.pending_input), "output": len(parcel.unsent_output)}
+def pack(parcel: Parcel, sock_fd: int) -> tuple[dict[str, Any], list[int]]:
+    """Return a PARCEL message's fields and the fds to attach; the caller closes the payload
+    fd (``fds[1:]``) after sending. Raises OSError when no memfd can be made."""
+    fields = {"uuid": parcel.uuid, "server": parcel.server, "remote": parcel.remote, "eof": parcel.eof,
+              "connected": parcel.connected, "input": len(parcel.pending_input),
+              "output": len(parcel.unsent_output)}
     fds = [sock_fd]
     if parcel.pending_input or parcel.unsent_output:
         payload = os.memfd_create("prefork-tcp-parcel", os.MFD_CLOEXEC)
-        _write_all(payload, parcel.pending_input + parcel.unsent_output)
+        try:
+            _write_all(payload, parcel.pending_input + parcel.unsent_output)
+        except BaseException:
+            os.close(payload)
+            raise
         fds.append(payload)
-    return MSG_PARCEL + json.dumps(meta).encode(), fds
+    return fields, fds
 
 
-def unpack(message: bytes, fds: list[int]) -> tuple[Parcel, int]:
-    """Return the parcel in ``message`` and its socket fd; closes the payload fd."""
-    meta = json.loads(message[len(MSG_PARCEL):])
+def unpack(fields: dict[str, Any], fds: tuple[int, ...]) -> Parcel:
+    """Return the parcel a PARCEL message carries (its socket is ``fds[0]``).
+
+    Reads and closes the payload fd; raises OSError or ValueError if the payload is short.
+    """
     pending = output = b""
     if len(fds) > 1:
         try:
-            data = _read_all(fds[1], meta["input"] + meta["output"])
+            size = fields["input"] + fields["output"]
+            data = _read_all(fds[1], size)
         finally:
             os.close(fds[1])
-        pending, output = data[:meta["input"]], data[meta["input"]:]
-    return Parcel(meta["uuid"], meta["server"], meta["remote"], meta["eof"], pending, output), fds[0]
-
-
-def send(channel: socket.socket, message: bytes, fds: list[int]) -> None:
-    """Send one message with ``fds`` attached (raises BlockingIOError when the channel is full)."""
-    if fds:
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-        channel.sendmsg([message], ancillary)
-    else:
-        channel.send(message)
-
-
-def receive(channel: socket.socket) -> tuple[bytes, list[int]] | None:
-    """Return the next message and its attached fds; b"" at EOF; None when nothing is waiting."""
-    try:
-        message, ancillary, _flags, _ = channel.recvmsg(MAX_MESSAGE, _ANCILLARY)
-    except (BlockingIOError, InterruptedError):
-        return None
-    except OSError:
-        return b"", []
-    fds: list[int] = []
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            received = array.array("i")
-            received.frombytes(data[: len(data) - len(data) % received.itemsize])
-            fds.extend(received)
-    return message, fds
+        if len(data) != size:
+            raise ValueError(f"parcel payload of {len(data)} bytes, expected {size}")
+        pending, output = data[:fields["input"]], data[fields["input"]:]
+    return Parcel(fields["uuid"], fields["server"], fields["remote"], fields["eof"], pending, output,
+                  fields["connected"])
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -103,54 +93,95 @@ def _read_all(fd: int, size: int) -> bytes:
     return b"".join(chunks)
 
 
-class Relay:
-    """The master's side: parcels wait here until a live worker's channel takes them.
+@dataclass(order=True)
+class _Entry:
+    seq: int
+    fields: dict[str, Any] = field(compare=False)
+    fds: tuple[int, ...] = field(compare=False)
+    #: Workers that refused it lately (out of descriptors): tried last.
+    refused: set[int] = field(default_factory=set, compare=False)
 
-    Order is kept, and a parcel's file descriptors stay open in the master until it is
-    delivered, so a connection is never lost while no worker can take it yet.
+
+class Relay:
+    """The master's side: parcels wait here, in order, until a live worker adopts them.
+
+    A parcel's descriptors stay open in the master until a worker acknowledges it, so a
+    connection is never lost while no worker can take it yet.
     """
 
     def __init__(self) -> None:
-        self.waiting: list[tuple[bytes, list[int]]] = []
+        self.waiting: list[_Entry] = []
+        #: uuid -> (pid of the worker it was sent to, the parcel), until that worker answers.
+        self.in_flight: dict[str, tuple[int, _Entry]] = {}
+        self._seq = 0
 
-    def add(self, message: bytes, fds: list[int]) -> None:
-        self.waiting.append((message, fds))
+    def add(self, fields: dict[str, Any], fds: tuple[int, ...]) -> None:
+        """Take a parcel a worker handed over (its descriptors are now the relay's)."""
+        self._seq += 1
+        self.waiting.append(_Entry(self._seq, fields, fds))
 
-    def deliver(self, targets: list[tuple[socket.socket, int]]) -> int:
-        """Send waiting parcels to ``(channel, connections)`` targets, fewest connections first.
-
-        Return how many were delivered; the rest wait for the next call.
-        """
+    def deliver(self, targets: list[tuple[int, Channel, int]]) -> int:
+        """Send waiting parcels to ``(pid, channel, connections)`` targets, fewest connections
+        first, a worker that refused a parcel last; return how many were sent."""
         if not targets or not self.waiting:
             return 0
-        load = {channel: count for channel, count in targets}
-        full: set[socket.socket] = set()
-        remaining: list[tuple[bytes, list[int]]] = []
-        for message, fds in self.waiting:
-            if remaining or not self._send_one(message, fds, load, full):
-                remaining.append((message, fds))  # keep order from here on
-        delivered = len(self.waiting) - len(remaining)
-        self.waiting = remaining
-        return delivered
-
-    @staticmethod
-    def _send_one(message: bytes, fds: list[int], load: dict[socket.socket, int], full: set[socket.socket]) -> bool:
-        while candidates := [c for c in load if c not in full]:
-            channel = min(candidates, key=load.__getitem__)
-            try:
-                send(channel, message, fds)
-            except OSError:  # full (EAGAIN) or gone: another worker may take it
-                full.add(channel)
+        load = {pid: count for pid, _, count in targets}
+        channels = {pid: channel for pid, channel, _ in targets}
+        full: set[int] = set()
+        remaining: list[_Entry] = []
+        for entry in self.waiting:
+            if remaining:  # keep order from the first parcel that could not go
+                remaining.append(entry)
                 continue
-            for fd in fds:
-                os.close(fd)
-            load[channel] += 1
-            return True
-        return False
+            candidates = sorted((pid for pid in load if pid not in full),
+                                key=lambda pid: (pid in entry.refused, load[pid]))
+            for pid in candidates:
+                if channels[pid].send_with_fds(Kind.PARCEL, entry.fields, list(entry.fds)):
+                    self.in_flight[entry.fields["uuid"]] = (pid, entry)
+                    load[pid] += 1
+                    break
+                full.add(pid)
+            else:
+                remaining.append(entry)
+        sent = len(self.waiting) - len(remaining)
+        self.waiting = remaining
+        return sent
+
+    def acknowledged(self, pid: int, uuid: str, ok: bool) -> bool:
+        """A worker answered for a parcel; return False if it had not been sent that one."""
+        flight = self.in_flight.get(uuid)
+        if flight is None or flight[0] != pid:
+            return False
+        del self.in_flight[uuid]
+        entry = flight[1]
+        if ok:
+            close_all(entry.fds)
+        else:
+            if len(entry.refused) >= 8:
+                entry.refused.clear()
+            entry.refused.add(pid)
+            bisect.insort(self.waiting, entry)
+        return True
+
+    def gone(self, pid: int) -> None:
+        """A worker exited: the parcels it did not acknowledge go back in line."""
+        for uuid, (owner, entry) in list(self.in_flight.items()):
+            if owner == pid:
+                del self.in_flight[uuid]
+                bisect.insort(self.waiting, entry)
+
+    def holds(self, uuid: str) -> bool:
+        """Whether a parcel of connection ``uuid`` is here already."""
+        return uuid in self.in_flight or any(entry.fields["uuid"] == uuid for entry in self.waiting)
+
+    def __len__(self) -> int:
+        return len(self.waiting) + len(self.in_flight)
 
     def close(self) -> None:
-        """Close the connections no worker could take (the whole server is stopping)."""
-        for _, fds in self.waiting:
-            for fd in fds:
-                os.close(fd)
+        """Close the connections no worker took (the whole server is stopping)."""
+        for entry in self.waiting:
+            close_all(entry.fds)
+        for _, entry in self.in_flight.values():
+            close_all(entry.fds)
         self.waiting.clear()
+        self.in_flight.clear()

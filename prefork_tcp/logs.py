@@ -44,6 +44,15 @@ def setup(config: LogConfig) -> None:
     root.setLevel(config.level.upper())
 
 
+def printable(text: str) -> str:
+    """Return ``text`` with control and other unprintable characters escaped (``\\n``,
+    ``\\x1b``), for text a client controls (peer names, application error messages), so
+    it can never forge a line of the text log."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def reopen() -> None:
     """Reopen log files (after logrotate moved them), as SIGUSR1 asks."""
     for handler in logging.getLogger().handlers:

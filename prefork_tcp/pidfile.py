@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 
 
 class PidfileError(Exception):
@@ -13,20 +15,31 @@ def read(path: str) -> int | None:
     """Return the pid stored in ``path``, or None when there is no readable pid."""
     try:
         with open(path, encoding="ascii") as fh:
-            return int(fh.read().strip() or "0") or None
+            pid = int(fh.read(64).strip() or "0")
     except (OSError, ValueError):
         return None
+    return pid if 0 < pid < 2**31 else None  # kill(2) takes neither 0, -1 nor a pid beyond pid_t
 
 
 def write(path: str) -> None:
-    """Write this process's pid to ``path`` unless it names another live process."""
+    """Write this process's pid to ``path`` unless it names another live process.
+
+    The pid goes to a fresh temporary file beside ``path`` (created with O_EXCL, so never
+    through a symlink someone planted there), which then replaces ``path`` atomically.
+    """
     pid = read(path)
     if pid and pid != os.getpid() and _alive(pid):
         raise PidfileError(f"{path}: process {pid} is still running")
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="ascii") as fh:
-        fh.write(f"{os.getpid()}\n")
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(f"{os.getpid()}\n")
+            os.fchmod(fh.fileno(), 0o644)  # mkstemp makes it 0600; a pid file is for everyone to read
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def remove(path: str) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from . import handoff
+from .channel import Channel, Kind
 from .scoreboard import Row, Scoreboard
 
 log = logging.getLogger("prefork_tcp.master")
@@ -28,7 +28,7 @@ class WorkerHandle:
 
     id: int
     pid: int
-    channel: socket.socket
+    channel: Channel
     started: float
     slot: int
     max_jobs: int
@@ -45,18 +45,25 @@ class WorkerHandle:
     retire_sent: float = 0.0
     #: Why the master killed it ("" unless it did).
     killed: str = ""
+    #: It has handled three quarters of its max_jobs: a successor is started for it.
+    budget_low: bool = False
+    #: The selector events its channel is registered for (0: no longer watched).
+    watching: int = 0
 
     @property
     def serving(self) -> bool:
         """Ready and staying: it can take new connections and handed-over ones."""
         return self.ready and not (self.retiring or self.stopping or self.killed)
 
-    def tell(self, command: bytes) -> None:
-        """Send a one-byte command; a worker that is gone is reaped soon anyway."""
-        try:
-            self.channel.send(command)
-        except OSError:
-            pass
+    @property
+    def leaving(self) -> bool:
+        """Retiring, stopping, killed, or about to retire: it needs no replacement counted."""
+        return bool(self.retiring or self.stopping or self.killed or self.budget_low)
+
+    def tell(self, kind: Kind, **fields: object) -> None:
+        """Send a message; it waits in the channel's queue while the socket is full, and the
+        master's loop flushes it when the socket is writable again. Never dropped."""
+        self.channel.send(kind, **fields)
 
     def signal(self, signum: int) -> None:
         try:
@@ -69,13 +76,17 @@ class WorkerHandle:
         self.signal(signal.SIGUSR2)
         chunks: list[bytes] = []
         deadline = time.monotonic() + STACK_WAIT
+        poller = select.poll()  # not select(): the master may hold descriptors above 1024
+        poller.register(self.stack_fd, select.POLLIN)
         while (left := deadline - time.monotonic()) > 0:
-            readable, _, _ = select.select([self.stack_fd], [], [], min(left, 0.2 if chunks else left))
-            if not readable:
+            if not poller.poll(min(left, 0.2 if chunks else left) * 1000):
                 if chunks:
                     break
                 continue
-            chunk = os.read(self.stack_fd, 65536)
+            try:
+                chunk = os.read(self.stack_fd, 65536)
+            except (BlockingIOError, InterruptedError):
+                continue
             if not chunk:
                 break
             chunks.append(chunk)
@@ -92,13 +103,27 @@ def fork_worker(
     max_jobs: int,
     generation: int,
     become_worker: Callable[[int, socket.socket, int, int, int], None],
+    taken: set[int] | frozenset[int] = frozenset(),
 ) -> WorkerHandle:
-    """Fork a worker; the child runs ``become_worker(id, channel, slot, stack_fd, max_jobs)``, never returning."""
+    """Fork a worker; the child runs ``become_worker(id, channel, slot, stack_fd, max_jobs)``, never returning.
+
+    Raises OSError (no descriptors, no processes) or RuntimeError (no scoreboard slot),
+    with nothing left behind.
+    """
     now = time.monotonic()
-    slot = board.claim(0, now)
-    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    stack_r, stack_w = os.pipe()
-    pid = os.fork()
+    slot = board.claim(0, now, taken)
+    made: list[socket.socket | int] = []
+    try:
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        made += [parent_end, child_end]
+        stack_r, stack_w = os.pipe()
+        made += [stack_r, stack_w]
+        pid = os.fork()
+    except BaseException:
+        board.reset(slot)
+        for thing in made:
+            thing.close() if isinstance(thing, socket.socket) else os.close(thing)
+        raise
     if pid == 0:  # pragma: no cover - runs in the child
         parent_end.close()
         os.close(stack_r)
@@ -106,19 +131,8 @@ def fork_worker(
     child_end.close()
     os.close(stack_w)
     os.set_blocking(stack_r, False)
-    parent_end.setblocking(False)
     board.set_pid(slot, pid)
-    return WorkerHandle(worker_id, pid, parent_end, now, slot, max_jobs, stack_r, generation)
-
-
-def read_messages(handle: WorkerHandle) -> list[tuple[bytes, list[int]]]:
-    """Return every message waiting on a worker's channel; b"" marks its end."""
-    messages = []
-    while (received := handoff.receive(handle.channel)) is not None:
-        messages.append(received)
-        if not received[0]:
-            break
-    return messages
+    return WorkerHandle(worker_id, pid, Channel(parent_end, peer="worker"), now, slot, max_jobs, stack_r, generation)
 
 
 def worker_row(handle: WorkerHandle, row: Row, now: float, busy_known: bool) -> dict[str, object]:

@@ -13,6 +13,7 @@ out.  The master times what it observes instead (``supervisor.Watch``).
 from __future__ import annotations
 
 import enum
+import math
 import mmap
 from dataclasses import dataclass
 
@@ -32,6 +33,10 @@ class State(enum.IntEnum):
     BOOTING = 1
     SERVING = 2  # ready, taking connections (busy or not: see ACTIVITY)
     RETIRING = 3  # handing connections over, or stopping
+
+
+_STATES = frozenset(int(state) for state in State)
+_MAX_COUNT = 1 << 48
 
 
 @dataclass(frozen=True)
@@ -58,14 +63,22 @@ class Scoreboard:
         self.signed = memoryview(self._map).cast("q")
         self.floats = memoryview(self._map).cast("d")
 
-    def claim(self, pid: int, started: float) -> int:
-        """Return a free slot, now marked booting for ``pid``; raises when all are taken."""
+    def claim(self, pid: int, started: float, taken: set[int] | frozenset[int] | None = None) -> int:
+        """Return a slot no live worker has, now marked booting for ``pid``; raises
+        RuntimeError when all are taken.
+
+        ``taken``: the slots of live workers. The master passes its own list rather than
+        trusting the slots' states, which any worker could have overwritten; without it,
+        slots that are not FREE are taken.
+        """
         ints = self.ints
+        if taken is None:
+            taken = {slot for slot in range(self.slots) if ints[slot * FIELDS + STATE] != State.FREE}
         for slot in range(self.slots):
-            base = slot * FIELDS
-            if ints[base + STATE] == State.FREE:
+            if slot not in taken:
+                base = slot * FIELDS
                 self.reset(slot)
-                ints[self.used_index] = max(ints[self.used_index], slot + 1)
+                ints[self.used_index] = min(max(ints[self.used_index], slot + 1), self.slots)
                 ints[base + PID] = pid
                 self.floats[base + STARTED] = started
                 ints[base + STATE] = State.BOOTING
@@ -87,16 +100,22 @@ class Scoreboard:
             self.ints[base + field] = 0
 
     def row(self, slot: int) -> Row:
+        """Return a slot as the master sees it. Workers write their own fields, so nothing
+        read here is trusted: a state that is not one becomes FREE (no limit applies),
+        counts are clamped."""
         base = slot * FIELDS
         ints, floats = self.ints, self.floats
+        state = ints[base + STATE]
+        activity = self.signed[base + ACTIVITY]
+        started = floats[base + STARTED]
         return Row(
             slot=slot,
             pid=ints[base + PID],
-            state=State(ints[base + STATE]),
-            busy=max(0, self.signed[base + ACTIVITY]),
-            events=abs(self.signed[base + ACTIVITY]),
-            connections=ints[base + CONNECTIONS],
-            started=floats[base + STARTED],
+            state=State(state) if state in _STATES else State.FREE,
+            busy=min(max(0, activity), _MAX_COUNT),
+            events=min(abs(activity), _MAX_COUNT),
+            connections=min(ints[base + CONNECTIONS], _MAX_COUNT),
+            started=started if math.isfinite(started) else 0.0,
         )
 
 
@@ -120,7 +139,8 @@ class SlotWriter:
         """Whether this worker holds more than ``margin`` times the average of the serving workers."""
         ints = self.ints
         serving = total = 0
-        for base in range(0, ints[self.used_index] * FIELDS, FIELDS):
+        used = min(ints[self.used_index], self.used_index // FIELDS)  # anyone may have scribbled on it
+        for base in range(0, used * FIELDS, FIELDS):
             if ints[base + STATE] == State.SERVING:
                 serving += 1
                 total += ints[base + CONNECTIONS]

@@ -10,6 +10,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from .timeouts import NONE as NO_TIMEOUTS
+from .timeouts import Timeouts
+
 #: Length of the accept queue asked of the kernel (capped by net.core.somaxconn).
 BACKLOG = 2048
 
@@ -69,6 +72,10 @@ class ServerSettings(Protocol):
     delimiter: bytes
     max_message_size: int
     read_buf_size: int
+    idle_timeout: float
+    read_timeout: float
+    write_timeout: float
+    keepalive: float
 
 
 @dataclass
@@ -81,6 +88,16 @@ class Listener:
     delimiter: bytes
     max_message_size: int
     read_size: int
+    timeouts: Timeouts = NO_TIMEOUTS
+    #: TCP keepalive idle time of accepted sockets in seconds (0: off).
+    keepalive: float = 0.0
+
+    @classmethod
+    def for_server(cls, server: ServerSettings, sock: socket.socket) -> Listener:
+        """Return the listener of ``server`` on the bound socket ``sock``."""
+        timeouts = Timeouts(server.idle_timeout, server.read_timeout if server.delimiter else 0.0, server.write_timeout)
+        return cls(server.name, server.addr, sock, server.delimiter, server.max_message_size, server.read_buf_size,
+                   timeouts, server.keepalive)
 
     @property
     def is_tcp(self) -> bool:
@@ -99,29 +116,29 @@ class BindError(Exception):
     """A listening socket could not be created; the message names server and address."""
 
 
-def bind(address: Address) -> socket.socket:
-    """Return a non-blocking listening socket bound to ``address``."""
+def bind(address: Address, backlog: int = BACKLOG) -> socket.socket:
+    """Return a non-blocking listening socket bound to ``address``, with an accept queue of ``backlog``."""
     if address.kind == "unix":
-        return _bind_unix(address.path)
+        return _bind_unix(address.path, backlog)
     infos = socket.getaddrinfo(
         address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
     family, type_, proto, _, sockaddr = infos[0]
     sock = socket.socket(family, type_, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    return _listen(sock, sockaddr)
+    return _listen(sock, sockaddr, backlog)
 
 
-def _bind_unix(path: str) -> socket.socket:
+def _bind_unix(path: str, backlog: int) -> socket.socket:
     _remove_stale_socket(path)
-    return _listen(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), path)
+    return _listen(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), path, backlog)
 
 
-def _listen(sock: socket.socket, sockaddr: object) -> socket.socket:
+def _listen(sock: socket.socket, sockaddr: object, backlog: int) -> socket.socket:
     """Bind and listen non-blocking, closing the socket if either fails."""
     try:
         sock.bind(sockaddr)
-        sock.listen(BACKLOG)
+        sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -179,5 +196,4 @@ def rebind(listeners: list[Listener], servers: Iterable[ServerSettings]) -> list
     by_name = {lst.name: lst for lst in listeners}
     if {(s.name, str(s.addr)) for s in servers} != {(lst.name, str(lst.address)) for lst in listeners}:
         raise ValueError("names and addresses cannot change on reload; restart the server")
-    return [Listener(s.name, s.addr, by_name[s.name].sock, s.delimiter, s.max_message_size, s.read_buf_size)
-            for s in servers]
+    return [Listener.for_server(s, by_name[s.name].sock) for s in servers]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import grp
 import json
-import math
 import os
 import pwd
 import re
@@ -16,20 +15,45 @@ from .sockets import Address, parse_address
 
 Parser = Callable[[Any], Any]
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|ms|s|m|h)")
+#: unit: (multiplier, divisor) to seconds.
+_UNITS = {"ns": (1, 10**9), "us": (1, 10**6), "µs": (1, 10**6), "ms": (1, 1000), "s": (1, 1), "m": (60, 1), "h": (3600, 1)}
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _APP_SPEC = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?$")
 
+#: The longest duration any setting takes: a week.
+MAX_DURATION = "168h"
 
-def show(value: Any) -> str:
-    """Return a value as TOML would write it, for error messages and ``check``."""
+
+def show(value: Any, depth: int | None = None) -> str:
+    """Return a value as TOML would write it, for ``check``; tables and arrays nested deeper than ``depth`` as ``...``."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         return toml_string(value)
+    if isinstance(value, (dict, list)):
+        inner = depth if depth is None else depth - 1
+        if inner is not None and inner < 0:
+            items = "..."
+        elif isinstance(value, dict):
+            items = ", ".join(f"{toml_key(k)} = {show(v, inner)}" for k, v in value.items())
+        else:
+            items = ", ".join(show(v, inner) for v in value)
+        return f"{{{items}}}" if isinstance(value, dict) else f"[{items}]"
     return repr(value)
+
+
+def brief(value: Any, limit: int = 80) -> str:
+    """Return ``value`` as TOML would write it, cut to about ``limit`` characters, for an error message."""
+    text = show(value, depth=3)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def toml_key(key: str) -> str:
+    """Return ``key`` as TOML writes it: bare if it can be, else quoted."""
+    return key if _BARE_KEY.fullmatch(key) else toml_string(key)
 
 
 def toml_string(text: str) -> str:
@@ -39,61 +63,86 @@ def toml_string(text: str) -> str:
 
 
 def _expected(what: str, value: Any) -> ValueError:
-    return ValueError(f"expected {what}, got {show(value)}")
+    return ValueError(f"expected {what}, got {brief(value)}")
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def positive_int(value: Any) -> int:
-    if not _is_int(value) or value < 1:
-        raise _expected("a positive integer", value)
-    return value
+def int_between(lo: int, hi: int) -> Parser:
+    """Return a parser of integers from ``lo`` to ``hi``; its errors name the bound broken."""
+    at_least = "a positive integer" if lo == 1 else f"an integer >= {lo}"
+
+    def parse(value: Any) -> int:
+        if not _is_int(value) or value < lo:
+            raise _expected(at_least, value)
+        if value > hi:
+            raise _expected(f"an integer from {lo} to {hi}", value)
+        return value
+
+    return parse
 
 
-def non_negative_int(value: Any) -> int:
-    if not _is_int(value) or value < 0:
-        raise _expected("an integer >= 0", value)
-    return value
+def _seconds(value: Any) -> float | None:
+    """Return seconds from ``"1m30s"``-style text or a number, unbounded; None if it is neither.
+
+    Unbounded: text may sum to infinity, and an int is returned as it is because it may be
+    too large for a float. Callers compare before they convert.
+    """
+    if _is_int(value) or isinstance(value, float):
+        return value  # type: ignore[no-any-return]
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if text == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        multiplier, divisor = _UNITS[match.group(2)]
+        total += float(match.group(1)) * multiplier / divisor  # dividing keeps "3600000ms" exactly 1h
+        pos = match.end()
+    return total if text and pos == len(text) else None
 
 
-def duration(value: Any) -> float:
-    """Return seconds from ``"1m30s"``-style text or a number of seconds."""
-    if (_is_int(value) or isinstance(value, float)) and math.isfinite(value) and value >= 0:
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip()
-        if text == "0":
-            return 0.0
-        pos, total = 0, 0.0
-        for match in _DURATION_PART.finditer(text):
-            if match.start() != pos:
-                break
-            total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-            pos = match.end()
-        if text and pos == len(text):
-            return total
-    raise _expected('a duration such as "500ms", "60s", "1m30s" or a number of seconds', value)
+def duration_between(lo: str, hi: str, *, or_zero: bool = False) -> Parser:
+    """Return a parser of durations from ``lo`` to ``hi`` (Go-style text), and of 0 if ``or_zero``."""
+    low, high = _seconds(lo), _seconds(hi)
+    assert low is not None and high is not None and 0 <= low <= high <= _seconds(MAX_DURATION), (lo, hi)
+    bounds = f"{'0 or ' if or_zero else ''}a duration from {lo} to {hi}"
+
+    def parse(value: Any) -> float:
+        seconds = _seconds(value)
+        if seconds is None:
+            raise _expected(f'{bounds}, written "500ms", "60s", "1m30s" or as a number of seconds', value)
+        if not (or_zero and seconds == 0) and not low <= seconds <= high:  # False for NaN
+            raise _expected(bounds, value)
+        return float(seconds) or 0.0  # not -0.0
+
+    return parse
 
 
-def positive_duration(value: Any) -> float:
-    seconds = duration(value)
-    if seconds <= 0:
-        raise _expected("a duration above zero", value)
-    return seconds
+#: Any duration up to ``MAX_DURATION``, 0 included.
+duration = duration_between("0s", MAX_DURATION)
 
 
 def format_duration(seconds: float) -> str:
     """Return Go-style text for a number of seconds (``"1m30s"``, ``"500ms"``, ``"0s"``)."""
     if seconds and seconds < 1:
-        return f"{seconds * 1000:g}ms"
+        return f"{_decimal(seconds * 1000)}ms"
     whole_minutes, rest = divmod(seconds, 60)
     hours, minutes = divmod(int(whole_minutes), 60)
     text = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "")
     if rest or not text:
-        text += f"{rest:g}s"
+        text += f"{_decimal(rest)}s"
     return text
+
+
+def _decimal(number: float) -> str:
+    """Return ``number`` with up to nine decimals and never an exponent, which durations cannot hold."""
+    return f"{number:.9f}".rstrip("0").rstrip(".")
 
 
 def string(value: Any) -> str:
@@ -108,7 +157,7 @@ def address(value: Any) -> Address:
     try:
         return parse_address(value)
     except ValueError as exc:
-        raise ValueError(f"{exc}, got {show(value)}") from None
+        raise ValueError(f"{exc}, got {brief(value)}") from None
 
 
 def delimiter(value: Any) -> bytes:
@@ -117,11 +166,15 @@ def delimiter(value: Any) -> bytes:
     return value.encode("utf-8")
 
 
-def megabytes(value: Any) -> int:
-    """Return bytes for a positive number of megabytes (RoadRunner's ``read_buf_size``)."""
-    if not (_is_int(value) or isinstance(value, float)) or not 0 < value <= 1024:
-        raise _expected("a number of megabytes above 0 and at most 1024", value)
-    return max(1, int(value * 1024 * 1024))
+def megabytes_up_to(hi: int) -> Parser:
+    """Return a parser of a number of megabytes above 0 and at most ``hi``, giving bytes (RoadRunner's ``read_buf_size``)."""
+
+    def parse(value: Any) -> int:
+        if not (_is_int(value) or isinstance(value, float)) or not 0 < value <= hi:  # False for NaN
+            raise _expected(f"a number of megabytes above 0 and at most {hi}", value)
+        return max(1, int(value * 1024 * 1024))
+
+    return parse
 
 
 def log_level(value: Any) -> str:
@@ -172,9 +225,9 @@ def _account(value: Any, kind: str, id_name: str, by_id: Callable[[int], Any], b
         raise _expected(f"a {kind} name or {id_name}", value)
     if value:
         try:
-            by_id(int(value)) if value.isdigit() else by_name(value)
-        except KeyError:
-            raise ValueError(f"no such {kind}, got {show(value)}") from None
+            by_id(int(value)) if value.isascii() and value.isdigit() else by_name(value)
+        except (KeyError, ValueError, OverflowError):  # ValueError: a NUL in the name
+            raise ValueError(f"no such {kind}, got {brief(value)}") from None
     return value
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import _socket
 import errno
 import logging
+import os
+import resource
 import select
 import signal
 import socket
@@ -17,12 +19,16 @@ import time
 from collections import deque
 from collections.abc import Iterator
 
+from . import timeouts as timeout_rules
 from .api import TcpEvent, TcpResponse
+from .channel import Channel, Kind
 from .connection import Connection
 from .framing import MessageTooLarge, make_framer
+from .logs import printable
 from .scoreboard import Scoreboard, SlotWriter, State
 from .signals import SignalPipe
 from .sockets import Listener, format_peer
+from .ticker import Ticker
 from .uuids import new_uuid
 
 log = logging.getLogger("prefork_tcp.worker")
@@ -45,15 +51,11 @@ ACCEPT_BACKOFF = 0.5
 #: connections (plus one) lets the others accept for ACCEPT_YIELD seconds.
 FAIR_SHARE = 1.1
 ACCEPT_YIELD = 0.005
-
-#: Commands the master writes on a worker's channel.
-CMD_STOP = b"T"
-CMD_QUIT = b"Q"
-CMD_RETIRE = b"H"  # hand every connection over, then exit
-#: What a worker writes on its channel once its application waits for the first request.
-MSG_READY = b"R"
-#: What a worker writes once it has handled its max_jobs events.
-MSG_RETIRE_ME = b"J"
+#: Descriptors kept free for connections handed over by other workers: a worker stops
+#: accepting while fewer are left.
+FD_RESERVE = 32
+#: The shortest interval between two warnings about the same shortage.
+WARN_INTERVAL = 1.0
 
 Event = tuple[Connection, TcpEvent | None, bytes]
 
@@ -71,6 +73,7 @@ class EventLoop:
         slot: SlotWriter | None = None,
         max_jobs: int = 0,
         mark_events: bool = True,
+        max_connections: int = 0,
     ) -> None:
         self.epoll = select.epoll()
         self.events: deque[Event] = deque()
@@ -81,13 +84,13 @@ class EventLoop:
         #: Framing rules by server name, for connections adopted from other workers.
         self.servers = {lst.name: lst for lst in listeners}
         self.slot = slot or SlotWriter(Scoreboard(1), 0)
-        #: After this many events the worker asks to retire (-1: never).
-        self.max_jobs = max_jobs if max_jobs > 0 else -1
+        #: This worker's budget of events (0: none); ``_on_budget`` runs at 3/4 and at the end.
+        self.max_jobs = max_jobs
+        self.budget_mark = -1 if max_jobs <= 0 else (max_jobs * 3 // 4 or max_jobs)
         #: Whether each event's number goes into the scoreboard as it starts (``exec_ttl``
         #: needs it); the count of events handled is published at every wait regardless.
         self.mark_events = mark_events
-        self.channel = channel
-        channel.setblocking(False)
+        self.channel = Channel(channel, peer="master")
         self.signals = signals
         self.drain_timeout = drain_timeout
         self.high_water = high_water
@@ -98,12 +101,38 @@ class EventLoop:
         self.stopped = False
         self.retiring = False
         self.stop_deadline = 0.0
+        #: Accepting is paused until then (0: not paused): out of descriptors, or fair share.
         self.accept_resume = 0.0
         #: Set whenever one of the four above needs the loop's attention (``_attend``).
         self.attention = False
-        self.epoll.register(channel.fileno(), EPOLLIN)
+        #: Whether the listening sockets are in the epoll set.
+        self.armed = False
+        #: At max_connections or the descriptor reserve: accepting resumes when one closes.
+        self.full = False
+        self.capacity = 0
+        self._warned: dict[str, float] = {}
+        self.epoll.register(self.channel.fileno(), EPOLLIN)
         self.epoll.register(signals.fileno(), EPOLLIN)
-        self._watch_listeners()
+        # Timeouts: a sweep every ``interval``, woken by a timerfd (no clock read per event).
+        self.clock = time.monotonic()
+        interval = timeout_rules.sweep_interval(lst.timeouts for lst in listeners)
+        self.ticker = Ticker(interval) if interval else None
+        if self.ticker is not None:
+            self.epoll.register(self.ticker.fileno(), EPOLLIN)
+        self.capacity = self._capacity(max_connections)
+        self._sync_accepting()
+
+    def _capacity(self, max_connections: int) -> int:
+        """Connections this worker may hold: max_connections, and the open-files limit less
+        the descriptors in use now and the reserve for handoffs."""
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        try:
+            in_use = len(os.listdir("/proc/self/fd"))
+        except OSError:
+            in_use = 64
+        by_fds = soft - in_use - FD_RESERVE if soft != resource.RLIM_INFINITY else 1 << 30
+        limit = max(1, by_fds)
+        return min(limit, max_connections) if max_connections else limit
 
     # -- what TcpWorker calls -------------------------------------------------------
 
@@ -119,11 +148,11 @@ class EventLoop:
         """
         self.ready = True
         self.slot.set_state(State.SERVING)
-        self._tell_master(MSG_READY)
+        self.tell_master(Kind.READY)
         events, dirty, conns, high_water = self.events, self.dirty, self.conns, self.high_water
         popleft, append = events.popleft, events.append
         activity, activity_index = self.slot.signed, self.slot.activity_index
-        max_jobs, mark_events = self.max_jobs, self.mark_events
+        budget_mark, mark_events = self.budget_mark, self.mark_events
         handled = 0
         epoll_poll = self.epoll.poll
         data_event, length = DATA, len  # locals: cheaper to load than globals
@@ -135,7 +164,7 @@ class EventLoop:
                     if not conn.open:
                         continue
                     if conn.held or conn.out_size >= high_water:
-                        conn.hold(item)  # a slow reader: wait until its output drains
+                        self._hold(conn, item)  # a slow reader: wait until its output drains
                         continue
                 elif event is _EOF:
                     if conn.open and not conn.hold(item):
@@ -144,8 +173,8 @@ class EventLoop:
                 handled += 1
                 if mark_events:
                     activity[activity_index] = handled  # the scoreboard: event number `handled` in progress
-                if handled == max_jobs:
-                    self._tell_master(MSG_RETIRE_ME)
+                if handled == budget_mark:
+                    budget_mark = self._on_budget(handled)
                 yield item
             if dirty:
                 for conn in dirty:
@@ -179,7 +208,7 @@ class EventLoop:
             for fd, mask in epoll_poll(timeout):
                 conn = conns.get(fd)
                 if conn is None:
-                    self._wake(fd)
+                    self._wake(fd, mask)
                     continue
                 if not conn.plain:  # writing, closing or holding events back
                     self._service(conn, mask)
@@ -196,6 +225,7 @@ class EventLoop:
                     self._end_of_input(conn)
                     self._update_mask(conn)
                     continue
+                conn.active = True  # for idle_timeout (``timeouts.expired``)
                 # Exactly one whole message? ``Framer.probe`` is made so that this agrees
                 # with ``Framer.feed`` (tests/test_framing.py). partition(), not find():
                 # find() parses its arguments the slow way.
@@ -208,13 +238,30 @@ class EventLoop:
                     handled += 1
                     if mark_events:
                         activity[activity_index] = handled
-                    if handled == max_jobs:
-                        self._tell_master(MSG_RETIRE_ME)
+                    if handled == budget_mark:
+                        budget_mark = self._on_budget(handled)
+                        if self.retiring:  # the budget is spent: nothing more is read
+                            yield conn, data_event, data
+                            break
                     yield conn, data_event, data
                     continue
                 # A method, not a comprehension here: a closure over ``conn`` would make it
                 # a cell variable, and every use of it in this loop slower.
                 self._received(conn, data)
+
+    def _on_budget(self, handled: int) -> int:
+        """``handled`` events reached a mark of the max_jobs budget; return the next mark.
+
+        At three quarters the master starts a successor; at the end this worker stops
+        accepting and reading and, once the events it has read are delivered, hands every
+        connection over without waiting for the master (SPEC: max_jobs is a budget).
+        """
+        if handled < self.max_jobs:
+            self.tell_master(Kind.BUDGET_LOW)
+            return self.max_jobs
+        self.tell_master(Kind.BUDGET_SPENT)
+        self.begin_retire()
+        return -1
 
     def _attend(self) -> float | None:
         """The loop's rare duties before it waits; return the wait's timeout (None: stopped)."""
@@ -243,14 +290,45 @@ class EventLoop:
 
     # -- the loop -------------------------------------------------------------------
 
-    def _wake(self, fd: int) -> None:
-        """A descriptor other than a connection is ready: a listener, the channel or signals."""
+    def _wake(self, fd: int, mask: int) -> None:
+        """A descriptor other than a connection is ready: a listener, the channel, signals, the ticker."""
         if fd in self.listeners:
             self._accept(self.listeners[fd])
         elif fd == self.channel.fileno():
-            self._read_channel()
+            if mask & EPOLLOUT:
+                self._flush_channel()
+            if mask & (EPOLLIN | EPOLL_TROUBLE):
+                self._read_channel()
         elif fd == self.signals.fileno():
             self._read_signals()
+        elif self.ticker is not None and fd == self.ticker.fileno():
+            self.ticker.drain()
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """Close the connections whose idle, read or write timeout ran out."""
+        self.clock = now = time.monotonic()
+        expired = timeout_rules.expired
+        for conn in list(self.conns.values()):
+            if conn.sock is not None and conn.timeouts:
+                which = expired(conn, now)
+                if which is not None:
+                    self._timed_out(conn, which)
+
+    def _timed_out(self, conn: Connection, which: str) -> None:
+        limit = getattr(conn.timeouts, which.partition("_")[0])
+        log.warning("closing connection %s (server %s, remote %s): %s (%gs) ran out",
+                    conn.uuid, conn.server, printable(conn.remote) or "-", which, limit)
+        if which == "write_timeout":
+            self._drop(conn)  # its output cannot be delivered
+        else:
+            self._finish(conn)
+
+    def _hold(self, conn: Connection, item: Event) -> None:
+        """Hold back a slow reader's event and stop reading it until its output drains."""
+        conn.hold(item)
+        if conn.mask & EPOLLIN:
+            self._update_mask(conn)
 
     def _service(self, conn: Connection, mask: int) -> None:
         if conn.out_size and mask & (EPOLLOUT | EPOLL_TROUBLE):
@@ -278,6 +356,7 @@ class EventLoop:
             self._end_of_input(conn)
             self._update_mask(conn)
             return
+        conn.active = True
         self._received(conn, data)
 
     def _end_of_input(self, conn: Connection) -> None:
@@ -298,7 +377,8 @@ class EventLoop:
         self.events.extend([(conn, DATA, m) for m in messages])
 
     def _too_large(self, conn: Connection, exc: MessageTooLarge) -> None:
-        log.warning("closing connection %s (server %s, remote %s): %s", conn.uuid, conn.server, conn.remote or "-", exc)
+        log.warning("closing connection %s (server %s, remote %s): %s", conn.uuid, conn.server,
+                    printable(conn.remote) or "-", exc)
         self._finish(conn)
 
     def _send(self, conn: Connection) -> None:
@@ -315,6 +395,8 @@ class EventLoop:
 
     def _sent(self, conn: Connection, data: bytes, sent: int) -> None:
         """Act on a send: keep what the kernel did not take, release held events, close."""
+        if sent:
+            conn.active = conn.wrote = True  # progress, for idle_timeout and write_timeout
         if sent < len(data):
             conn.unsent(data[sent:])
         if conn.held:
@@ -332,9 +414,11 @@ class EventLoop:
         try:
             self._accept_batch(listener, lsock, family, type_, proto)
         finally:
-            if self.listeners and self.slot.above_fair_share(len(self.conns), FAIR_SHARE):
+            if not self.armed:
+                pass  # paused (out of descriptors, full) or stopping: nothing to re-arm
+            elif self.slot.above_fair_share(len(self.conns), FAIR_SHARE):
                 self._pause_accepting(ACCEPT_YIELD)  # the other workers take the next ones
-            elif listener.sock.fileno() in self.listeners and not self.accept_resume:
+            elif listener.sock.fileno() in self.listeners:
                 # Re-arm: this worker's wait-queue entry moves behind the other workers',
                 # so EPOLLEXCLUSIVE wakes another idle worker for the next connection.
                 fd = listener.sock.fileno()
@@ -342,7 +426,11 @@ class EventLoop:
                 self.epoll.register(fd, EPOLLIN | select.EPOLLEXCLUSIVE)
 
     def _accept_batch(self, listener: Listener, lsock: socket.socket, family: int, type_: int, proto: int) -> None:
+        conns, capacity = self.conns, self.capacity
         for _ in range(ACCEPT_BATCH):
+            if len(conns) >= capacity:
+                self._at_capacity()
+                return
             try:
                 # The C-level accept and socket type: socket.socket's Python layer costs
                 # a noticeable share of a short connection's life.
@@ -351,14 +439,17 @@ class EventLoop:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("cannot accept on %s: %s; pausing accepts", listener.name, exc)
-                    self._pause_accepting()
+                    self.warn_once("accept", "cannot accept on %s: %s; pausing accepts for %gs",
+                                   listener.name, exc.strerror, ACCEPT_BACKOFF)
+                    self._pause_accepting(ACCEPT_BACKOFF)
                     return
                 continue  # ECONNABORTED and friends: that client is gone already
             sock = _socket.socket(family, type_, proto, fd)
             sock.setblocking(False)
             if listener.is_tcp:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if listener.keepalive:
+                    _keepalive(sock, listener.keepalive)
             conn = Connection(
                 sock,
                 new_uuid(),
@@ -367,8 +458,10 @@ class EventLoop:
                 make_framer(listener.delimiter, listener.max_message_size, listener.read_size),
                 listener.read_size,
                 self.high_water,
+                listener.timeouts,
+                self.clock,
             )
-            self.conns[conn.fd] = conn
+            conns[conn.fd] = conn
             self.epoll.register(conn.fd, EPOLLIN)
             conn.mask = EPOLLIN
             conn.plain = True
@@ -424,8 +517,8 @@ class EventLoop:
         self.conns.pop(conn.fd, None)
         conn.mask = 0
         conn.plain = False
-        self.slot.set_connections(len(self.conns))
         sock.close()
+        self._removed()
 
     def _forget(self, conn: Connection) -> None:
         """Stop watching a connection's socket (it is being closed or handed off)."""
@@ -434,7 +527,7 @@ class EventLoop:
             self.epoll.unregister(conn.fd)
             conn.mask = 0
             conn.plain = False
-        self.slot.set_connections(len(self.conns))
+        self._removed()
 
     def _update_mask(self, conn: Connection) -> None:
         mask = EPOLLIN if conn.wants_read else 0
@@ -459,9 +552,9 @@ class EventLoop:
         if self.lingering:
             for conn in [c for c in self.lingering if c.linger_until <= now]:
                 self._close_socket(conn)
-        if self.accept_resume and now >= self.accept_resume and not self.stopping:
+        if self.accept_resume and now >= self.accept_resume:
             self.accept_resume = 0.0
-            self._watch_listeners()
+            self._sync_accepting()
 
     def _poll_timeout(self) -> float:
         deadlines = [c.linger_until for c in self.lingering]
@@ -475,23 +568,57 @@ class EventLoop:
 
     # -- listeners, master and signals --------------------------------------------------
 
-    def _watch_listeners(self) -> None:
+    def _sync_accepting(self) -> None:
+        """Put the listeners in the epoll set or take them out, as the loop's state says."""
+        wanted = bool(self.listeners) and not self.full and not self.accept_resume
+        if wanted == self.armed:
+            return
         for fd in self.listeners:
-            # EPOLLEXCLUSIVE: a new connection wakes one waiting worker, not all of them.
-            self.epoll.register(fd, EPOLLIN | select.EPOLLEXCLUSIVE)
-
-    def _pause_accepting(self, seconds: float = ACCEPT_BACKOFF) -> None:
-        if not self.accept_resume:
-            for fd in self.listeners:
+            if wanted:  # EPOLLEXCLUSIVE: a new connection wakes one waiting worker, not all of them.
+                self.epoll.register(fd, EPOLLIN | select.EPOLLEXCLUSIVE)
+            else:
                 self.epoll.unregister(fd)
-        self.accept_resume = time.monotonic() + seconds
-        self.attention = True
+        self.armed = wanted
 
-    def _tell_master(self, message: bytes) -> None:
-        try:
-            self.channel.send(message)
-        except OSError:
-            self.begin_stop(quick=False)
+    def _pause_accepting(self, seconds: float) -> None:
+        """Stop accepting for ``seconds`` (a longer pause already decided is kept)."""
+        self.accept_resume = max(self.accept_resume, time.monotonic() + seconds)
+        self.attention = True
+        self._sync_accepting()
+
+    def _at_capacity(self) -> None:
+        """max_connections reached, or only the reserve of descriptors left: stop accepting
+        until a connection closes (``_removed``)."""
+        self.full = True
+        self._sync_accepting()
+        self.warn_once("capacity", "worker holds %d connections, its limit (max_connections or the "
+                       "open-files limit less a reserve); not accepting until one closes", len(self.conns))
+
+    def _removed(self) -> None:
+        """A connection left this worker: publish the count, accept again if it was full."""
+        self.slot.set_connections(len(self.conns))
+        if self.full and len(self.conns) < self.capacity:
+            self.full = False
+            self._sync_accepting()
+
+    def warn_once(self, what: str, message: str, *args: object) -> None:
+        """Log a warning about ``what`` at most once per WARN_INTERVAL."""
+        now = time.monotonic()
+        if now - self._warned.get(what, -WARN_INTERVAL) >= WARN_INTERVAL:
+            self._warned[what] = now
+            log.warning(message, *args)
+
+    def tell_master(self, kind: Kind, **fields: object) -> None:
+        """Send the master a message; it waits in the channel's queue if the socket is full."""
+        self.channel.send(kind, **fields)
+        if self.channel.broken:
+            self.begin_stop(quick=False)  # the master is gone
+        elif self.channel.pending:
+            self.epoll.modify(self.channel.fileno(), EPOLLIN | EPOLLOUT)
+
+    def _flush_channel(self) -> None:
+        if self.channel.flush():
+            self.epoll.modify(self.channel.fileno(), EPOLLIN)
 
     def _read_channel(self) -> None:
         """Act on what the master sent (``WorkerLoop`` knows the commands)."""
@@ -529,13 +656,13 @@ class EventLoop:
 
     def _close_listeners(self) -> None:
         """Stop accepting: this worker's copies of the listening sockets are closed."""
-        if not self.accept_resume:
-            for fd in self.listeners:
-                self.epoll.unregister(fd)
-        self.accept_resume = 0.0
         for lst in self.listeners.values():
+            if self.armed:
+                self.epoll.unregister(lst.sock.fileno())
             lst.sock.close()
         self.listeners = {}
+        self.armed = False
+        self.accept_resume = 0.0
 
     def _drained(self) -> bool:
         return not self.conns or time.monotonic() >= self.stop_deadline
@@ -545,3 +672,11 @@ class EventLoop:
             self._drop(conn)
         self.stopped = True
 
+
+def _keepalive(sock: socket.socket, idle: float) -> None:
+    """Turn on TCP keepalive: probes after ``idle`` seconds of silence."""
+    seconds = max(1, int(idle))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, seconds)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, min(seconds, 75)))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 5)

@@ -7,31 +7,29 @@ application code: the channel is read only while the loop waits for sockets.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import select
 import socket
 import time
+from collections import deque
+from collections.abc import Iterator
 
-from . import handoff
+from . import handoff, logs
+from .channel import EOF, ChannelError, Kind, Message, Truncated, close_all
 from .connection import Connection
 from .framing import make_framer
 from .scoreboard import State
-from .worker import CMD_QUIT, CMD_RETIRE, CMD_STOP, DATA, EventLoop
+from .timeouts import NONE as NO_TIMEOUTS
+from .worker import CONNECTED, DATA, Event, EventLoop
 
 log = logging.getLogger("prefork_tcp.worker")
 
-#: Master to worker: close the connection with this uuid if it is yours (JSON: id, uuid).
-CMD_CLOSE = b"C"
-#: Worker to master: whether it had that connection (JSON: id, found).
-MSG_CLOSED = b"c"
-#: Worker to master: please close this uuid wherever it lives (JSON: id, uuid).
-MSG_CLOSE_REQUEST = b"K"
-#: Master to worker: the answer to its close request (JSON: id, found).
-CMD_CLOSE_RESULT = b"k"
 #: How long ``close_connection()`` waits for the other workers' answers.
 CLOSE_TIMEOUT = 10.0
+#: Parcels sent to the master and not yet acknowledged, at most (each holds descriptors).
+HANDOFF_WINDOW = 64
+#: How long to wait before sending again a parcel the master could not take.
+HANDOFF_RETRY = 0.05
 
 
 class WorkerLoop(EventLoop):
@@ -40,31 +38,41 @@ class WorkerLoop(EventLoop):
     _close_ids = 0
 
     def _read_channel(self) -> None:
-        while (received := handoff.receive(self.channel)) is not None:
-            if not self._on_message(*received):
+        while True:
+            try:
+                message = self.channel.receive()
+            except Truncated as exc:  # a parcel whose descriptors we had no room for
+                self.warn_once("adopt", "cannot adopt connection %s: %s; the master sends it elsewhere",
+                               exc.message["uuid"], exc)
+                self.tell_master(Kind.PARCEL_ACK, uuid=exc.message["uuid"], ok=False)
+                continue
+            except ChannelError as exc:
+                log.error("ignoring a bad message from the master: %s", exc)
+                continue
+            if message is None:
                 return
+            if message is EOF:
+                self.begin_stop(quick=False)  # the master is gone
+                return
+            self._on_message(message)
 
-    def _on_message(self, message: bytes, fds: list[int]) -> bool:
-        """Act on one message from the master; False once the master is gone."""
-        if message.startswith(handoff.MSG_PARCEL):
-            self._adopt(*handoff.unpack(message, fds))
-            return True
-        for fd in fds:
-            os.close(fd)
-        if not message:
-            self.begin_stop(quick=False)
-            return False
-        if message == CMD_QUIT:
+    def _on_message(self, message: Message) -> None:
+        """Act on one message from the master."""
+        kind = message.kind
+        if kind is Kind.PARCEL:
+            self._adopt(message)
+        elif kind is Kind.QUIT:
             self.begin_stop(quick=True)
-        elif message == CMD_STOP:
+        elif kind is Kind.STOP:
             self.begin_stop(quick=False)
-        elif message == CMD_RETIRE:
+        elif kind is Kind.RETIRE:
             self.begin_retire()
-        elif message.startswith(CMD_CLOSE):
-            ask = json.loads(message[1:])
-            found = self.close_by_uuid(ask["uuid"])
-            self._tell_master(MSG_CLOSED + json.dumps({"id": ask["id"], "found": found}).encode())
-        return True
+        elif kind is Kind.REOPEN_LOGS:
+            logs.reopen()
+        elif kind is Kind.CLOSE:
+            found = self.close_by_uuid(message["uuid"])
+            self.tell_master(Kind.CLOSED, id=message["id"], found=found)
+        # PARCEL_ACK and CLOSE_RESULT are awaited where they are asked for.
 
     # -- closing a connection by uuid (RoadRunner's tcp.Close) -----------------------------
 
@@ -82,20 +90,45 @@ class WorkerLoop(EventLoop):
             return True
         WorkerLoop._close_ids += 1
         request_id = WorkerLoop._close_ids
-        self._tell_master(MSG_CLOSE_REQUEST + json.dumps({"id": request_id, "uuid": uuid}).encode())
-        deadline = time.monotonic() + CLOSE_TIMEOUT
-        while (left := deadline - time.monotonic()) > 0 and not self.stopping:
-            select.select([self.channel], [], [], left)
-            while (received := handoff.receive(self.channel)) is not None:
-                message, fds = received
-                if message.startswith(CMD_CLOSE_RESULT):
-                    answer = json.loads(message[1:])
-                    if answer["id"] == request_id:
-                        return bool(answer["found"])
-                elif not self._on_message(message, fds):
-                    return False
-        log.warning("close_connection(%s): no answer from the master in %gs", uuid, CLOSE_TIMEOUT)
+        self.tell_master(Kind.CLOSE_REQUEST, id=request_id, uuid=uuid)
+        for message in self._channel_messages(time.monotonic() + CLOSE_TIMEOUT):
+            if message.kind is Kind.CLOSE_RESULT and message["id"] == request_id:
+                return bool(message["found"])
+            self._on_message(message)
+        if not self.stopping:
+            log.warning("close_connection(%s): no answer from the master in %gs", uuid, CLOSE_TIMEOUT)
         return False
+
+    def _channel_messages(self, deadline: float) -> Iterator[Message]:
+        """Yield the master's messages as they come, until ``deadline`` or a stop."""
+        while (left := deadline - time.monotonic()) > 0 and not self.stopping:
+            yield from self._wait_channel(left)
+
+    def _wait_channel(self, timeout: float, writable: bool = False) -> list[Message]:
+        """Wait up to ``timeout`` for the channel (to be writable too, if asked); return the
+        messages that came. The channel's queue is flushed on the way."""
+        poller = select.poll()
+        want_out = writable or self.channel.pending
+        poller.register(self.channel.fileno(), select.POLLIN | (select.POLLOUT if want_out else 0))
+        ready = poller.poll(max(0.0, timeout) * 1000)
+        if ready and ready[0][1] & select.POLLOUT and self.channel.pending:
+            self._flush_channel()
+        messages: list[Message] = []
+        while True:
+            try:
+                message = self.channel.receive()
+            except Truncated as exc:
+                self.tell_master(Kind.PARCEL_ACK, uuid=exc.message["uuid"], ok=False)
+                continue
+            except ChannelError as exc:
+                log.error("ignoring a bad message from the master: %s", exc)
+                continue
+            if message is None:
+                return messages
+            if message is EOF:
+                self.begin_stop(quick=False)
+                return messages
+            messages.append(message)
 
     # -- retiring: handing connections over ------------------------------------------------
 
@@ -109,44 +142,119 @@ class WorkerLoop(EventLoop):
         self._close_listeners()
 
     def _hand_off_all(self) -> None:
-        """Send every open connection to the master for another worker; no CLOSE is delivered."""
-        self.channel.setblocking(True)
-        self.channel.settimeout(self.drain_timeout)
-        try:
-            for conn in [c for c in self.conns.values() if c.open]:
-                self._hand_off(conn)
-        except OSError as exc:
-            log.error("handing connections over failed: %s; closing the rest", exc)
-        finally:
-            self.channel.setblocking(False)
+        """Hand every open connection to the master for another worker; no CLOSE is delivered.
 
-    def _hand_off(self, conn: Connection) -> None:
-        message, fds = handoff.pack(conn.parcel(DATA), conn.fd)
-        try:
-            handoff.send(self.channel, message, fds)
-        finally:
-            for fd in fds[1:]:
-                os.close(fd)
-        conn.open = False  # it lives on in another worker: nothing more here, not even CLOSE
+        A connection is let go only once the master has acknowledged its parcel. One
+        that cannot be handed over (no descriptor for its payload, the master refusing it
+        until the deadline) stays here and is finished with its CLOSE delivered.
+        """
+        waiting = deque(c for c in self.conns.values() if c.open)
+        if not waiting:
+            return
+        in_transit: dict[str, Connection] = {}
+        deadline = time.monotonic() + self.drain_timeout
+        retry_at = 0.0
+        while (waiting or in_transit) and not self.stopping and not self.channel.broken:
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            blocked = False
+            while waiting and len(in_transit) < HANDOFF_WINDOW and now >= retry_at:
+                conn = waiting[0]
+                try:
+                    fields, fds = handoff.pack(conn.parcel(DATA), conn.fd)
+                except OSError as exc:  # no descriptor or memory for the payload: try again soon
+                    self.warn_once("handoff", "cannot hand over connection %s yet: %s", conn.uuid, exc.strerror)
+                    retry_at = now + HANDOFF_RETRY
+                    break
+                try:
+                    sent = self.channel.send_with_fds(Kind.PARCEL, fields, fds)
+                finally:
+                    close_all(fds[1:])
+                if not sent:
+                    blocked = True  # the channel is full: wait until the master reads
+                    break
+                waiting.popleft()
+                in_transit[conn.uuid] = conn
+            timeout = deadline - now
+            if waiting and not blocked and len(in_transit) < HANDOFF_WINDOW:
+                timeout = min(timeout, max(0.0, retry_at - now))
+            for message in self._wait_channel(timeout, writable=blocked):
+                if message.kind is not Kind.PARCEL_ACK:
+                    self._on_message(message)
+                    continue
+                conn = in_transit.pop(message["uuid"], None)  # type: ignore[assignment]
+                if conn is None:
+                    continue
+                if message["ok"]:
+                    self._handed_over(conn)
+                else:
+                    waiting.append(conn)
+                    retry_at = time.monotonic() + HANDOFF_RETRY
+        for conn in in_transit.values():
+            self._handed_over(conn)  # sent, answer lost: the master has it or is gone
+        for conn in waiting:
+            log.warning("could not hand over connection %s (server %s); closing it", conn.uuid, conn.server)
+            self._finish(conn)
+
+    def _handed_over(self, conn: Connection) -> None:
+        """The connection lives on in another worker: nothing more here, not even CLOSE."""
+        conn.open = False
+        conn.held = None
+        conn.out.clear()
+        conn.out_size = 0
         self._forget(conn)
         conn.sock.close()  # type: ignore[union-attr]
         conn.sock = None
 
-    def _adopt(self, parcel: handoff.Parcel, fd: int) -> None:
+    def salvage(self, current: Connection | None, events: Iterator[Event]) -> None:
+        """After the application raised: close the connection whose event raised, write the
+        answers already given, hand every other connection over, and stop.
+
+        Events read but not delivered go back into their connections' parcels (a
+        connection whose CONNECTED was never delivered gets it from its new owner).
+        """
+        if current is not None and current.open:
+            self._finish(current)
+        for conn, event, body in self.events:
+            if event is CONNECTED:
+                conn.connected = False
+            elif event is DATA and conn.open:
+                conn.unread.append(body)
+        self.events.clear()
+        self.begin_retire()
+        for _ in events:  # the loop flushes, hands over, then stops; no event is delivered
+            pass
+        if not self.stopped:  # the loop itself had failed: do its last duties here
+            self._hand_off_all()
+            self._shut_down()
+
+    def _adopt(self, message: Message) -> None:
         """Carry on serving a connection another worker handed over: same uuid, no CONNECTED."""
-        sock = socket.socket(fileno=fd)
+        uuid = message["uuid"]
+        try:
+            parcel = handoff.unpack(message.fields, message.fds)
+            sock = socket.socket(fileno=message.fds[0])
+        except (OSError, ValueError) as exc:
+            close_all(message.fds[:1])
+            self.warn_once("adopt", "cannot adopt connection %s: %s; the master sends it elsewhere", uuid, exc)
+            self.tell_master(Kind.PARCEL_ACK, uuid=uuid, ok=False)
+            return
+        self.tell_master(Kind.PARCEL_ACK, uuid=uuid, ok=True)
         sock.setblocking(False)
         server = self.servers.get(parcel.server)
-        delimiter, max_size, read_size = (
-            (server.delimiter, server.max_message_size, server.read_size) if server else (b"\r\n", 1 << 20, 65536)
-        )
         conn = Connection(sock, parcel.uuid, parcel.server, parcel.remote,
-                          make_framer(delimiter, max_size, read_size), read_size, self.high_water)
+                          make_framer(server.delimiter, server.max_message_size, server.read_size) if server
+                          else make_framer(b"\r\n", 1 << 20),
+                          server.read_size if server else 65536, self.high_water,
+                          server.timeouts if server else NO_TIMEOUTS, self.clock)
         self.conns[conn.fd] = conn
         self.slot.set_connections(len(self.conns))
         log.debug("adopted connection %s (server %s)", conn.uuid, conn.server)
         if parcel.unsent_output and conn.write(parcel.unsent_output):
             self.dirty.append(conn)
+        if not parcel.connected:
+            self.events.append((conn, CONNECTED, b""))
         if self.stopping:  # arrived during a stop: its output is flushed, then it closes
             self._finish(conn)
             return
@@ -155,4 +263,3 @@ class WorkerLoop(EventLoop):
         if parcel.eof and conn.open:
             self._end_of_input(conn)
         self._update_mask(conn)
-

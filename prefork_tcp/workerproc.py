@@ -16,6 +16,7 @@ from setproctitle import setproctitle
 
 from .api import TcpWorker
 from .apploader import App, AppLoadError, load_app
+from .channel import Kind, encode
 from .config import Config
 from .scoreboard import SlotWriter
 from .signals import SignalPipe
@@ -28,8 +29,8 @@ log = logging.getLogger("prefork_tcp.worker")
 #: Exit codes a worker reports when it fails before it was ready (the CLI's codes).
 EXIT_BOOT_FAILED = 3
 EXIT_APP_LOAD = 4
-#: What a failing worker sends before it exits: this prefix, its exit code digit, the cause.
-MSG_FAILED = b"E"
+#: Exit code of a worker whose application raised after it was ready.
+EXIT_APP_FAILED = 1
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 _IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH)
@@ -79,14 +80,21 @@ def run(ctx: WorkerContext) -> int:
         slot=ctx.slot,
         max_jobs=ctx.max_jobs,
         mark_events=Limits.from_pool(pool).needs_busy,
+        max_connections=pool.max_connections,
     )
+    worker = TcpWorker(loop)
     try:
-        app(TcpWorker(loop))
+        app(worker)
     except Exception:
         if not loop.ready:
             return _fail(ctx, EXIT_BOOT_FAILED, f"application failed before its first request:\n{traceback.format_exc().rstrip()}")
-        log.exception("application failed in worker %d; the worker exits", ctx.worker_id)
-        return 1
+        log.exception("application failed in worker %d; its other connections move to other workers "
+                      "and the worker is replaced", ctx.worker_id)
+        try:
+            loop.salvage(worker.current_connection(), worker.events())
+        except Exception:
+            log.exception("worker %d could not hand its connections over", ctx.worker_id)
+        return EXIT_APP_FAILED
     if not loop.ready:
         return _fail(ctx, EXIT_BOOT_FAILED, "application returned without waiting for a request")
     if not loop.stopped:
@@ -97,7 +105,7 @@ def run(ctx: WorkerContext) -> int:
 def _fail(ctx: WorkerContext, code: int, cause: str) -> int:
     """Tell the master why this worker could not start; the master logs it once."""
     try:
-        ctx.channel.send(MSG_FAILED + str(code).encode() + cause.encode("utf-8", "replace")[:60000])
+        ctx.channel.send(encode(Kind.FAILED, {"code": code, "cause": cause[:30000]}))
     except OSError:
         log.error("%s", cause)
     return code

@@ -34,7 +34,7 @@ from prefork_tcp.connection import Connection  # noqa: E402
 from prefork_tcp.examples.ping import main as ping_main  # noqa: E402
 from prefork_tcp.framing import make_framer  # noqa: E402
 from prefork_tcp.signals import SignalPipe  # noqa: E402
-from prefork_tcp.worker import CMD_QUIT  # noqa: E402
+from prefork_tcp.channel import Kind, encode  # noqa: E402
 from prefork_tcp.workerloop import WorkerLoop  # noqa: E402
 
 FIRST_FD = 100_000  # fake descriptors, far above any real one
@@ -67,7 +67,7 @@ class FakeEpoll:
 
 def run(connections: int, rounds: int) -> tuple[float, int]:
     """Serve ``connections * rounds`` PINGs; return the CPU seconds it took and the events handled."""
-    channel, master_end = socket.socketpair()
+    channel, master_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     # As the default config runs it: no exec_ttl, so no per-event scoreboard store.
     loop = WorkerLoop([], channel, SignalPipe(()), drain_timeout=1.0, high_water=1 << 20, mark_events=False)
     read_size = 65536
@@ -79,7 +79,7 @@ def run(connections: int, rounds: int) -> tuple[float, int]:
         loop.conns[fd] = conn
     ready = [(fd, select.EPOLLIN) for fd in loop.conns]
     loop.epoll = FakeEpoll(ready, rounds, channel.fileno())  # type: ignore[assignment]
-    master_end.send(CMD_QUIT)  # read once the rounds are over: the loop stops, the app returns
+    master_end.send(encode(Kind.QUIT, {}))  # read once the rounds are over: the loop stops, the app returns
     start = time.process_time()
     ping_main(TcpWorker(loop))
     seconds = time.process_time() - start

@@ -64,7 +64,7 @@ def test_plain_follows_mask_held_and_closing():
     conn.write(b"x" * 10)
     conn.hold((conn, "DATA", b"m\r\n"))
     assert conn.parcel("DATA").pending_input == b"m\r\n"
-    assert conn.plain  # the held events left with the parcel
+    assert conn.held and not conn.plain  # a parcel takes nothing until it has arrived
 
 
 def test_finish_is_true_once_and_stops_reading():
@@ -172,7 +172,13 @@ def test_parcel_carries_held_input_partial_and_unsent_output():
     parcel = conn.parcel(TcpEvent.DATA)
     assert (parcel.uuid, parcel.server, parcel.remote, parcel.eof) == ("u-1", "srv", "127.0.0.1:5", True)
     assert parcel.pending_input == b"one\r\ntw" and parcel.unsent_output == b"answer"
-    assert conn.held is None and conn.out_size == 0 and conn.framer.pending == 0
+    assert parcel.connected
+    # Nothing is taken: if the parcel cannot be delivered, the connection carries on as it was.
+    assert conn.held and conn.out_size == 6 and conn.framer.pending == 2
+    conn.unread.append(b"three\r\n")  # taken back from the event queue (the application failed)
+    conn.connected = False
+    parcel = conn.parcel(TcpEvent.DATA)
+    assert parcel.pending_input == b"one\r\nthree\r\ntw" and not parcel.connected
 
 
 def test_new_uuid_is_uuid4_text_unique_and_fresh_after_fork():

@@ -240,14 +240,16 @@ def test_a_retiring_worker_stuck_in_an_event_is_killed_after_destroy_timeout(sta
 
 
 def test_an_old_worker_retires_only_after_its_replacement_is_ready(start_server):
-    extra = '[tcp.pool]\nmax_jobs = 5\nallocate_timeout = "2s"\n'
+    # A memory limit (not max_jobs, which is a budget and hands over at once) retires the worker.
+    extra = ('[tcp.pool]\nallocate_timeout = "2s"\n'
+             '[tcp.pool.supervisor]\nwatch_tick = "100ms"\nmax_worker_memory = 150\n')
     server = start_server(servers_config("echo", app="recorder:boot_half_second", extra=extra))
     time.sleep(2.5)  # both workers are now older than allocate_timeout
     with Client(server.address("echo")) as client:
         uuid = connection_uuid(client)
         old = answering_pid(client)
-        for _ in range(4):
-            answering_pid(client)  # the 5th event and beyond: that worker asks to retire
+        client.send(b"grow 200\r\n")
+        assert client.line() == b"grown\r\n"
         retired = server.wait_log(rf"\(pid {old}\) retired")[0]
         ready = server.wait_log(r"worker 3 \(pid \d+\) ready")[0]
         assert server.lines.index(ready) < server.lines.index(retired), server.log
