@@ -7,6 +7,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+from .logs import printable
 from .request import Request, new_request
 
 if TYPE_CHECKING:
@@ -116,16 +117,17 @@ class TcpWorker:
     def error(self, message: str) -> None:
         """Report an application error: log it and close the current connection unwritten."""
         request = self._request
+        text = printable(str(message))  # a client may have chosen it: no forged log lines
         if request is None:
-            log.error("application error (worker %d): %s", self._pid, message)
+            log.error("application error (worker %d): %s", self._pid, text)
             return
         log.error(
             "application error (worker %d, server %s, connection %s, remote %s): %s",
             self._pid,
             request.server,
             request.connection_uuid,
-            request.remote_address or "-",
-            message,
+            printable(request.remote_address) or "-",
+            text,
         )
         if self._state == _AWAITING:
             self._state = _ANSWERED

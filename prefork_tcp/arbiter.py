@@ -21,7 +21,7 @@ from setproctitle import setproctitle
 
 from . import handoff, logs
 from .apploader import App
-from .channel import EOF, ChannelError, Kind, Message, Truncated
+from .channel import ChannelError, Kind, Message
 from .closing import CloseRequests
 from .config import MAX_WORKERS, Config, ConfigError
 from .control import ControlClient, ControlError, ControlPlane, socket_path
@@ -29,7 +29,7 @@ from .pool import WorkerHandle, describe_exit, fork_worker, rss_mb, worker_row
 from .scoreboard import Scoreboard, SlotWriter
 from .signals import SignalPipe
 from .sockets import Listener, rebind, unlink_unix
-from .supervisor import Limits, Watch, jittered_max_jobs, judge
+from .supervisor import Backoff, Limits, Watch, jittered_max_jobs, judge
 from .workerproc import EXIT_APP_LOAD, EXIT_BOOT_FAILED, WorkerContext
 from .workerproc import run as run_worker
 
@@ -43,9 +43,6 @@ _HANDLED_SIGNALS = (
 TICK = 1.0
 #: How often the master retries parcels no worker could take yet.
 RELAY_RETRY = 0.02
-#: Delay before retrying after the n-th consecutive failed boot: BACKOFF * 2**(n-1), capped.
-BACKOFF = 0.5
-BACKOFF_CAP = 30.0
 #: Scoreboard slots: enough for MAX_WORKERS, their replacements and retiring workers.
 SLOTS = 4 * MAX_WORKERS
 #: How long a close by uuid waits for the workers' answers.
@@ -84,11 +81,10 @@ class Arbiter:
         self.reload_backup: tuple[Config, str, int] | None = None
         self.ever_ready = False
         self.announced = False
-        self.boot_failures = 0
-        #: Consecutive workers that crashed (see CRASH_MEMORY), and when the last did.
-        self.crashes = 0
-        self.last_crash = 0.0
-        self.spawn_failures = 0
+        #: Delays after failures: 0.5 s doubling to 30 s (the first crash is replaced at once).
+        self.boot_failures = Backoff()
+        self.crashes = Backoff(free=1, memory=CRASH_MEMORY)
+        self.spawn_failures = Backoff()
         #: A step of the main loop raised in this round (the next wait is at least FAULT_PAUSE).
         self.faulted = False
         self._fault_logged: dict[str, float] = {}
@@ -211,12 +207,12 @@ class Arbiter:
                 handle = fork_worker(self.next_id, self.board, jittered_max_jobs(self.config.pool.max_jobs),
                                      self.generation, self._become_worker, {w.slot for w in self.workers.values()})
             except (OSError, RuntimeError) as exc:  # no descriptors, processes or slots: try again later
-                self.spawn_failures += 1
-                delay = min(BACKOFF * 2 ** (self.spawn_failures - 1), BACKOFF_CAP)
+                now = time.monotonic()
+                delay = self.spawn_failures.fail(now)
                 log.error("cannot start a worker: %s; retrying in %.1fs", exc, delay)
-                self.spawn_after = time.monotonic() + delay
+                self.spawn_after = now + delay
                 return
-            self.spawn_failures = 0
+            self.spawn_failures.reset()
             self.next_id += 1
             self.workers[handle.pid] = handle
             self.selector.register(handle.channel.sock, selectors.EVENT_READ, handle)
@@ -252,22 +248,15 @@ class Arbiter:
     def _read_channel(self, handle: WorkerHandle) -> None:
         """Act on every message waiting on a worker's channel; a worker that sends
         something that is not a message of the table is killed."""
-        while handle.watching:
-            try:
-                message = handle.channel.receive()
-            except Truncated as exc:  # the master is short of descriptors: the worker keeps it
-                log.warning("could not take connection %s from worker %d: %s", exc.message["uuid"], handle.id, exc)
-                handle.tell(Kind.PARCEL_ACK, uuid=exc.message["uuid"], ok=False)
-                continue
-            except ChannelError as exc:
-                self._kill_garbage(handle, str(exc))
-                return
-            if message is None:
-                return
-            if message is EOF:
-                self._unwatch(handle)
-                return
-            self._on_message(handle, message)
+        if not handle.watching:
+            return
+        try:
+            for message in handle.messages():
+                self._on_message(handle, message)
+        except ChannelError as exc:
+            self._kill_garbage(handle, str(exc))
+        if handle.ended:
+            self._unwatch(handle)
 
     def _on_message(self, handle: WorkerHandle, message: Message) -> None:
         kind = message.kind
@@ -316,7 +305,7 @@ class Arbiter:
 
     def _on_ready(self, handle: WorkerHandle) -> None:
         handle.ready = True
-        self.boot_failures = 0
+        self.boot_failures.reset()
         self.ever_ready = True
         log.info("worker %d (pid %d) ready", handle.id, handle.pid)
         serving = sum(w.serving for w in self.workers.values())
@@ -360,13 +349,9 @@ class Arbiter:
     def _on_crash(self) -> None:
         """A serving worker failed: replace it at once, but back off when it keeps happening."""
         now = time.monotonic()
-        if now - self.last_crash > CRASH_MEMORY:
-            self.crashes = 0
-        self.crashes += 1
-        self.last_crash = now
-        if self.crashes > 1:
-            delay = min(BACKOFF * 2 ** (self.crashes - 2), BACKOFF_CAP)
-            log.error("workers failed %d times in a row; the next one starts in %.1fs", self.crashes, delay)
+        delay = self.crashes.fail(now)
+        if delay:
+            log.error("workers failed %d times in a row; the next one starts in %.1fs", self.crashes.count, delay)
             self.spawn_after = max(self.spawn_after, now + delay)
 
     def _on_boot_failure(self, handle: WorkerHandle, how: str) -> None:
@@ -384,10 +369,10 @@ class Arbiter:
         if self.reload_backup is not None and handle.generation == self.generation:
             self._abort_reload()
             return
-        self.boot_failures += 1
-        delay = min(BACKOFF * 2 ** (self.boot_failures - 1), BACKOFF_CAP)
-        log.error("worker %d failed to start (%d in a row); retrying in %.1fs", handle.id, self.boot_failures, delay)
-        self.spawn_after = time.monotonic() + delay
+        now = time.monotonic()
+        delay = self.boot_failures.fail(now)
+        log.error("worker %d failed to start (%d in a row); retrying in %.1fs", handle.id, self.boot_failures.count, delay)
+        self.spawn_after = now + delay
 
     def _check_timeouts(self) -> None:
         now = time.monotonic()

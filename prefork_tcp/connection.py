@@ -34,6 +34,7 @@ class Connection:
         "held",
         "high_water",
         "idle_since",
+        "kernel_queued",
         "linger_until",
         "mask",
         "open",
@@ -107,6 +108,8 @@ class Connection:
         self.partial_since = 0.0
         self.wrote = False
         self.write_since = 0.0
+        #: What the kernel held unsent for it at the last sweep (SIOCOUTQ).
+        self.kernel_queued = 0
 
     def write(self, data: bytes) -> bool:
         """Queue output; return True when it is the first queued (the loop must flush it).

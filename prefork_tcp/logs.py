@@ -44,6 +44,22 @@ def setup(config: LogConfig) -> None:
     root.setLevel(config.level.upper())
 
 
+class Throttle:
+    """Warnings that would repeat (out of descriptors, a full worker) logged at most once
+    per ``interval`` seconds for each kind."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 1.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._last: dict[str, float] = {}
+
+    def warn(self, what: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last.get(what, -self.interval) >= self.interval:
+            self._last[what] = now
+            self.logger.warning(message, *args)
+
+
 def printable(text: str) -> str:
     """Return ``text`` with control and other unprintable characters escaped (``\\n``,
     ``\\x1b``), for text a client controls (peer names, application error messages), so

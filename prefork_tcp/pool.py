@@ -8,12 +8,12 @@ import select
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import psutil
 
-from .channel import Channel, Kind
+from .channel import EOF, Channel, Kind, Message, Truncated
 from .scoreboard import Row, Scoreboard
 
 log = logging.getLogger("prefork_tcp.master")
@@ -49,6 +49,8 @@ class WorkerHandle:
     budget_low: bool = False
     #: The selector events its channel is registered for (0: no longer watched).
     watching: int = 0
+    #: Its end of the channel is closed (it exited, or is about to).
+    ended: bool = False
 
     @property
     def serving(self) -> bool:
@@ -64,6 +66,27 @@ class WorkerHandle:
         """Send a message; it waits in the channel's queue while the socket is full, and the
         master's loop flushes it when the socket is writable again. Never dropped."""
         self.channel.send(kind, **fields)
+
+    def messages(self) -> Iterator[Message]:
+        """Yield the messages waiting on the channel; stop when none is left, or at its end
+        (then ``watching`` should end). Raises ChannelError for what is not a message.
+
+        A parcel whose descriptors the master had no room for is refused here: the worker
+        keeps that connection and sends it again.
+        """
+        while True:
+            try:
+                message = self.channel.receive()
+            except Truncated as exc:
+                log.warning("could not take connection %s from worker %d: %s", exc.message["uuid"], self.id, exc)
+                self.tell(Kind.PARCEL_ACK, uuid=exc.message["uuid"], ok=False)
+                continue
+            if message is None:
+                return
+            if message is EOF:
+                self.ended = True
+                return
+            yield message
 
     def signal(self, signum: int) -> None:
         try:

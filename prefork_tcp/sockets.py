@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import socket
 import stat
+import sys
+import termios
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -197,3 +200,11 @@ def rebind(listeners: list[Listener], servers: Iterable[ServerSettings]) -> list
     if {(s.name, str(s.addr)) for s in servers} != {(lst.name, str(lst.address)) for lst in listeners}:
         raise ValueError("names and addresses cannot change on reload; restart the server")
     return [Listener.for_server(s, by_name[s.name].sock) for s in servers]
+
+
+def unsent_bytes(sock: socket.socket) -> int:
+    """Bytes the kernel holds for a socket that its peer has not acknowledged (SIOCOUTQ)."""
+    try:
+        return int.from_bytes(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"), sys.byteorder)
+    except OSError:
+        return 0

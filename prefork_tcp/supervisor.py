@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -114,3 +115,27 @@ def judge(row: Row, activity: Activity, limits: Limits, now: float, max_jobs: in
     if limits.max_worker_memory and rss_mb is not None and rss_mb > limits.max_worker_memory:
         return Verdict("retire", f"uses {rss_mb:.0f} MB (max_worker_memory {limits.max_worker_memory} MB)")
     return None
+
+
+class Backoff:
+    """How long to wait after repeated failures: none for the first ``free`` ones, then
+    ``base`` doubling up to ``cap``. A failure more than ``memory`` seconds after the
+    previous one starts the count again."""
+
+    def __init__(self, base: float = 0.5, cap: float = 30.0, free: int = 0, memory: float = math.inf) -> None:
+        self.base, self.cap, self.free, self.memory = base, cap, free, memory
+        self.count = 0
+        self.last = -math.inf
+
+    def fail(self, now: float) -> float:
+        """Count a failure at ``now``; return the delay before the next attempt."""
+        if now - self.last > self.memory:
+            self.count = 0
+        self.count += 1
+        self.last = now
+        if self.count <= self.free:
+            return 0.0
+        return min(self.base * 2 ** (self.count - self.free - 1), self.cap)
+
+    def reset(self) -> None:
+        self.count = 0

@@ -7,11 +7,7 @@ answer written since the last poll (one ``send`` per connection) and waits in ``
 
 from __future__ import annotations
 
-import _socket
-import errno
 import logging
-import os
-import resource
 import select
 import signal
 import socket
@@ -20,16 +16,16 @@ from collections import deque
 from collections.abc import Iterator
 
 from . import timeouts as timeout_rules
+from .accepting import Acceptor
 from .api import TcpEvent, TcpResponse
 from .channel import Channel, Kind
 from .connection import Connection
-from .framing import MessageTooLarge, make_framer
-from .logs import printable
+from .framing import MessageTooLarge
+from .logs import Throttle, printable
 from .scoreboard import Scoreboard, SlotWriter, State
 from .signals import SignalPipe
-from .sockets import Listener, format_peer
+from .sockets import Listener, unsent_bytes
 from .ticker import Ticker
-from .uuids import new_uuid
 
 log = logging.getLogger("prefork_tcp.worker")
 
@@ -41,21 +37,8 @@ DATA = TcpEvent.DATA
 CLOSE = TcpEvent.CLOSE
 _EOF = None  # queued after a half-closed connection's last DATA
 
-#: Connections accepted per wake-up of one listener, so one busy listener can't starve the rest.
-ACCEPT_BATCH = 64
 #: How long a gracefully closed connection waits for the client's FIN after ours.
 LINGER = 2.0
-#: How long accepting pauses when the process runs out of file descriptors.
-ACCEPT_BACKOFF = 0.5
-#: A worker holding more than this times the serving workers' average number of
-#: connections (plus one) lets the others accept for ACCEPT_YIELD seconds.
-FAIR_SHARE = 1.1
-ACCEPT_YIELD = 0.005
-#: Descriptors kept free for connections handed over by other workers: a worker stops
-#: accepting while fewer are left.
-FD_RESERVE = 32
-#: The shortest interval between two warnings about the same shortage.
-WARN_INTERVAL = 1.0
 
 Event = tuple[Connection, TcpEvent | None, bytes]
 
@@ -80,7 +63,6 @@ class EventLoop:
         #: Connections answered since the last flush.
         self.dirty: list[Connection] = []
         self.conns: dict[int, Connection] = {}
-        self.listeners = {lst.sock.fileno(): lst for lst in listeners}
         #: Framing rules by server name, for connections adopted from other workers.
         self.servers = {lst.name: lst for lst in listeners}
         self.slot = slot or SlotWriter(Scoreboard(1), 0)
@@ -101,16 +83,11 @@ class EventLoop:
         self.stopped = False
         self.retiring = False
         self.stop_deadline = 0.0
-        #: Accepting is paused until then (0: not paused): out of descriptors, or fair share.
-        self.accept_resume = 0.0
-        #: Set whenever one of the four above needs the loop's attention (``_attend``).
+        #: Set whenever the loop has rare duties (``_attend``): retiring, stopping,
+        #: lingering closes, paused accepts.
         self.attention = False
-        #: Whether the listening sockets are in the epoll set.
-        self.armed = False
-        #: At max_connections or the descriptor reserve: accepting resumes when one closes.
-        self.full = False
-        self.capacity = 0
-        self._warned: dict[str, float] = {}
+        self.warnings = Throttle(log)
+        self.acceptor = Acceptor(listeners, self.epoll, self.slot, max_connections, high_water, self.warnings)
         self.epoll.register(self.channel.fileno(), EPOLLIN)
         self.epoll.register(signals.fileno(), EPOLLIN)
         # Timeouts: a sweep every ``interval``, woken by a timerfd (no clock read per event).
@@ -119,20 +96,7 @@ class EventLoop:
         self.ticker = Ticker(interval) if interval else None
         if self.ticker is not None:
             self.epoll.register(self.ticker.fileno(), EPOLLIN)
-        self.capacity = self._capacity(max_connections)
-        self._sync_accepting()
-
-    def _capacity(self, max_connections: int) -> int:
-        """Connections this worker may hold: max_connections, and the open-files limit less
-        the descriptors in use now and the reserve for handoffs."""
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        try:
-            in_use = len(os.listdir("/proc/self/fd"))
-        except OSError:
-            in_use = 64
-        by_fds = soft - in_use - FD_RESERVE if soft != resource.RLIM_INFINITY else 1 << 30
-        limit = max(1, by_fds)
-        return min(limit, max_connections) if max_connections else limit
+        self.acceptor.sync()
 
     # -- what TcpWorker calls -------------------------------------------------------
 
@@ -265,7 +229,7 @@ class EventLoop:
 
     def _attend(self) -> float | None:
         """The loop's rare duties before it waits; return the wait's timeout (None: stopped)."""
-        if self.lingering or self.accept_resume:
+        if self.lingering or self.acceptor.resume_at:
             self._expire()
         if self.retiring and not self.stopping:
             self._hand_off_all()
@@ -273,7 +237,7 @@ class EventLoop:
         if self.stopping and self._drained():
             self._shut_down()
             return None
-        self.attention = bool(self.stopping or self.lingering or self.accept_resume)
+        self.attention = bool(self.stopping or self.lingering or self.acceptor.resume_at)
         return self._poll_timeout()
 
     def answer(self, conn: Connection, response: TcpResponse, body: bytes) -> None:
@@ -292,8 +256,8 @@ class EventLoop:
 
     def _wake(self, fd: int, mask: int) -> None:
         """A descriptor other than a connection is ready: a listener, the channel, signals, the ticker."""
-        if fd in self.listeners:
-            self._accept(self.listeners[fd])
+        if fd in self.acceptor.listeners:
+            self._accept(fd)
         elif fd == self.channel.fileno():
             if mask & EPOLLOUT:
                 self._flush_channel()
@@ -311,6 +275,13 @@ class EventLoop:
         expired = timeout_rules.expired
         for conn in list(self.conns.values()):
             if conn.sock is not None and conn.timeouts:
+                if conn.out_size:
+                    # Output waits here; the kernel's own queue may still be draining
+                    # (EPOLLOUT comes only once a third of its buffer is free): that is progress.
+                    queued = unsent_bytes(conn.sock)
+                    if queued < conn.kernel_queued:
+                        conn.active = conn.wrote = True
+                    conn.kernel_queued = queued
                 which = expired(conn, now)
                 if which is not None:
                     self._timed_out(conn, which)
@@ -408,65 +379,20 @@ class EventLoop:
         else:
             self._update_mask(conn)
 
-    def _accept(self, listener: Listener) -> None:
-        lsock = listener.sock
-        family, type_, proto = lsock.family, lsock.type, lsock.proto
-        try:
-            self._accept_batch(listener, lsock, family, type_, proto)
-        finally:
-            if not self.armed:
-                pass  # paused (out of descriptors, full) or stopping: nothing to re-arm
-            elif self.slot.above_fair_share(len(self.conns), FAIR_SHARE):
-                self._pause_accepting(ACCEPT_YIELD)  # the other workers take the next ones
-            elif listener.sock.fileno() in self.listeners:
-                # Re-arm: this worker's wait-queue entry moves behind the other workers',
-                # so EPOLLEXCLUSIVE wakes another idle worker for the next connection.
-                fd = listener.sock.fileno()
-                self.epoll.unregister(fd)
-                self.epoll.register(fd, EPOLLIN | select.EPOLLEXCLUSIVE)
-
-    def _accept_batch(self, listener: Listener, lsock: socket.socket, family: int, type_: int, proto: int) -> None:
-        conns, capacity = self.conns, self.capacity
-        for _ in range(ACCEPT_BATCH):
-            if len(conns) >= capacity:
-                self._at_capacity()
-                return
-            try:
-                # The C-level accept and socket type: socket.socket's Python layer costs
-                # a noticeable share of a short connection's life.
-                fd, addr = lsock._accept()  # type: ignore[attr-defined]
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self.warn_once("accept", "cannot accept on %s: %s; pausing accepts for %gs",
-                                   listener.name, exc.strerror, ACCEPT_BACKOFF)
-                    self._pause_accepting(ACCEPT_BACKOFF)
-                    return
-                continue  # ECONNABORTED and friends: that client is gone already
-            sock = _socket.socket(family, type_, proto, fd)
-            sock.setblocking(False)
-            if listener.is_tcp:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if listener.keepalive:
-                    _keepalive(sock, listener.keepalive)
-            conn = Connection(
-                sock,
-                new_uuid(),
-                listener.name,
-                format_peer(family, addr),
-                make_framer(listener.delimiter, listener.max_message_size, listener.read_size),
-                listener.read_size,
-                self.high_water,
-                listener.timeouts,
-                self.clock,
-            )
+    def _accept(self, fd: int) -> None:
+        new = self.acceptor.accept(fd, len(self.conns), self.clock)
+        if self.acceptor.resume_at:
+            self.attention = True
+        if not new:
+            return
+        conns, register, append = self.conns, self.epoll.register, self.events.append
+        for conn in new:
             conns[conn.fd] = conn
-            self.epoll.register(conn.fd, EPOLLIN)
+            register(conn.fd, EPOLLIN)
             conn.mask = EPOLLIN
             conn.plain = True
-            self.slot.set_connections(len(self.conns))
-            self.events.append((conn, CONNECTED, b""))
+            append((conn, CONNECTED, b""))
+        self.slot.set_connections(len(conns))
 
     # -- finishing connections --------------------------------------------------------
 
@@ -552,14 +478,12 @@ class EventLoop:
         if self.lingering:
             for conn in [c for c in self.lingering if c.linger_until <= now]:
                 self._close_socket(conn)
-        if self.accept_resume and now >= self.accept_resume:
-            self.accept_resume = 0.0
-            self._sync_accepting()
+        self.acceptor.expire(now)
 
     def _poll_timeout(self) -> float:
         deadlines = [c.linger_until for c in self.lingering]
-        if self.accept_resume:
-            deadlines.append(self.accept_resume)
+        if self.acceptor.resume_at:
+            deadlines.append(self.acceptor.resume_at)
         if self.stopping:
             deadlines.append(self.stop_deadline)
         if not deadlines:
@@ -568,45 +492,11 @@ class EventLoop:
 
     # -- listeners, master and signals --------------------------------------------------
 
-    def _sync_accepting(self) -> None:
-        """Put the listeners in the epoll set or take them out, as the loop's state says."""
-        wanted = bool(self.listeners) and not self.full and not self.accept_resume
-        if wanted == self.armed:
-            return
-        for fd in self.listeners:
-            if wanted:  # EPOLLEXCLUSIVE: a new connection wakes one waiting worker, not all of them.
-                self.epoll.register(fd, EPOLLIN | select.EPOLLEXCLUSIVE)
-            else:
-                self.epoll.unregister(fd)
-        self.armed = wanted
-
-    def _pause_accepting(self, seconds: float) -> None:
-        """Stop accepting for ``seconds`` (a longer pause already decided is kept)."""
-        self.accept_resume = max(self.accept_resume, time.monotonic() + seconds)
-        self.attention = True
-        self._sync_accepting()
-
-    def _at_capacity(self) -> None:
-        """max_connections reached, or only the reserve of descriptors left: stop accepting
-        until a connection closes (``_removed``)."""
-        self.full = True
-        self._sync_accepting()
-        self.warn_once("capacity", "worker holds %d connections, its limit (max_connections or the "
-                       "open-files limit less a reserve); not accepting until one closes", len(self.conns))
-
     def _removed(self) -> None:
         """A connection left this worker: publish the count, accept again if it was full."""
-        self.slot.set_connections(len(self.conns))
-        if self.full and len(self.conns) < self.capacity:
-            self.full = False
-            self._sync_accepting()
-
-    def warn_once(self, what: str, message: str, *args: object) -> None:
-        """Log a warning about ``what`` at most once per WARN_INTERVAL."""
-        now = time.monotonic()
-        if now - self._warned.get(what, -WARN_INTERVAL) >= WARN_INTERVAL:
-            self._warned[what] = now
-            log.warning(message, *args)
+        count = len(self.conns)
+        self.slot.set_connections(count)
+        self.acceptor.removed(count)
 
     def tell_master(self, kind: Kind, **fields: object) -> None:
         """Send the master a message; it waits in the channel's queue if the socket is full."""
@@ -656,13 +546,7 @@ class EventLoop:
 
     def _close_listeners(self) -> None:
         """Stop accepting: this worker's copies of the listening sockets are closed."""
-        for lst in self.listeners.values():
-            if self.armed:
-                self.epoll.unregister(lst.sock.fileno())
-            lst.sock.close()
-        self.listeners = {}
-        self.armed = False
-        self.accept_resume = 0.0
+        self.acceptor.close()
 
     def _drained(self) -> bool:
         return not self.conns or time.monotonic() >= self.stop_deadline
@@ -672,11 +556,3 @@ class EventLoop:
             self._drop(conn)
         self.stopped = True
 
-
-def _keepalive(sock: socket.socket, idle: float) -> None:
-    """Turn on TCP keepalive: probes after ``idle`` seconds of silence."""
-    seconds = max(1, int(idle))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, seconds)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, min(seconds, 75)))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 5)

@@ -42,7 +42,7 @@ class WorkerLoop(EventLoop):
             try:
                 message = self.channel.receive()
             except Truncated as exc:  # a parcel whose descriptors we had no room for
-                self.warn_once("adopt", "cannot adopt connection %s: %s; the master sends it elsewhere",
+                self.warnings.warn("adopt", "cannot adopt connection %s: %s; the master sends it elsewhere",
                                exc.message["uuid"], exc)
                 self.tell_master(Kind.PARCEL_ACK, uuid=exc.message["uuid"], ok=False)
                 continue
@@ -164,7 +164,7 @@ class WorkerLoop(EventLoop):
                 try:
                     fields, fds = handoff.pack(conn.parcel(DATA), conn.fd)
                 except OSError as exc:  # no descriptor or memory for the payload: try again soon
-                    self.warn_once("handoff", "cannot hand over connection %s yet: %s", conn.uuid, exc.strerror)
+                    self.warnings.warn("handoff", "cannot hand over connection %s yet: %s", conn.uuid, exc.strerror)
                     retry_at = now + HANDOFF_RETRY
                     break
                 try:
@@ -237,7 +237,7 @@ class WorkerLoop(EventLoop):
             sock = socket.socket(fileno=message.fds[0])
         except (OSError, ValueError) as exc:
             close_all(message.fds[:1])
-            self.warn_once("adopt", "cannot adopt connection %s: %s; the master sends it elsewhere", uuid, exc)
+            self.warnings.warn("adopt", "cannot adopt connection %s: %s; the master sends it elsewhere", uuid, exc)
             self.tell_master(Kind.PARCEL_ACK, uuid=uuid, ok=False)
             return
         self.tell_master(Kind.PARCEL_ACK, uuid=uuid, ok=True)

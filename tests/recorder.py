@@ -5,7 +5,8 @@ CONNECTED: server ``greet`` answers ``hello <uuid>``, ``reject`` closes, ``slow`
 half a second before READ, others READ.
 DATA commands (the body without its delimiter): ``close``, ``bye`` (RESPOND_CLOSE),
 ``bigbye N``, ``error``, ``noanswer``, ``twice``, ``badtype``, ``str``, ``big N``, ``sleep S``, ``grow MB``, ``kill UUID``, ``pid``,
-``uuid``; anything else is echoed.
+``uuid``, ``raise`` (a RuntimeError escapes the application), ``errormsg TEXT`` (``worker.error(TEXT)``
+with each ``\\n`` in TEXT turned into a newline); anything else is echoed.
 """
 
 from __future__ import annotations
@@ -92,6 +93,10 @@ def _data(worker: TcpWorker, request: Request, fh) -> None:
         worker.respond(f"{os.getpid()}\r\n")
     elif command == b"uuid":
         worker.respond(f"{request.connection_uuid}\r\n")
+    elif command == b"raise":
+        raise RuntimeError("the client asked for a crash")
+    elif command == b"errormsg":
+        worker.error(arg.decode("latin-1").replace("\\n", "\n"))
     else:
         worker.respond(request.body)
 
