@@ -11,8 +11,6 @@ from .logs import printable
 from .request import Request, new_request
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from .connection import Connection
     from .workerloop import WorkerLoop as EventLoop
 
@@ -146,10 +144,6 @@ class TcpWorker:
     def current_connection(self) -> Connection | None:
         """The connection of the request being handled (for the worker process, not the app)."""
         return self._conn
-
-    def events(self) -> Iterator[tuple[Connection, TcpEvent | None, bytes]]:
-        """The loop's event stream (for the worker process, not the app)."""
-        return self._events
 
     def _check_answerable(self) -> None:
         if self._state == _CLOSE_EVENT:

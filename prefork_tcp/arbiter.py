@@ -269,9 +269,10 @@ class Arbiter:
         elif kind is Kind.BUDGET_LOW:
             handle.budget_low = True  # _spawn_missing starts its successor now
         elif kind is Kind.BUDGET_SPENT:
-            handle.budget_low = True
-            self.retire(handle, f"handled its max_jobs ({handle.max_jobs} events)")
-            handle.retire_sent = handle.retire_sent or time.monotonic()  # it is handing over already
+            self._retiring_itself(handle, f"handled its max_jobs ({handle.max_jobs} events)")
+        elif kind is Kind.APP_FAILED:
+            handle.crashed = True
+            self._retiring_itself(handle, "its application failed")
         elif kind is Kind.CLOSED:
             self.closes.answer(message["id"], handle.pid, message["found"])
         elif kind is Kind.CLOSE_REQUEST:
@@ -279,6 +280,16 @@ class Arbiter:
         elif kind is Kind.FAILED:
             code = message["code"] if message["code"] in (EXIT_BOOT_FAILED, EXIT_APP_LOAD) else EXIT_BOOT_FAILED
             handle.failure = (code, message["cause"])
+
+    def _retiring_itself(self, handle: WorkerHandle, reason: str) -> None:
+        """A worker hands its connections over without being asked: take it off the list
+        of workers that adopt connections (its parcels follow this message)."""
+        handle.budget_low = True
+        if not (handle.retiring or handle.stopping):
+            handle.retiring = reason
+            handle.retire_requested = time.monotonic()
+            log.info("worker %d (pid %d) hands its connections over: %s", handle.id, handle.pid, reason)
+        handle.retire_sent = handle.retire_sent or time.monotonic()
 
     def _take_parcel(self, handle: WorkerHandle, message: Message) -> None:
         """A worker hands a connection over: keep it until another worker adopts it."""
@@ -335,6 +346,10 @@ class Arbiter:
         how = describe_exit(status)
         if handle.killed:
             log.warning("worker %d (pid %d) %s (%s); starting a replacement", handle.id, handle.pid, how, handle.killed)
+        elif handle.crashed:
+            log.warning("worker %d (pid %d) %s after its application failed; starting a replacement",
+                        handle.id, handle.pid, how)
+            self._on_crash()
         elif handle.retiring and handle.ready:
             log.info("worker %d (pid %d) retired (%s): %s", handle.id, handle.pid, handle.retiring, how)
         elif handle.ready or handle.stopping:
@@ -554,7 +569,10 @@ class Arbiter:
         self.quick = quick
         for handle in self.workers.values():
             handle.stopping = True
-            handle.tell(Kind.QUIT if quick else Kind.STOP)
+            # The command goes ahead of anything queued, and the signal rings the worker's
+            # bell in case its channel is still full of older messages (SPEC §6).
+            handle.tell(Kind.QUIT if quick else Kind.STOP, urgent=True)
+            handle.signal(signal.SIGQUIT if quick else signal.SIGTERM)
 
     def _cleanup(self) -> None:
         for handle in self.workers.values():

@@ -15,6 +15,7 @@ the types that carry fields; a parcel also carries file descriptors (SCM_RIGHTS)
 | READY | ``R`` | worker | | the application waits for its first request |
 | BUDGET_LOW | ``L`` | worker | | three quarters of max_jobs handled: start a successor |
 | BUDGET_SPENT | ``J`` | worker | | max_jobs handled: handing every connection over now |
+| APP_FAILED | ``X`` | worker | | the application raised: handing the other connections over, then exit |
 | CLOSED | ``c`` | worker | id, found | the answer to CLOSE |
 | CLOSE_REQUEST | ``K`` | worker | id, uuid | close this uuid wherever it lives |
 | FAILED | ``E`` | worker | code, cause | why the worker could not start |
@@ -65,6 +66,7 @@ class Kind(enum.Enum):
     READY = (b"R", _WORKER, {})
     BUDGET_LOW = (b"L", _WORKER, {})
     BUDGET_SPENT = (b"J", _WORKER, {})
+    APP_FAILED = (b"X", _WORKER, {})
     CLOSED = (b"c", _WORKER, {"id": int, "found": bool})
     CLOSE_REQUEST = (b"K", _WORKER, {"id": int, "uuid": str})
     FAILED = (b"E", _WORKER, {"code": int, "cause": str})
@@ -204,12 +206,15 @@ class Channel:
         """Whether messages wait for the socket to become writable."""
         return bool(self.queue)
 
-    def send(self, kind: Kind, **fields: Any) -> None:
-        """Send a message without descriptors; queue it if the socket is full. Never dropped
-        unless the other end is gone."""
+    def send(self, kind: Kind, urgent: bool = False, **fields: Any) -> None:
+        """Send a message without descriptors; queue it if the socket is full (``urgent``:
+        ahead of what is queued). Never dropped unless the other end is gone."""
         packet = encode(kind, fields)
         if self.queue:
-            self.queue.append(packet)
+            if urgent:
+                self.queue.appendleft(packet)
+            else:
+                self.queue.append(packet)
             return
         if not self._send_packet(packet):
             self.queue.append(packet)

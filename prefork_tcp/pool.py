@@ -45,8 +45,11 @@ class WorkerHandle:
     retire_sent: float = 0.0
     #: Why the master killed it ("" unless it did).
     killed: str = ""
-    #: It has handled three quarters of its max_jobs: a successor is started for it.
+    #: It has handled three quarters of its max_jobs (or is leaving on its own): a
+    #: successor is started for it.
     budget_low: bool = False
+    #: Its application raised; it is handing its connections over and exiting.
+    crashed: bool = False
     #: The selector events its channel is registered for (0: no longer watched).
     watching: int = 0
     #: Its end of the channel is closed (it exited, or is about to).
@@ -62,10 +65,11 @@ class WorkerHandle:
         """Retiring, stopping, killed, or about to retire: it needs no replacement counted."""
         return bool(self.retiring or self.stopping or self.killed or self.budget_low)
 
-    def tell(self, kind: Kind, **fields: object) -> None:
+    def tell(self, kind: Kind, urgent: bool = False, **fields: object) -> None:
         """Send a message; it waits in the channel's queue while the socket is full, and the
-        master's loop flushes it when the socket is writable again. Never dropped."""
-        self.channel.send(kind, **fields)
+        master's loop flushes it when the socket is writable again. Never dropped.
+        ``urgent`` puts it ahead of the queue."""
+        self.channel.send(kind, urgent, **fields)
 
     def messages(self) -> Iterator[Message]:
         """Yield the messages waiting on the channel; stop when none is left, or at its end

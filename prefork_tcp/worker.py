@@ -87,6 +87,8 @@ class EventLoop:
         #: lingering closes, paused accepts.
         self.attention = False
         self.warnings = Throttle(log)
+        #: Listeners found readable in the last poll, accepted from in ``_attend``.
+        self.accept_ready: list[int] = []
         self.acceptor = Acceptor(listeners, self.epoll, self.slot, max_connections, high_water, self.warnings)
         self.epoll.register(self.channel.fileno(), EPOLLIN)
         self.epoll.register(signals.fileno(), EPOLLIN)
@@ -229,6 +231,11 @@ class EventLoop:
 
     def _attend(self) -> float | None:
         """The loop's rare duties before it waits; return the wait's timeout (None: stopped)."""
+        if self.accept_ready:
+            ready, self.accept_ready = self.accept_ready, []
+            for fd in ready:
+                if fd in self.acceptor.listeners:
+                    self._accept(fd)
         if self.lingering or self.acceptor.resume_at:
             self._expire()
         if self.retiring and not self.stopping:
@@ -257,7 +264,10 @@ class EventLoop:
     def _wake(self, fd: int, mask: int) -> None:
         """A descriptor other than a connection is ready: a listener, the channel, signals, the ticker."""
         if fd in self.acceptor.listeners:
-            self._accept(fd)
+            # Accepted in ``_attend``, after the rest of this batch: a stop that came with it
+            # (the channel, a signal) is seen before a new connection is taken.
+            self.accept_ready.append(fd)
+            self.attention = True
         elif fd == self.channel.fileno():
             if mask & EPOLLOUT:
                 self._flush_channel()
@@ -363,6 +373,13 @@ class EventLoop:
             self._drop(conn)
             return
         self._sent(conn, data, sent)
+
+    def _flush_dirty(self) -> None:
+        """Send every answer written since the last flush (``pump()`` inlines this)."""
+        for conn in self.dirty:
+            if conn.out and conn.sock is not None:
+                self._send(conn)
+        self.dirty.clear()
 
     def _sent(self, conn: Connection, data: bytes, sent: int) -> None:
         """Act on a send: keep what the kernel did not take, release held events, close."""

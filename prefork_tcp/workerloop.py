@@ -20,7 +20,7 @@ from .connection import Connection
 from .framing import make_framer
 from .scoreboard import State
 from .timeouts import NONE as NO_TIMEOUTS
-from .worker import CONNECTED, DATA, Event, EventLoop
+from .worker import CONNECTED, DATA, EventLoop
 
 log = logging.getLogger("prefork_tcp.worker")
 
@@ -60,7 +60,11 @@ class WorkerLoop(EventLoop):
         """Act on one message from the master."""
         kind = message.kind
         if kind is Kind.PARCEL:
-            self._adopt(message)
+            if self.retiring and not self.stopping:  # sent before the master knew: it goes elsewhere
+                close_all(message.fds)
+                self.tell_master(Kind.PARCEL_ACK, uuid=message["uuid"], ok=False)
+            else:
+                self._adopt(message)
         elif kind is Kind.QUIT:
             self.begin_stop(quick=True)
         elif kind is Kind.STOP:
@@ -207,13 +211,15 @@ class WorkerLoop(EventLoop):
         conn.sock.close()  # type: ignore[union-attr]
         conn.sock = None
 
-    def salvage(self, current: Connection | None, events: Iterator[Event]) -> None:
+    def salvage(self, current: Connection | None) -> None:
         """After the application raised: close the connection whose event raised, write the
         answers already given, hand every other connection over, and stop.
 
         Events read but not delivered go back into their connections' parcels (a
-        connection whose CONNECTED was never delivered gets it from its new owner).
+        connection whose CONNECTED was never delivered gets it from its new owner). The
+        event loop is not resumed: it may have been in the middle of a batch of reads.
         """
+        self.tell_master(Kind.APP_FAILED)  # before any parcel: no connection is sent back here
         if current is not None and current.open:
             self._finish(current)
         for conn, event, body in self.events:
@@ -223,11 +229,21 @@ class WorkerLoop(EventLoop):
                 conn.unread.append(body)
         self.events.clear()
         self.begin_retire()
-        for _ in events:  # the loop flushes, hands over, then stops; no event is delivered
-            pass
-        if not self.stopped:  # the loop itself had failed: do its last duties here
+        self._flush_dirty()
+        if not self.stopping:
             self._hand_off_all()
-            self._shut_down()
+            self.begin_stop(quick=False)
+        while not self._drained():  # the closing connections' output and FIN; no event is delivered
+            self.events.clear()
+            self._flush_dirty()
+            for fd, mask in self.epoll.poll(self._poll_timeout()):
+                conn = self.conns.get(fd)
+                if conn is not None:
+                    self._service(conn, mask)
+                else:
+                    self._wake(fd, mask)
+            self._expire()
+        self._shut_down()
 
     def _adopt(self, message: Message) -> None:
         """Carry on serving a connection another worker handed over: same uuid, no CONNECTED."""

@@ -91,7 +91,7 @@ def run(ctx: WorkerContext) -> int:
         log.exception("application failed in worker %d; its other connections move to other workers "
                       "and the worker is replaced", ctx.worker_id)
         try:
-            loop.salvage(worker.current_connection(), worker.events())
+            loop.salvage(worker.current_connection())
         except Exception:
             log.exception("worker %d could not hand its connections over", ctx.worker_id)
         return EXIT_APP_FAILED

@@ -48,7 +48,7 @@ def test_max_jobs_recycles_workers_and_keeps_the_connection(start_server):
         assert_kept(server, uuid)
         handled = [e["pid"] for e in server.events_of(uuid)]
     assert set(handled) == pids
-    assert server.log.count("retiring worker") >= 3
+    assert server.log.count("hands its connections over: handled its max_jobs") >= 3
     events = server.wait_events(uuid)
     assert [e["event"] for e in events].count("CLOSE") == 1
     counts: dict[int, int] = {}
