@@ -163,14 +163,19 @@ class WorkerLoop(EventLoop):
             if now >= deadline:
                 break
             blocked = False
+            unpackable = 0
             while waiting and len(in_transit) < HANDOFF_WINDOW and now >= retry_at:
                 conn = waiting[0]
                 try:
                     fields, fds = handoff.pack(conn.parcel(DATA), conn.fd)
-                except OSError as exc:  # no descriptor or memory for the payload: try again soon
+                except OSError as exc:  # no descriptor or memory for its payload: the others first
                     self.warnings.warn("handoff", "cannot hand over connection %s yet: %s", conn.uuid, exc.strerror)
-                    retry_at = now + HANDOFF_RETRY
-                    break
+                    waiting.rotate(-1)
+                    unpackable += 1
+                    if unpackable >= len(waiting):  # none can go now: descriptors free up as parcels leave
+                        retry_at = now + HANDOFF_RETRY
+                        break
+                    continue
                 try:
                     sent = self.channel.send_with_fds(Kind.PARCEL, fields, fds)
                 finally:
