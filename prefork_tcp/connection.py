@@ -102,7 +102,7 @@ class Connection:
         # Timeouts (``timeouts.expired``): the loop raises ``active`` on every read and
         # ``wrote`` on every send that made progress; the sweep turns them into times.
         self.timeouts = timeouts
-        self.active = False
+        self.active = True  # the next sweep starts its idle clock
         self.idle_since = now
         self.partial_seen = -1
         self.partial_since = 0.0
