@@ -30,11 +30,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prefork_tcp.api import TcpWorker  # noqa: E402
+from prefork_tcp.channel import Kind, encode  # noqa: E402
 from prefork_tcp.connection import Connection  # noqa: E402
 from prefork_tcp.examples.ping import main as ping_main  # noqa: E402
 from prefork_tcp.framing import make_framer  # noqa: E402
 from prefork_tcp.signals import SignalPipe  # noqa: E402
-from prefork_tcp.channel import Kind, encode  # noqa: E402
 from prefork_tcp.workerloop import WorkerLoop  # noqa: E402
 
 FIRST_FD = 100_000  # fake descriptors, far above any real one
