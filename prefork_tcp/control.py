@@ -12,10 +12,11 @@ import logging
 import os
 import selectors
 import socket
-import stat
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
+
+from .sockets import remove_stale_socket
 
 log = logging.getLogger("prefork_tcp.master")
 
@@ -168,23 +169,9 @@ class ControlClient:
 def _claim_path(path: str) -> None:
     """Remove a stale control socket at ``path``; refuse a live one or a file that is not a socket."""
     try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise ControlError(f"{path}: a file that is not a socket is in the way of the control socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        os.unlink(path)  # left by a master that is gone
-        return
+        remove_stale_socket(path)
     except OSError as exc:
-        raise ControlError(f"{path}: cannot check the control socket: {exc.strerror or exc}") from None
-    finally:
-        probe.close()
-    raise ControlError(f"{path}: another master is running there (its control socket answers)")
+        raise ControlError(f"{path}: cannot be the control socket: {exc.strerror or exc}") from None
 
 
 class Master(Protocol):

@@ -133,7 +133,7 @@ def bind(address: Address, backlog: int = BACKLOG) -> socket.socket:
 
 
 def _bind_unix(path: str, backlog: int) -> socket.socket:
-    _remove_stale_socket(path)
+    remove_stale_socket(path)
     return _listen(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), path, backlog)
 
 
@@ -149,19 +149,24 @@ def _listen(sock: socket.socket, sockaddr: object, backlog: int) -> socket.socke
     return sock
 
 
-def _remove_stale_socket(path: str) -> None:
-    """Unlink a unix socket left by a dead server; refuse one a live server answers on."""
+def remove_stale_socket(path: str) -> None:
+    """Unlink a unix socket left by a dead server; refuse one a live server answers on, or a
+    file that is not a socket (OSError)."""
     try:
-        mode = os.stat(path).st_mode
+        mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
         raise OSError(errno.EEXIST, "a file that is not a socket is in the way", path)
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
     try:
         probe.connect(path)
-    except ConnectionRefusedError:
-        os.unlink(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        try:
+            os.unlink(path)  # left by a server that is gone
+        except FileNotFoundError:
+            pass
         return
     except OSError:
         return

@@ -38,12 +38,21 @@ class WorkerLoop(EventLoop):
     _close_ids = 0
 
     def _read_channel(self) -> None:
+        for message in self._master_messages():
+            self._on_message(message)
+
+    def _master_messages(self) -> Iterator[Message]:
+        """Yield the master's messages waiting on the channel; at its end, stop the worker.
+
+        A parcel whose descriptors did not all arrive (no room for them) is refused here:
+        the master offers it to another worker.
+        """
         while True:
             try:
                 message = self.channel.receive()
-            except Truncated as exc:  # a parcel whose descriptors we had no room for
+            except Truncated as exc:
                 self.warnings.warn("adopt", "cannot adopt connection %s: %s; the master sends it elsewhere",
-                               exc.message["uuid"], exc)
+                                   exc.message["uuid"], exc)
                 self.tell_master(Kind.PARCEL_ACK, uuid=exc.message["uuid"], ok=False)
                 continue
             except ChannelError as exc:
@@ -54,7 +63,7 @@ class WorkerLoop(EventLoop):
             if message is EOF:
                 self.begin_stop(quick=False)  # the master is gone
                 return
-            self._on_message(message)
+            yield message
 
     def _on_message(self, message: Message) -> None:
         """Act on one message from the master."""
@@ -117,22 +126,7 @@ class WorkerLoop(EventLoop):
         ready = poller.poll(max(0.0, timeout) * 1000)
         if ready and ready[0][1] & select.POLLOUT and self.channel.pending:
             self._flush_channel()
-        messages: list[Message] = []
-        while True:
-            try:
-                message = self.channel.receive()
-            except Truncated as exc:
-                self.tell_master(Kind.PARCEL_ACK, uuid=exc.message["uuid"], ok=False)
-                continue
-            except ChannelError as exc:
-                log.error("ignoring a bad message from the master: %s", exc)
-                continue
-            if message is None:
-                return messages
-            if message is EOF:
-                self.begin_stop(quick=False)
-                return messages
-            messages.append(message)
+        return list(self._master_messages())
 
     # -- retiring: handing connections over ------------------------------------------------
 

@@ -196,6 +196,37 @@ class Client:
         self.close()
 
 
+def start(start_server, config: str, workers: int = 1, **kwargs: Any) -> Server:
+    """Start a server and wait until it serves; fail at once, with its log, if it exits instead."""
+    server = start_server(config, workers=workers, ready=False, **kwargs)
+
+    def ready() -> bool:
+        if server.proc.poll() is not None:
+            raise AssertionError(f"the server exited with code {server.proc.returncode}:\n{server.log}")
+        lines = list(server.lines)
+        return (any("serving:" in line for line in lines)
+                and sum(bool(re.search(r"worker \d+ \(pid \d+\) ready", line)) for line in lines) >= workers)
+
+    wait_for(ready, what="the server to serve")
+    return server
+
+
+def answering_pid(client: Client) -> int:
+    """The pid of the worker that answers the recorder's ``pid`` command on this connection."""
+    client.send(b"pid\r\n")
+    return int(client.line())
+
+
+def uuid_of(client: Client) -> str:
+    """The connection's uuid, from the recorder's ``uuid`` command."""
+    client.send(b"uuid\r\n")
+    return client.line().decode().strip()
+
+
+def kinds(events: list[dict[str, Any]]) -> list[str]:
+    return [e["event"] for e in events]
+
+
 def servers_config(*names: str, app: str = "recorder:main", extra: str = "", **server_extra: str) -> str:
     """A config with one loopback server on a free port per name."""
     parts = [f'app = "{app}"']

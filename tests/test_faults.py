@@ -17,39 +17,10 @@ import uuid as uuids
 from pathlib import Path
 
 import pytest
-from harness import Client, servers_config, wait_for
+from harness import Client, answering_pid, kinds, servers_config, start, uuid_of, wait_for
 
 FAST_TICK = '[tcp.pool.supervisor]\nwatch_tick = "100ms"\n'
 CRASH = "the client asked for a crash"
-
-
-def start(start_server, config: str, workers: int = 1, **kwargs):
-    """Start a server and wait until it serves; fail at once, with its log, if it exits instead."""
-    server = start_server(config, workers=workers, ready=False, **kwargs)
-
-    def ready() -> bool:
-        if server.proc.poll() is not None:
-            raise AssertionError(f"the server exited with code {server.proc.returncode}:\n{server.log}")
-        lines = list(server.lines)
-        return (any("serving:" in line for line in lines)
-                and sum(bool(re.search(r"worker \d+ \(pid \d+\) ready", line)) for line in lines) >= workers)
-
-    wait_for(ready, what="the server to serve")
-    return server
-
-
-def answering_pid(client: Client) -> int:
-    client.send(b"pid\r\n")
-    return int(client.line())
-
-
-def uuid_of(client: Client) -> str:
-    client.send(b"uuid\r\n")
-    return client.line().decode().strip()
-
-
-def kinds(events: list[dict]) -> list[str]:
-    return [e["event"] for e in events]
 
 
 def assert_alive(server) -> None:

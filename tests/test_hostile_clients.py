@@ -4,7 +4,6 @@ forging log lines, sending one endless message (SPEC §2 limits and timeouts, §
 from __future__ import annotations
 
 import os
-import re
 import select
 import shutil
 import socket
@@ -13,40 +12,11 @@ import threading
 import time
 
 import psutil
-from harness import Client, servers_config, wait_for
+from harness import Client, kinds, servers_config, start, uuid_of, wait_for
 
 MB = 1024 * 1024
 #: What a forged log line would start with (the text format: "[time] [pid] [LEVEL] message").
 FORGED = "[2026-01-01 00:00:00 +0000] [1] [INFO] forged"
-
-
-def start(start_server, config: str, workers: int = 1, **kwargs):
-    """Start a server and wait until it serves; fail at once, with its log, if it exits instead."""
-    server = start_server(config, workers=workers, ready=False, **kwargs)
-
-    def ready() -> bool:
-        if server.proc.poll() is not None:
-            raise AssertionError(f"the server exited with code {server.proc.returncode}:\n{server.log}")
-        lines = list(server.lines)
-        return (any("serving:" in line for line in lines)
-                and sum(bool(re.search(r"worker \d+ \(pid \d+\) ready", line)) for line in lines) >= workers)
-
-    wait_for(ready, what="the server to serve")
-    return server
-
-
-def uuid_of(client: Client) -> str:
-    client.send(b"uuid\r\n")
-    return client.line().decode().strip()
-
-
-def answering_pid(client: Client) -> int:
-    client.send(b"pid\r\n")
-    return int(client.line())
-
-
-def kinds(events: list[dict]) -> list[str]:
-    return [e["event"] for e in events]
 
 
 def small_window_client(address: tuple[str, int], timeout: float = 30.0) -> Client:

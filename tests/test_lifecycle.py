@@ -9,19 +9,10 @@ import subprocess
 import sys
 import time
 
-from harness import Client, servers_config, wait_for
+from harness import Client, answering_pid, servers_config, wait_for
+from harness import uuid_of as connection_uuid
 
 FAST_TICK = '[tcp.pool.supervisor]\nwatch_tick = "100ms"\n'
-
-
-def answering_pid(client: Client) -> int:
-    client.send(b"pid\r\n")
-    return int(client.line())
-
-
-def connection_uuid(client: Client) -> str:
-    client.send(b"uuid\r\n")
-    return client.line().decode().strip()
 
 
 def assert_kept(server, uuid: str) -> None:
