@@ -49,6 +49,9 @@ SLOTS = 4 * MAX_WORKERS
 CLOSE_TIMEOUT = 5.0
 #: Crashes (an application exception after ready) this far apart do not count as repeated.
 CRASH_MEMORY = 60.0
+#: Deaths that mean the worker crashed, and may again: they back off like application
+#: failures. A worker killed from outside (SIGKILL, the OOM killer) is replaced at once.
+_CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE)
 #: After a step of the main loop raised, the loop waits at least this long before the next round.
 FAULT_PAUSE = 0.1
 
@@ -356,8 +359,8 @@ class Arbiter:
             level = logging.INFO if self.stopping or handle.stopping else logging.WARNING
             log.log(level, "worker %d (pid %d) %s%s", handle.id, handle.pid, how,
                     "" if level == logging.INFO else "; starting a replacement")
-            if level != logging.INFO and status != 0:
-                self._on_crash()
+            if level != logging.INFO and os.WIFSIGNALED(status) and os.WTERMSIG(status) in _CRASH_SIGNALS:
+                self._on_crash()  # the interpreter itself crashed (a C extension?): it may again
         else:
             self._on_boot_failure(handle, how)
 
