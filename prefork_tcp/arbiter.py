@@ -467,8 +467,13 @@ class Arbiter:
     def _relay(self) -> None:
         if not self.relay.waiting:
             return
-        targets = [(w.pid, w.channel, self.board.row(w.slot).connections) for w in self.workers.values()
-                   if w.serving and not w.channel.pending]
+        # While the server stops, workers still alive adopt what waits here only to finish it
+        # with its CLOSE delivered, which closing it in the master could not do.
+        if self.stopping:
+            takers = [w for w in self.workers.values() if w.ready and w.watching and not w.killed]
+        else:
+            takers = [w for w in self.workers.values() if w.serving]
+        targets = [(w.pid, w.channel, self.board.row(w.slot).connections) for w in takers if not w.channel.pending]
         self.relay.deliver(targets)
 
     # -- commands -------------------------------------------------------------------------
