@@ -26,6 +26,9 @@ from .scoreboard import Scoreboard, SlotWriter, State
 from .signals import SignalPipe
 from .sockets import Listener, unsent_bytes
 from .ticker import Ticker
+from .unfinished import THRESHOLD as UNFINISHED_THRESHOLD
+from .unfinished import UnfinishedBytes
+from .unfinished import limit_for as unfinished_limit
 
 log = logging.getLogger("prefork_tcp.worker")
 
@@ -87,6 +90,8 @@ class EventLoop:
         #: lingering closes, paused accepts.
         self.attention = False
         self.warnings = Throttle(log)
+        #: Bytes held in unfinished messages, bounded for the whole worker.
+        self.unfinished = UnfinishedBytes(unfinished_limit([lst.max_message_size for lst in listeners]))
         #: Listeners found readable in the last poll, accepted from in ``_attend``.
         self.accept_ready: list[int] = []
         self.acceptor = Acceptor(listeners, self.epoll, self.slot, max_connections, high_water, self.warnings)
@@ -356,6 +361,13 @@ class EventLoop:
             self._too_large(conn, exc)
             return
         self.events.extend([(conn, DATA, m) for m in messages])
+        pending = conn.framer.pending
+        if pending >= UNFINISHED_THRESHOLD or conn in self.unfinished.sizes:
+            for victim in self.unfinished.note(conn, pending, _unfinished_of):
+                log.warning("closing connection %s (server %s, remote %s): its unfinished message (%d KiB) is the "
+                            "largest while this worker holds more than %d MiB of them", victim.uuid, victim.server,
+                            printable(victim.remote) or "-", victim.framer.pending >> 10, self.unfinished.limit >> 20)
+                self._finish(victim)
 
     def _too_large(self, conn: Connection, exc: MessageTooLarge) -> None:
         log.warning("closing connection %s (server %s, remote %s): %s", conn.uuid, conn.server,
@@ -418,6 +430,8 @@ class EventLoop:
         if not conn.finish():
             return
         self.events.append((conn, CLOSE, b""))
+        if conn.framer.pending:
+            conn.framer.take_partial()  # never to be delivered: free it now
         conn.closing = True
         conn.plain = False
         if not conn.out_size:  # else it is on the flush list or waits for EPOLLOUT already
@@ -573,3 +587,6 @@ class EventLoop:
             self._drop(conn)
         self.stopped = True
 
+
+def _unfinished_of(conn: Connection) -> int:
+    return conn.framer.pending if conn.open and conn.sock is not None else 0

@@ -360,3 +360,28 @@ def test_a_giant_unterminated_message_closes_the_connection_in_bounded_memory(st
     grown = peak - baseline
     assert grown <= 8 * MB, f"the worker grew by {grown / MB:.1f} MB for one oversized message"
     client.close()
+
+
+def test_many_unfinished_messages_are_bounded_for_the_whole_worker(start_server):
+    """Each connection stays under max_message_size, but together they would park 90 MB:
+    the worker closes the largest once its unfinished messages pass 32 MiB."""
+    server = start(start_server, servers_config("echo"))
+    (pid,) = server.worker_pids()
+    worker = psutil.Process(pid)
+    good = Client(server.address("echo"), timeout=10)
+    assert good.send(b"hi\r\n") is None and good.line() == b"hi\r\n"
+    before = worker.memory_info().rss
+    parkers = []
+    for _ in range(100):
+        sock = socket.create_connection(server.address("echo"), timeout=10)
+        sock.sendall(b"p" * 900_000)  # under the 1 MiB limit, no delimiter
+        parkers.append(sock)
+    server.wait_log(r"unfinished message \(\d+ KiB\) is the largest while this worker holds more than 32 MiB")
+    wait_for(lambda: server.log.count("is the largest while this worker") >= 50, what="the largest to be closed")
+    growth = worker.memory_info().rss - before
+    assert growth < 64 * MB, f"the worker grew by {growth / MB:.0f} MB"
+    good.send(b"still\r\n")
+    assert good.line() == b"still\r\n"
+    for sock in parkers:
+        sock.close()
+    good.close()
