@@ -94,9 +94,9 @@ class Acceptor:
         the new connections, unregistered."""
         listener = self.listeners[fd]
         accepted = self._accept_batch(listener, listener.sock, connections, clock)
-        if not self.armed:
-            pass  # paused, full or stopped: nothing to re-arm
-        elif self.slot.above_fair_share(connections + len(accepted), FAIR_SHARE):
+        if not self.armed:  # paused, full or stopped: nothing to re-arm
+            return accepted
+        if self.slot.above_fair_share(connections + len(accepted), FAIR_SHARE):
             self.pause(ACCEPT_YIELD)  # the other workers take the next ones
         else:
             # Re-arm: this worker's wait-queue entry moves behind the other workers',

@@ -21,7 +21,7 @@ from setproctitle import setproctitle
 
 from . import handoff, logs
 from .apploader import App
-from .channel import ChannelError, Kind, Message
+from .channel import ChannelError, Kind, Message, close_all
 from .closing import CloseRequests
 from .config import MAX_WORKERS, Config, ConfigError
 from .control import ControlClient, ControlError, ControlPlane, socket_path
@@ -74,6 +74,8 @@ class Arbiter:
         self.watch = Watch()
         self.relay = handoff.Relay()
         self.closes = CloseRequests()
+        #: Connections closed by uuid while their parcel waited in the relay.
+        self.close_on_adoption: set[str] = set()
         self.control: ControlPlane | None = None
         self.workers: dict[int, WorkerHandle] = {}
         self.selector = selectors.DefaultSelector()
@@ -121,7 +123,6 @@ class Arbiter:
                  self._send_retirements, self._relay, self._sync_channels)
         try:
             while True:
-                self.faulted = False
                 for step in steps:
                     self._guarded(step)
                 if self.stopping and not self.workers:
@@ -151,8 +152,9 @@ class Arbiter:
             timeout = min(timeout, RELAY_RETRY)
         if self.control is not None and self.control.deadline:
             timeout = min(timeout, max(0.0, self.control.deadline - now))
-        if self.faulted:
+        if self.faulted:  # a step raised since the last wait: do not spin on it
             timeout = max(timeout, FAULT_PAUSE)
+            self.faulted = False
         for key, events in self.selector.select(timeout):
             data = key.data
             if data is None:
@@ -266,7 +268,10 @@ class Arbiter:
         if kind is Kind.PARCEL:
             self._take_parcel(handle, message)
         elif kind is Kind.PARCEL_ACK:
-            self.relay.acknowledged(handle.pid, message["uuid"], message["ok"])
+            adopted = self.relay.acknowledged(handle.pid, message["uuid"], message["ok"]) and message["ok"]
+            if adopted and message["uuid"] in self.close_on_adoption:  # closed by uuid while it was here
+                self.close_on_adoption.discard(message["uuid"])
+                handle.tell(Kind.CLOSE, id=0, uuid=message["uuid"])
         elif kind is Kind.READY:
             self._on_ready(handle)
         elif kind is Kind.BUDGET_LOW:
@@ -297,10 +302,10 @@ class Arbiter:
     def _take_parcel(self, handle: WorkerHandle, message: Message) -> None:
         """A worker hands a connection over: keep it until another worker adopts it."""
         uuid = message["uuid"]
-        if self.relay.holds(uuid):
-            self._kill_garbage(handle, f"parcel {uuid} handed over twice")
-            for fd in message.fds:
-                os.close(fd)
+        problem = "handed over twice" if self.relay.holds(uuid) else handoff.check(message.fields, message.fds)
+        if problem:
+            close_all(message.fds)
+            self._kill_garbage(handle, f"parcel {uuid}: {problem}")
             return
         self.relay.add(message.fields, message.fds)
         handle.tell(Kind.PARCEL_ACK, uuid=uuid, ok=True)
@@ -347,7 +352,10 @@ class Arbiter:
         self.closes.gone(handle.pid)
         self.relay.gone(handle.pid)
         how = describe_exit(status)
-        if handle.killed:
+        if handle.killed and not handle.ready:
+            handle.failure = handle.failure or (EXIT_BOOT_FAILED, f"worker {handle.id} (pid {handle.pid}) {handle.killed}")
+            self._on_boot_failure(handle, how)
+        elif handle.killed:
             log.warning("worker %d (pid %d) %s (%s); starting a replacement", handle.id, handle.pid, how, handle.killed)
         elif handle.crashed:
             log.warning("worker %d (pid %d) %s after its application failed; starting a replacement",
@@ -470,7 +478,7 @@ class Arbiter:
         # While the server stops, workers still alive adopt what waits here only to finish it
         # with its CLOSE delivered, which closing it in the master could not do.
         if self.stopping:
-            takers = [w for w in self.workers.values() if w.ready and w.watching and not w.killed]
+            takers = [w for w in self.workers.values() if w.ready and w.watching and not (w.killed or w.crashed)]
         else:
             takers = [w for w in self.workers.values() if w.serving]
         targets = [(w.pid, w.channel, self.board.row(w.slot).connections) for w in takers if not w.channel.pending]
@@ -486,6 +494,10 @@ class Arbiter:
 
     def close_connection(self, uuid: str, done: Callable[[bool], None], exclude: int = 0) -> None:
         """Ask every worker to close connection ``uuid``; ``done(found)`` once they answered."""
+        if self.relay.holds(uuid):  # on its way between workers: closed as soon as one adopts it
+            self.close_on_adoption.add(uuid)
+            done(True)
+            return
         pids = {w.pid for w in self.workers.values() if w.ready and not w.killed and w.pid != exclude}
         request_id = self.closes.start(uuid, pids, time.monotonic() + CLOSE_TIMEOUT, done)
         if request_id is not None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import array
 import enum
+import errno
 import json
 import os
 import socket
@@ -52,6 +53,8 @@ _ANCILLARY = socket.CMSG_SPACE(MAX_FDS * _INT_SIZE)
 BUFFER = 1 << 20
 
 _MASTER, _WORKER, _BOTH = "master", "worker", "both"
+#: Send errors that mean the other end is gone (others, such as ENOBUFS, pass).
+_GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF})
 
 
 class Kind(enum.Enum):
@@ -117,7 +120,7 @@ def encode(kind: Kind, fields: dict[str, Any]) -> bytes:
         raise TypeError(f"{kind.name} takes fields {sorted(kind.fields)}, got {sorted(fields)}")
     if not kind.fields:
         return kind.code
-    return kind.code + json.dumps(fields, separators=(",", ":")).encode()
+    return kind.code + json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def decode(packet: bytes, fds: list[int], flags: int, sender: str) -> Message:
@@ -230,8 +233,8 @@ class Channel:
             self.sock.sendmsg([packet], ancillary)
         except (BlockingIOError, InterruptedError):
             return False
-        except OSError:
-            self.broken = True
+        except OSError as exc:
+            self.broken = exc.errno in _GONE
             return False
         return True
 
@@ -251,7 +254,9 @@ class Channel:
             self.sock.send(packet)
         except (BlockingIOError, InterruptedError):
             return False
-        except OSError:
+        except OSError as exc:
+            if exc.errno not in _GONE:
+                return False  # short of memory or buffers for now: like full
             self.broken = True
         return True
 

@@ -46,6 +46,7 @@ class Connection:
         "read_size",
         "remote",
         "server",
+        "shared",
         "sock",
         "timeouts",
         "unread",
@@ -96,6 +97,9 @@ class Connection:
         self.linger_until = 0.0
         #: Whether CONNECTED was delivered (a handoff before that lets the new owner do it).
         self.connected = True
+        #: Adopted: another process may hold the socket's file too (the master, until it
+        #: has our acknowledgement), so closing ours does not take it out of the epoll set.
+        self.shared = False
         #: Messages taken back from the event queue undelivered (the application failed):
         #: they travel with the parcel, after the held ones.
         self.unread: list[bytes] = []

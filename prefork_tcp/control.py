@@ -193,31 +193,26 @@ def answer(master: Master, client: ControlClient, request: dict[str, Any]) -> No
     command = request["command"]
     done = {"ok": True}
     if command == "workers":
-        reply(client, {"ok": True, "workers": master.worker_rows()})
+        client.reply({"ok": True, "workers": master.worker_rows()})
     elif command == "reset":
         master.replace_all("reset")
-        reply(client, done)
+        client.reply(done)
     elif command == "reload":
         master.reload()
-        reply(client, done)
+        client.reply(done)
     elif command == "stop":
-        reply(client, done)
+        client.reply(done)
         master.stop(quick=bool(request.get("quick")))
     elif command == "add-worker":
         master.add_worker()
-        reply(client, {"ok": True, "workers": master.target})
+        client.reply({"ok": True, "workers": master.target})
     elif command == "remove-worker":
         master.remove_worker()
-        reply(client, {"ok": True, "workers": master.target})
+        client.reply({"ok": True, "workers": master.target})
     elif command == "close" and isinstance(request.get("uuid"), str):
-        master.close_connection(request["uuid"], lambda found: reply(client, {"ok": True, "found": found}))
+        master.close_connection(request["uuid"], lambda found: client.reply({"ok": True, "found": found}))
     else:
-        reply(client, {"ok": False, "error": f"unknown command {command!r}"})
-
-
-def reply(client: ControlClient, answer: dict[str, Any]) -> None:
-    """Send the one reply line (then the client is closed)."""
-    client.reply(answer)
+        client.reply({"ok": False, "error": f"unknown command {command!r}"})
 
 
 def request(path: str, command: str, **args: Any) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +75,19 @@ def unpack(fields: dict[str, Any], fds: tuple[int, ...]) -> Parcel:
         pending, output = data[:fields["input"]], data[fields["input"]:]
     return Parcel(fields["uuid"], fields["server"], fields["remote"], fields["eof"], pending, output,
                   fields["connected"])
+
+
+def check(fields: dict[str, Any], fds: tuple[int, ...]) -> str:
+    """Return what is wrong with a parcel a worker sent ("" if nothing): its first
+    descriptor must be a socket, its payload as long as it says."""
+    try:
+        if not stat.S_ISSOCK(os.fstat(fds[0]).st_mode):
+            return "its descriptor is not a socket"
+        if len(fds) > 1 and os.fstat(fds[1]).st_size < fields["input"] + fields["output"]:
+            return "its payload is shorter than it says"
+    except OSError as exc:
+        return f"its descriptors cannot be inspected: {exc.strerror}"
+    return ""
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -18,6 +18,8 @@ from .scoreboard import Row, Scoreboard
 
 log = logging.getLogger("prefork_tcp.master")
 
+#: Messages read from one worker per round of the master's loop (the rest wait for the next).
+MESSAGES_PER_ROUND = 1000
 #: How long the master waits for a stuck worker to write its stack before killing it.
 STACK_WAIT = 1.0
 
@@ -58,7 +60,7 @@ class WorkerHandle:
     @property
     def serving(self) -> bool:
         """Ready and staying: it can take new connections and handed-over ones."""
-        return self.ready and not (self.retiring or self.stopping or self.killed)
+        return self.ready and not (self.retiring or self.stopping or self.killed or self.ended)
 
     @property
     def leaving(self) -> bool:
@@ -78,7 +80,7 @@ class WorkerHandle:
         A parcel whose descriptors the master had no room for is refused here: the worker
         keeps that connection and sends it again.
         """
-        while True:
+        for _ in range(MESSAGES_PER_ROUND):  # a worker that never stops writing cannot hold the master
             try:
                 message = self.channel.receive()
             except Truncated as exc:

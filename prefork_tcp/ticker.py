@@ -58,6 +58,3 @@ class Ticker:
             return int.from_bytes(os.read(self.fd, 8), "little")
         except (BlockingIOError, InterruptedError):
             return 0
-
-    def close(self) -> None:
-        os.close(self.fd)

@@ -85,6 +85,10 @@ class EventLoop:
         self.quick = False
         self.stopped = False
         self.retiring = False
+        #: The application failed: the loop hands everything over and delivers nothing.
+        self.salvaging = False
+        #: The master is gone (its end of the channel closed).
+        self.orphaned = False
         self.stop_deadline = 0.0
         #: Set whenever the loop has rare duties (``_attend``): retiring, stopping,
         #: lingering closes, paused accepts.
@@ -247,8 +251,9 @@ class EventLoop:
             self._hand_off_all()
             self.begin_stop(quick=False)
         if self.stopping and self._drained():
-            self._shut_down()
-            return None
+            self._shut_down()  # CLOSE is queued for what is left: delivered before the loop ends
+            if not self.events:
+                return None
         self.attention = bool(self.stopping or self.lingering or self.acceptor.resume_at)
         return self._poll_timeout()
 
@@ -470,7 +475,10 @@ class EventLoop:
         conn.out_size = 0
         self.lingering.discard(conn)
         # No EPOLL_CTL_DEL: closing the last descriptor of the socket removes it from the
-        # epoll set, one system call fewer per connection.
+        # epoll set, one system call fewer per connection. Not so for an adopted socket,
+        # which the master may still hold until it has our acknowledgement.
+        if conn.shared and conn.mask:
+            self.epoll.unregister(conn.fd)
         self.conns.pop(conn.fd, None)
         conn.mask = 0
         conn.plain = False
@@ -533,13 +541,23 @@ class EventLoop:
         """Send the master a message; it waits in the channel's queue if the socket is full."""
         self.channel.send(kind, **fields)
         if self.channel.broken:
-            self.begin_stop(quick=False)  # the master is gone
-        elif self.channel.pending:
+            self._orphan()
+        elif self.channel.pending and not self.orphaned:
             self.epoll.modify(self.channel.fileno(), EPOLLIN | EPOLLOUT)
 
     def _flush_channel(self) -> None:
-        if self.channel.flush():
+        if self.channel.flush() and not self.orphaned:
             self.epoll.modify(self.channel.fileno(), EPOLLIN)
+
+    def _orphan(self) -> None:
+        """The master is gone: stop watching the channel (its EOF would wake every poll), stop."""
+        if not self.orphaned:
+            self.orphaned = True
+            try:
+                self.epoll.unregister(self.channel.fileno())
+            except OSError:
+                pass
+        self.begin_stop(quick=False)
 
     def _read_channel(self) -> None:
         """Act on what the master sent (``WorkerLoop`` knows the commands)."""

@@ -61,7 +61,7 @@ class WorkerLoop(EventLoop):
             if message is None:
                 return
             if message is EOF:
-                self.begin_stop(quick=False)  # the master is gone
+                self._orphan()
                 return
             yield message
 
@@ -69,7 +69,7 @@ class WorkerLoop(EventLoop):
         """Act on one message from the master."""
         kind = message.kind
         if kind is Kind.PARCEL:
-            if self.retiring and not self.stopping:  # sent before the master knew: it goes elsewhere
+            if (self.retiring and not self.stopping) or self.salvaging:  # the master sends it elsewhere
                 close_all(message.fds)
                 self.tell_master(Kind.PARCEL_ACK, uuid=message["uuid"], ok=False)
             else:
@@ -104,18 +104,17 @@ class WorkerLoop(EventLoop):
         WorkerLoop._close_ids += 1
         request_id = WorkerLoop._close_ids
         self.tell_master(Kind.CLOSE_REQUEST, id=request_id, uuid=uuid)
-        for message in self._channel_messages(time.monotonic() + CLOSE_TIMEOUT):
-            if message.kind is Kind.CLOSE_RESULT and message["id"] == request_id:
-                return bool(message["found"])
-            self._on_message(message)
-        if not self.stopping:
+        deadline = time.monotonic() + CLOSE_TIMEOUT
+        found: bool | None = None
+        while found is None and (left := deadline - time.monotonic()) > 0 and not self.stopping:
+            for message in self._wait_channel(left):  # every message of the batch is acted on
+                if message.kind is Kind.CLOSE_RESULT and message["id"] == request_id:
+                    found = bool(message["found"])
+                else:
+                    self._on_message(message)
+        if found is None and not self.stopping:
             log.warning("close_connection(%s): no answer from the master in %gs", uuid, CLOSE_TIMEOUT)
-        return False
-
-    def _channel_messages(self, deadline: float) -> Iterator[Message]:
-        """Yield the master's messages as they come, until ``deadline`` or a stop."""
-        while (left := deadline - time.monotonic()) > 0 and not self.stopping:
-            yield from self._wait_channel(left)
+        return bool(found)
 
     def _wait_channel(self, timeout: float, writable: bool = False) -> list[Message]:
         """Wait up to ``timeout`` for the channel (to be writable too, if asked); return the
@@ -142,9 +141,10 @@ class WorkerLoop(EventLoop):
     def _hand_off_all(self) -> None:
         """Hand every open connection to the master for another worker; no CLOSE is delivered.
 
-        A connection is let go only once the master has acknowledged its parcel. One
-        that cannot be handed over (no descriptor for its payload, the master refusing it
-        until the deadline) stays here and is finished with its CLOSE delivered.
+        A connection whose parcel is sent leaves ``conns`` (nothing here touches it: not a
+        stop, a timeout or a close by uuid) and is let go once the master acknowledges the
+        parcel; a refused one comes back. One that cannot be handed over before the
+        deadline, or before a stop, stays here and is finished with its CLOSE delivered.
         """
         waiting = deque(c for c in self.conns.values() if c.open)
         if not waiting:
@@ -152,14 +152,17 @@ class WorkerLoop(EventLoop):
         in_transit: dict[str, Connection] = {}
         deadline = time.monotonic() + self.drain_timeout
         retry_at = 0.0
-        while (waiting or in_transit) and not self.stopping and not self.channel.broken:
+        while (waiting or in_transit) and not self.orphaned:
             now = time.monotonic()
-            if now >= deadline:
+            if now >= deadline or (self.stopping and not in_transit):
                 break
             blocked = False
             unpackable = 0
-            while waiting and len(in_transit) < HANDOFF_WINDOW and now >= retry_at:
+            while waiting and len(in_transit) < HANDOFF_WINDOW and now >= retry_at and not self.stopping:
                 conn = waiting[0]
+                if not conn.open:  # closed meanwhile (by uuid, a timeout): its CLOSE is queued
+                    waiting.popleft()
+                    continue
                 try:
                     fields, fds = handoff.pack(conn.parcel(DATA), conn.fd)
                 except OSError as exc:  # no descriptor or memory for its payload: the others first
@@ -178,9 +181,10 @@ class WorkerLoop(EventLoop):
                     blocked = True  # the channel is full: wait until the master reads
                     break
                 waiting.popleft()
+                self._forget(conn)
                 in_transit[conn.uuid] = conn
             timeout = deadline - now
-            if waiting and not blocked and len(in_transit) < HANDOFF_WINDOW:
+            if waiting and not blocked and len(in_transit) < HANDOFF_WINDOW and not self.stopping:
                 timeout = min(timeout, max(0.0, retry_at - now))
             for message in self._wait_channel(timeout, writable=blocked):
                 if message.kind is not Kind.PARCEL_ACK:
@@ -191,14 +195,18 @@ class WorkerLoop(EventLoop):
                     continue
                 if message["ok"]:
                     self._handed_over(conn)
-                else:
+                else:  # it comes back here, to be sent again (or finished, if stopping)
+                    self.conns[conn.fd] = conn
+                    self._update_mask(conn)
+                    self.slot.set_connections(len(self.conns))
                     waiting.append(conn)
                     retry_at = time.monotonic() + HANDOFF_RETRY
         for conn in in_transit.values():
-            self._handed_over(conn)  # sent, answer lost: the master has it or is gone
+            self._handed_over(conn)  # sent, answer lost: the master has it, or is gone
         for conn in waiting:
-            log.warning("could not hand over connection %s (server %s); closing it", conn.uuid, conn.server)
-            self._finish(conn)
+            if conn.open:
+                log.warning("could not hand over connection %s (server %s); closing it", conn.uuid, conn.server)
+                self._finish(conn)
 
     def _handed_over(self, conn: Connection) -> None:
         """The connection lives on in another worker: nothing more here, not even CLOSE."""
@@ -206,9 +214,9 @@ class WorkerLoop(EventLoop):
         conn.held = None
         conn.out.clear()
         conn.out_size = 0
-        self._forget(conn)
-        conn.sock.close()  # type: ignore[union-attr]
-        conn.sock = None
+        if conn.sock is not None:
+            conn.sock.close()
+            conn.sock = None
 
     def salvage(self, current: Connection | None) -> None:
         """After the application raised: close the connection whose event raised, write the
@@ -219,8 +227,10 @@ class WorkerLoop(EventLoop):
         event loop is not resumed: it may have been in the middle of a batch of reads.
         """
         self.tell_master(Kind.APP_FAILED)  # before any parcel: no connection is sent back here
+        self.salvaging = True
         if current is not None and current.open:
             self._finish(current)
+        self._flush_dirty()  # may release a slow reader's held events into the queue
         for conn, event, body in self.events:
             if event is CONNECTED:
                 conn.connected = False
@@ -228,7 +238,6 @@ class WorkerLoop(EventLoop):
                 conn.unread.append(body)
         self.events.clear()
         self.begin_retire()
-        self._flush_dirty()
         if not self.stopping:
             self._hand_off_all()
             self.begin_stop(quick=False)
@@ -263,6 +272,7 @@ class WorkerLoop(EventLoop):
                           else make_framer(b"\r\n", 1 << 20),
                           server.read_size if server else 65536, self.high_water,
                           server.timeouts if server else NO_TIMEOUTS, self.clock)
+        conn.shared = True
         self.conns[conn.fd] = conn
         self.slot.set_connections(len(self.conns))
         log.debug("adopted connection %s (server %s)", conn.uuid, conn.server)

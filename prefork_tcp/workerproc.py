@@ -105,7 +105,8 @@ def run(ctx: WorkerContext) -> int:
 def _fail(ctx: WorkerContext, code: int, cause: str) -> int:
     """Tell the master why this worker could not start; the master logs it once."""
     try:
-        ctx.channel.send(encode(Kind.FAILED, {"code": code, "cause": cause[:30000]}))
+        # At most 10,000 characters: 60 KB once encoded, whatever they are (a packet is 64 KiB).
+        ctx.channel.send(encode(Kind.FAILED, {"code": code, "cause": cause[:10000]}))
     except OSError:
         log.error("%s", cause)
     return code

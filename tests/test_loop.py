@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import select
 import socket
+import threading
 
-from prefork_tcp.api import TcpWorker
+from prefork_tcp import handoff
+from prefork_tcp.api import TcpEvent, TcpWorker
+from prefork_tcp.channel import Channel, Kind
 from prefork_tcp.connection import Connection
 from prefork_tcp.framing import make_framer
 from prefork_tcp.signals import SignalPipe
@@ -34,3 +38,124 @@ def test_an_answer_to_a_connection_dropped_meanwhile_is_discarded():
     assert worker.wait_request() is None
     client_end.settimeout(5)
     assert client_end.recv(100) == b""  # closed, nothing written
+
+
+def loop_with(count: int, high_water: int = 1 << 20) -> tuple[WorkerLoop, Channel, list[socket.socket]]:
+    """A worker loop holding ``count`` connections, with the master's end of its channel."""
+    channel, master_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    loop = WorkerLoop([], channel, SignalPipe(()), drain_timeout=1.0, high_water=high_water)
+    clients = []
+    for i in range(count):
+        server_end, client_end = socket.socketpair()
+        server_end.setblocking(False)
+        conn = Connection(server_end, f"u-{i}", "default", "", make_framer(b"\r\n", 1 << 20), high_water=high_water)
+        loop.conns[conn.fd] = conn
+        loop.epoll.register(conn.fd, select.EPOLLIN)
+        conn.mask = select.EPOLLIN
+        conn.settle()
+        clients.append(client_end)
+    return loop, Channel(master_end, peer="worker"), clients
+
+
+def as_master(master: Channel, script) -> threading.Thread:
+    """Run ``script(receive)`` in a thread, as the master would answer; ``receive()`` waits
+    for the worker's next message."""
+    def receive():
+        poller = select.poll()
+        poller.register(master.fileno(), select.POLLIN)
+        assert poller.poll(5000), "the worker sent nothing"
+        return master.receive()
+
+    thread = threading.Thread(target=script, args=(receive,), daemon=True)
+    thread.start()
+    return thread
+
+
+def closes(loop: WorkerLoop) -> list[str]:
+    return [conn.uuid for conn, event, _ in loop.events if event is TcpEvent.CLOSE]
+
+
+def test_a_stop_during_a_handoff_leaves_connections_in_transit_alone():
+    """STOP overtakes the acknowledgements: connections the master holds get no CLOSE here
+    (the worker that adopts them delivers it); one it refused is finished here, once."""
+    loop, master, _clients = loop_with(3)
+
+    def master_script(receive):
+        parcels = [receive() for _ in range(3)]
+        for parcel in parcels:
+            for fd in parcel.fds:
+                os.close(fd)
+        master.send(Kind.STOP, urgent=True)
+        master.send(Kind.PARCEL_ACK, uuid=parcels[0]["uuid"], ok=True)
+        master.send(Kind.PARCEL_ACK, uuid=parcels[1]["uuid"], ok=False)
+        # parcels[2]: no answer before the deadline (the master has it, or is gone)
+
+    thread = as_master(master, master_script)
+    loop.begin_retire()
+    loop._hand_off_all()
+    thread.join(5)
+    assert loop.stopping
+    assert closes(loop) == ["u-1"]  # the refused one only, exactly once
+    assert not loop.conns  # the others are the master's (and the next worker's) now
+
+
+def test_close_connection_acts_on_every_message_that_came_with_its_answer():
+    loop, master, _clients = loop_with(0)
+    # The answer and a command wait together, as when the master answered at once and
+    # then decided to retire this worker: both are read in one batch.
+    master.send(Kind.CLOSE_RESULT, id=WorkerLoop._close_ids + 1, found=False)
+    master.send(Kind.RETIRE)
+    assert loop.close_connection("nobody") is False
+    assert master.receive().kind is Kind.CLOSE_REQUEST
+    assert loop.retiring  # not dropped
+
+
+def test_salvage_hands_over_a_slow_readers_held_messages():
+    """The application failed while a slow reader's messages were held back: flushing its
+    output releases them, and they must travel in its parcel."""
+    loop, master, clients = loop_with(1, high_water=8)
+    (conn,) = loop.conns.values()
+    conn.write(b"x" * 20)  # above the high-water mark, not sent yet
+    loop.dirty.append(conn)
+    assert conn.hold((conn, TcpEvent.DATA, b"m1\r\n"))
+    got = {}
+
+    def master_script(receive):
+        assert receive().kind is Kind.APP_FAILED
+        parcel = receive()
+        got["parcel"] = handoff.unpack(parcel.fields, parcel.fds)
+        os.close(parcel.fds[0])
+        master.send(Kind.PARCEL_ACK, uuid=parcel["uuid"], ok=True)
+
+    thread = as_master(master, master_script)
+    loop.salvage(None)
+    thread.join(5)
+    assert got["parcel"].pending_input == b"m1\r\n"
+    clients[0].settimeout(5)
+    assert clients[0].recv(100) == b"x" * 20  # the answer given before the failure was written
+    assert loop.stopped
+
+
+def test_a_worker_whose_master_is_gone_stops_watching_the_channel():
+    """EOF on the channel stays readable: a loop still watching it would spin until it stops."""
+    loop, master, clients = loop_with(1)
+    master.close()
+    loop._read_channel()
+    assert loop.orphaned and loop.stopping
+    assert loop.epoll.poll(0.2) == []  # nothing ready: no busy loop while the connections drain
+
+
+def test_a_parcel_from_a_worker_is_checked_before_the_master_keeps_it():
+    server_end, client_end = socket.socketpair()
+    read_end, write_end = os.pipe()
+    fields = {"input": 10, "output": 0}
+    assert handoff.check(fields, (read_end,)) == "its descriptor is not a socket"
+    payload = os.memfd_create("short")
+    os.write(payload, b"12345")
+    assert handoff.check(fields, (server_end.fileno(), payload)) == "its payload is shorter than it says"
+    os.write(payload, b"67890")
+    assert handoff.check(fields, (server_end.fileno(), payload)) == ""
+    for fd in (read_end, write_end, payload):
+        os.close(fd)
+    server_end.close()
+    client_end.close()
