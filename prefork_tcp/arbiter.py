@@ -284,6 +284,10 @@ class Arbiter:
         elif kind is Kind.CLOSED:
             self.closes.answer(message["id"], handle.pid, message["found"])
         elif kind is Kind.CLOSE_REQUEST:
+            if handle.asking:  # close_connection() waits for its answer: a second one is not asked
+                handle.tell(Kind.CLOSE_RESULT, id=message["id"], found=False)
+                return
+            handle.asking = True
             self.close_connection(message["uuid"], _tell_result(handle, message["id"]), exclude=handle.pid)
         elif kind is Kind.FAILED:
             code = message["code"] if message["code"] in (EXIT_BOOT_FAILED, EXIT_APP_LOAD) else EXIT_BOOT_FAILED
@@ -585,6 +589,8 @@ class Arbiter:
             self.stop_deadline = time.monotonic() + self.config.pool.destroy_timeout
             for lst in self.listeners:
                 lst.sock.close()
+        if not self.stopping:
+            self._relay()  # parcels waiting here go first: their new owners finish them with CLOSE
         self.stopping = True
         self.quick = quick
         for handle in self.workers.values():
@@ -619,4 +625,8 @@ class Arbiter:
 
 def _tell_result(handle: WorkerHandle, request_id: int) -> Callable[[bool], None]:
     """Return how to answer a worker's own close request."""
-    return lambda found: handle.tell(Kind.CLOSE_RESULT, id=request_id, found=found)
+    def answer(found: bool) -> None:
+        handle.asking = False
+        handle.tell(Kind.CLOSE_RESULT, id=request_id, found=found)
+
+    return answer

@@ -52,6 +52,8 @@ class WorkerHandle:
     budget_low: bool = False
     #: Its application raised; it is handing its connections over and exiting.
     crashed: bool = False
+    #: A close by uuid it asked for is still open (one at a time, however it floods).
+    asking: bool = False
     #: The selector events its channel is registered for (0: no longer watched).
     watching: int = 0
     #: Its end of the channel is closed (it exited, or is about to).
