@@ -58,6 +58,7 @@ class Acceptor:
         self.resume_at = 0.0
         #: At capacity: accepting resumes when a connection leaves (``removed``).
         self.full = False
+        self.max_connections = max_connections
         self.capacity = capacity(max_connections)
 
     def sync(self) -> None:
@@ -85,9 +86,12 @@ class Acceptor:
 
     def removed(self, connections: int) -> None:
         """A connection left the worker, which now holds ``connections``."""
-        if self.full and connections < self.capacity:
-            self.full = False
-            self.sync()
+        if self.full:
+            # Count again: descriptors the application held may be free now.
+            self.capacity = capacity(self.max_connections, connections, self.capacity)
+            if connections < self.capacity:
+                self.full = False
+                self.sync()
 
     def accept(self, fd: int, connections: int, clock: float) -> list[Connection]:
         """Accept what waits on listener ``fd`` (the worker holds ``connections``); return
@@ -126,6 +130,8 @@ class Acceptor:
                 if exc.errno in _OUT_OF_RESOURCES:
                     self.warnings.warn("accept", "cannot accept on %s: %s; pausing accepts for %gs",
                                        listener.name, exc.strerror, ACCEPT_BACKOFF)
+                    if exc.errno == errno.EMFILE:  # the application opened descriptors: keep the reserve
+                        self.capacity = capacity(self.max_connections, connections + len(accepted), self.capacity)
                     self.pause(ACCEPT_BACKOFF)
                     break
                 continue  # ECONNABORTED and friends: that client is gone already
@@ -159,15 +165,19 @@ class Acceptor:
         self.resume_at = 0.0
 
 
-def capacity(max_connections: int) -> int:
+def capacity(max_connections: int, connections: int = 0, unknown: int = 0) -> int:
     """Connections a worker may hold: ``max_connections`` (0: no limit of its own) and the
-    open-files limit less the descriptors in use now and the reserve for handoffs."""
+    open-files limit less the descriptors in use now for anything but its ``connections``
+    and the reserve for handoffs; ``unknown`` if they cannot be counted now (no descriptor
+    left to list them with)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
-        in_use = len(os.listdir("/proc/self/fd"))
+        others = len(os.listdir("/proc/self/fd")) - connections
     except OSError:
-        in_use = 64
-    by_fds = max(1, soft - in_use - FD_RESERVE) if soft != resource.RLIM_INFINITY else 1 << 30
+        if unknown:
+            return unknown
+        others = 64
+    by_fds = max(1, soft - others - FD_RESERVE) if soft != resource.RLIM_INFINITY else 1 << 30
     return min(by_fds, max_connections) if max_connections else by_fds
 
 

@@ -117,7 +117,9 @@ def test_a_worker_out_of_descriptors_pauses_accepting_warns_rarely_and_recovers(
             assert before.line() == b"two\r\n"
         finally:
             worker.rlimit(psutil.RLIMIT_NOFILE, (soft, hard))
-    for sock in pending:  # accepted once descriptors are back
+    for sock in pending:  # all accepted once descriptors are back: served side by side
         sock.sendall(b"three\r\n")
+    for sock in pending:
         assert sock.recv(100) == b"three\r\n"
+    for sock in pending:
         sock.close()
