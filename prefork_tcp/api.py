@@ -2,36 +2,31 @@
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol
 
+from .events import Request, TcpEvent, TcpResponse, new_request
 from .logs import printable
-from .request import Request, new_request
 
 if TYPE_CHECKING:
-    from .connection import Connection
-    from .workerloop import WorkerLoop as EventLoop
+    from .connection import Connection, Event
 
 log = logging.getLogger("prefork_tcp.app")
 
 
-class TcpEvent(enum.Enum):
-    """What happened on a connection (RoadRunner's wire strings)."""
+class Loop(Protocol):
+    """What ``TcpWorker`` needs of a worker's event loop (``workerloop.WorkerLoop``)."""
 
-    CONNECTED = "CONNECTED"
-    DATA = "DATA"
-    CLOSE = "CLOSE"
+    #: Connections answered since the loop last flushed; ``respond`` adds one when its
+    #: first answer is written (the loop's hot path, see ``WorkerLoop.pump``).
+    dirty: list[Connection]
 
-
-class TcpResponse(enum.Enum):
-    """How a worker answers a request (RoadRunner's wire strings)."""
-
-    RESPOND = "WRITE"  # write the body, keep reading
-    RESPOND_CLOSE = "WRITECLOSE"  # write the body, then close gracefully
-    READ = "CONTINUE"  # write nothing, keep reading
-    CLOSE = "CLOSE"  # write nothing, close
+    def pump(self) -> Iterator[Event]: ...
+    def answer(self, conn: Connection, response: TcpResponse, body: bytes) -> None: ...
+    def abandon(self, conn: Connection) -> None: ...
+    def close_connection(self, uuid: str) -> bool: ...
 
 
 # Where the current request stands.
@@ -54,7 +49,7 @@ class TcpWorker:
 
     __slots__ = ("_conn", "_dirty", "_events", "_loop", "_pid", "_request", "_state")
 
-    def __init__(self, loop: EventLoop) -> None:
+    def __init__(self, loop: Loop) -> None:
         self._loop = loop
         self._events = loop.pump()
         self._dirty = loop.dirty

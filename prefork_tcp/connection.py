@@ -11,11 +11,16 @@ import socket
 from select import EPOLLIN
 from typing import Union
 
+from .events import TcpEvent
 from .framing import Framer, StreamFramer
 from .handoff import Parcel
 from .timeouts import NONE, Timeouts
 
 FramerT = Union[Framer, StreamFramer]
+#: What the event loop queues and hands out: a connection, its event (None: the end of
+#: a half-closed connection's input, never handed out) and the body.
+Event = tuple["Connection", Union[TcpEvent, None], bytes]
+_DATA = TcpEvent.DATA
 
 #: Default bytes of unsent output above which the connection stops being read.
 HIGH_WATER = 1024 * 1024
@@ -87,7 +92,7 @@ class Connection:
         #: Finished, but the socket stays until the output drains (graceful close).
         self.closing = False
         #: Events held back while the output is above the high-water mark, oldest first.
-        self.held: list | None = None
+        self.held: list[Event] | None = None
         #: The epoll event mask the socket is registered with (0: not registered).
         self.mask = 0
         #: Registered for EPOLLIN only, nothing held, not closing: the loop's fast paths
@@ -142,7 +147,7 @@ class Connection:
             self.out.insert(0, rest)
             self.out_size += len(rest)
 
-    def hold(self, event: object) -> bool:
+    def hold(self, event: Event) -> bool:
         """Keep ``event`` back if output is above the high-water mark (or others are held).
 
         Return True when held: a slow reader's queued messages then wait instead of
@@ -157,7 +162,7 @@ class Connection:
         self.plain = False
         return True
 
-    def release(self) -> list | None:
+    def release(self) -> list[Event] | None:
         """Return the held events once output is below the high-water mark, else None."""
         if not self.held or self.out_size >= self.high_water:
             return None
@@ -165,7 +170,7 @@ class Connection:
         self.settle()
         return held
 
-    def parcel(self, data_event: object) -> Parcel:
+    def parcel(self) -> Parcel:
         """Return what another worker needs to carry on serving this connection.
 
         Nothing is taken: the connection stays as it is until the parcel has safely
@@ -174,7 +179,7 @@ class Connection:
         yet sent goes along.
         """
         held = self.held or []
-        pending = b"".join([body for _, event, body in held if event is data_event] + self.unread) + self.framer.peek_partial()
+        pending = b"".join([body for _, event, body in held if event is _DATA] + self.unread) + self.framer.peek_partial()
         return Parcel(self.uuid, self.server, self.remote, self.eof, pending, b"".join(self.out), self.connected)
 
     def settle(self) -> None:

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 
 from . import timeouts as timeout_rules
 from .accepting import Acceptor
-from .api import TcpEvent, TcpResponse
 from .channel import Channel, Kind
-from .connection import Connection
+from .connection import Connection, Event
+from .events import TcpEvent, TcpResponse
 from .framing import MessageTooLarge
 from .logs import Throttle, printable
 from .scoreboard import Scoreboard, SlotWriter, State
@@ -43,7 +43,6 @@ _EOF = None  # queued after a half-closed connection's last DATA
 #: How long a gracefully closed connection waits for the client's FIN after ours.
 LINGER = 2.0
 
-Event = tuple[Connection, TcpEvent | None, bytes]
 
 
 class EventLoop:

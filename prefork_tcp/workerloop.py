@@ -164,7 +164,7 @@ class WorkerLoop(EventLoop):
                     waiting.popleft()
                     continue
                 try:
-                    fields, fds = handoff.pack(conn.parcel(DATA), conn.fd)
+                    fields, fds = handoff.pack(conn.parcel(), conn.fd)
                 except OSError as exc:  # no descriptor or memory for its payload: the others first
                     self.warnings.warn("handoff", "cannot hand over connection %s yet: %s", conn.uuid, exc.strerror)
                     waiting.rotate(-1)

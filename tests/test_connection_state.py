@@ -62,8 +62,8 @@ def test_plain_follows_mask_held_and_closing():
     assert not conn.plain
     conn.mask = select.EPOLLIN
     conn.write(b"x" * 10)
-    conn.hold((conn, "DATA", b"m\r\n"))
-    assert conn.parcel("DATA").pending_input == b"m\r\n"
+    conn.hold((conn, TcpEvent.DATA, b"m\r\n"))
+    assert conn.parcel().pending_input == b"m\r\n"
     assert conn.held and not conn.plain  # a parcel takes nothing until it has arrived
 
 
@@ -169,7 +169,7 @@ def test_parcel_carries_held_input_partial_and_unsent_output():
     assert conn.hold((conn, TcpEvent.DATA, b"one\r\n"))
     assert conn.hold((conn, None, b""))  # an end-of-input marker is not data
     conn.eof = True
-    parcel = conn.parcel(TcpEvent.DATA)
+    parcel = conn.parcel()
     assert (parcel.uuid, parcel.server, parcel.remote, parcel.eof) == ("u-1", "srv", "127.0.0.1:5", True)
     assert parcel.pending_input == b"one\r\ntw" and parcel.unsent_output == b"answer"
     assert parcel.connected
@@ -177,7 +177,7 @@ def test_parcel_carries_held_input_partial_and_unsent_output():
     assert conn.held and conn.out_size == 6 and conn.framer.pending == 2
     conn.unread.append(b"three\r\n")  # taken back from the event queue (the application failed)
     conn.connected = False
-    parcel = conn.parcel(TcpEvent.DATA)
+    parcel = conn.parcel()
     assert parcel.pending_input == b"one\r\nthree\r\ntw" and not parcel.connected
 
 

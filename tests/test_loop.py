@@ -8,9 +8,10 @@ import socket
 import threading
 
 from prefork_tcp import handoff
-from prefork_tcp.api import TcpEvent, TcpWorker
+from prefork_tcp.api import TcpWorker
 from prefork_tcp.channel import Channel, Kind
 from prefork_tcp.connection import Connection
+from prefork_tcp.events import TcpEvent
 from prefork_tcp.framing import make_framer
 from prefork_tcp.signals import SignalPipe
 from prefork_tcp.workerloop import WorkerLoop

@@ -8,7 +8,7 @@ import pickle
 import pytest
 
 from prefork_tcp import Request, TcpEvent
-from prefork_tcp.request import new_request
+from prefork_tcp.events import new_request
 
 FIELDS = (TcpEvent.DATA, b"hi\r\n", "srv", "u-1", "127.0.0.1:5")
 

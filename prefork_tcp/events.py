@@ -1,19 +1,39 @@
-"""``Request``: one event of one connection, as the application sees it.
+"""The vocabulary every part of prefork_tcp shares: ``TcpEvent``, ``TcpResponse``, ``Request``.
 
-A tuple of five named fields, like a ``NamedTuple``, but built differently: the worker
-makes one per event, and a ``NamedTuple``'s generated ``__new__`` (a Python function)
-sends every construction through the slow ``tuple.__new__`` path. ``Request`` keeps
-tuple's own C constructor; ``Request(event, body, ...)`` still works, through the
-metaclass, and the event loop uses ``new_request(fields)``.
+A leaf: it imports nothing of its own package, and the public API, the event loop and
+the connection state all import it.
+
+``Request`` is a tuple of five named fields, like a ``NamedTuple``, but built
+differently: the worker makes one per event, and a ``NamedTuple``'s generated
+``__new__`` (a Python function) sends every construction through the slow
+``tuple.__new__`` path. ``Request`` keeps tuple's own C constructor;
+``Request(event, body, ...)`` still works, through the metaclass, and the event loop
+uses ``new_request(fields)``.
 """
 
 from __future__ import annotations
 
+import enum
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .api import TcpEvent
+
+class TcpEvent(enum.Enum):
+    """What happened on a connection (RoadRunner's wire strings)."""
+
+    CONNECTED = "CONNECTED"
+    DATA = "DATA"
+    CLOSE = "CLOSE"
+
+
+class TcpResponse(enum.Enum):
+    """How a worker answers a request (RoadRunner's wire strings)."""
+
+    RESPOND = "WRITE"  # write the body, keep reading
+    RESPOND_CLOSE = "WRITECLOSE"  # write the body, then close gracefully
+    READ = "CONTINUE"  # write nothing, keep reading
+    CLOSE = "CLOSE"  # write nothing, close
+
 
 try:  # the C descriptor NamedTuple uses for its fields
     from _collections import _tuplegetter
