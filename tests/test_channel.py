@@ -104,24 +104,6 @@ def test_a_closed_peer_is_eof_and_a_broken_channel_stops_queueing():
     assert master.broken and not master.pending
 
 
-def test_a_parcel_travels_with_its_socket_and_payload():
-    master, worker = pair()
-    client, server = socket.socketpair()
-    parcel = handoff.Parcel("u-1", "srv", "127.0.0.1:5", eof=True, pending_input=b"hel", unsent_output=b"out",
-                            connected=False)
-    fields, fds = handoff.pack(parcel, server.fileno())
-    assert worker.send_with_fds(Kind.PARCEL, fields, fds)
-    os.close(fds[1])
-    message = master.receive()
-    assert message is not None and message.kind is Kind.PARCEL and len(message.fds) == 2
-    assert handoff.unpack(message.fields, message.fds) == parcel
-    moved = socket.socket(fileno=message.fds[0])
-    moved.sendall(b"through the moved socket")
-    assert client.recv(100) == b"through the moved socket"
-    for sock in (moved, client, server):
-        sock.close()
-
-
 def test_a_parcel_whose_descriptors_do_not_fit_is_truncated_and_leaks_nothing():
     """The receiver at its open-files limit: the kernel delivers what fits and sets
     MSG_CTRUNC; the parcel is refused by uuid and what did arrive is closed."""
@@ -155,34 +137,3 @@ def test_a_parcel_whose_descriptors_do_not_fit_is_truncated_and_leaks_nothing():
     os.waitpid(pid, 0)
     assert os.read(read_end, 1) == b"\0"
     os.close(read_end)
-
-
-def test_relay_keeps_a_parcel_until_a_worker_adopts_it():
-    master_a, worker_a = pair()
-    master_b, worker_b = pair()
-    relay = handoff.Relay()
-    client, server = socket.socketpair()
-    fields, fds = handoff.pack(handoff.Parcel("u-1", "srv", "r"), os.dup(server.fileno()))
-    relay.add(fields, tuple(fds))
-    assert relay.deliver([(1, master_a, 0), (2, master_b, 5)]) == 1  # to the least loaded
-    first = worker_a.receive()
-    assert first is not None and first.kind is Kind.PARCEL
-    os.close(first.fds[0])
-    assert relay.acknowledged(1, "u-1", ok=False)  # worker 1 could not take it
-    assert relay.holds("u-1") and len(relay.waiting) == 1
-    assert relay.deliver([(1, master_a, 0), (2, master_b, 5)]) == 1  # the one that refused goes last
-    second = worker_b.receive()
-    assert second is not None and second["uuid"] == "u-1"
-    relay.gone(2)  # worker 2 died before answering: back in line
-    assert len(relay.waiting) == 1
-    assert relay.deliver([(1, master_a, 0)]) == 1
-    third = worker_a.receive()
-    assert not relay.acknowledged(2, "u-1", ok=True)  # not sent to 2 (any more)
-    assert relay.acknowledged(1, "u-1", ok=True)
-    assert len(relay) == 0
-    adopted = socket.socket(fileno=third.fds[0])
-    adopted.sendall(b"x")
-    assert client.recv(1) == b"x"
-    os.close(second.fds[0])
-    for sock in (adopted, client, server):
-        sock.close()
