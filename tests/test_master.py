@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 
 import psutil
-from harness import Client, servers_config, wait_for
+from harness import Client, servers_config, uuid_of, wait_for
 
 
 def test_term_delivers_close_to_every_connection_and_exits_zero(start_server):
@@ -41,13 +42,22 @@ def test_term_lets_the_current_event_finish(start_server):
 
 
 def test_quick_stop_on_int_and_quit(start_server):
+    """A quick stop drops unsent output instead of waiting for it (a graceful stop would
+    wait up to half of destroy_timeout for a reader that never reads), delivers CLOSE to
+    every connection once, and exits 0."""
+    extra = '[tcp.pool]\ndestroy_timeout = "20s"\n'
     for signum in (signal.SIGINT, signal.SIGQUIT):
-        server = start_server(servers_config("echo"))
-        with Client(server.address("echo")) as client:
-            client.send(b"x\r\n")
-            assert client.line() == b"x\r\n"
+        server = start_server(servers_config("echo", extra=extra), workers=1)
+        with Client(server.address("echo")) as stalled, Client(server.address("echo")) as idle:
+            stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            uuids = [uuid_of(c) for c in (stalled, idle)]
+            stalled.send(b"big 50000000\r\n")  # far more than the kernel buffers: most stays unsent
+            server.wait_events(uuids[0], last="DATA")
+            started = time.monotonic()
             assert server.stop(signum) == 0
-            client.read_to_eof()
+            assert time.monotonic() - started < 8  # not the 10 s a graceful stop would wait
+        for uuid in uuids:
+            assert [e["event"] for e in server.events_of(uuid)].count("CLOSE") == 1
 
 
 def test_stuck_worker_is_killed_after_destroy_timeout(start_server):
