@@ -19,15 +19,18 @@ from .control import ControlError, request, socket_path
 from .daemon import daemonize
 from .fdlimit import raise_open_files
 from .sockets import BindError, Listener, bind
+from .values import IntBetween, OneOf
+from .workerproc import EXIT_APP_LOAD
 
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
-EXIT_APP_LOAD = 4
 
 log = logging.getLogger("prefork_tcp.master")
 
-_APP_HELP = "The application, as module:callable (default callable: main). Overrides `app` in the config."
-_CONFIG_HELP = "TOML config file (see conf/prefork_tcp.toml for every key)."
+#: The settings ``serve`` flags override: key path -> the flag's names.
+OVERRIDING_FLAGS: dict[str, tuple[str, ...]] = {}
+
+_CONFIG_HELP = "TOML config file (every key: docs/configuration.md, conf/prefork_tcp.toml)."
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -64,16 +67,32 @@ def main() -> None:
     """
 
 
+def _overriding(key_path: str, *names: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Return a ``serve`` option overriding the setting at ``key_path``: help, range, choices from its declaration."""
+    declared = cfg.declaration(key_path)
+    parse = declared.metadata["parse"]
+    kind: click.ParamType | None = None
+    if isinstance(parse, IntBetween):
+        kind = click.IntRange(parse.lo, parse.hi)
+    elif isinstance(parse, OneOf):
+        kind = click.Choice(parse.choices, case_sensitive=not parse.fold_case)
+    meaning = declared.metadata["doc"]
+    if declared.metadata["default_doc"]:
+        meaning += f"; default: {declared.metadata['default_doc']}"
+    OVERRIDING_FLAGS[key_path] = names
+    return click.option(*names, type=kind, help=f"{meaning[:1].upper()}{meaning[1:]} (config: {key_path}).")
+
+
 @main.command()
 @click.argument("app", required=False)
 @click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False), help=_CONFIG_HELP)
 @click.option("-b", "--bind", "binds", multiple=True, metavar="[NAME=]ADDR",
               help="Listen on ADDR as server NAME (default name: default). Repeatable. "
                    "A NAME from the config keeps its settings and gets this address.")
-@click.option("-w", "--workers", type=click.IntRange(1, cfg.MAX_WORKERS), help="Worker processes (tcp.pool.num_workers).")
-@click.option("--max-jobs", type=click.IntRange(min=0), help="Events per worker before it is recycled; 0 = never.")
-@click.option("--pidfile", help="Write the master's pid to this file.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error", "critical"], case_sensitive=False))
+@_overriding("tcp.pool.num_workers", "-w", "--workers")
+@_overriding("tcp.pool.max_jobs", "--max-jobs")
+@_overriding("pidfile", "--pidfile")
+@_overriding("log.level", "--log-level")
 @click.option("--preload", is_flag=True, help="Import the application in the master before forking.")
 @click.option("--daemon", is_flag=True, help="Detach from the terminal after binding.")
 def serve(app: str | None, config_file: str | None, binds: tuple[str, ...], workers: int | None,

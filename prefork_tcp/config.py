@@ -9,7 +9,7 @@ import dataclasses
 import difflib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,8 +26,8 @@ DEFAULT_SERVER = "default"
 #: The most worker processes one master runs (also the bound of ``-w``).
 MAX_WORKERS = 256
 
-_KEEPIDLE = v.duration_between("1s", "32767s", or_zero=True)  # TCP_KEEPIDLE takes 1..32767 seconds
-_WORKER_TIMEOUT = v.duration_between("10ms", "24h")
+_KEEPIDLE = v.DurationBetween("1s", "32767s", or_zero=True)  # TCP_KEEPIDLE takes 1..32767 seconds
+_WORKER_TIMEOUT = v.DurationBetween("10ms", "24h")
 
 
 class ConfigError(Exception):
@@ -35,14 +35,24 @@ class ConfigError(Exception):
 
 
 def setting(
+    *,
+    parse: v.Parser,
+    doc: str,
     default: Any = dataclasses.MISSING,
-    parse: v.Parser = v.string,
-    doc: str = "",
-    emit: Callable[[Any], Any] | None = None,
     factory: Callable[[], Any] | None = None,
+    default_doc: str = "",
+    example: Any = dataclasses.MISSING,
+    emit: Callable[[Any], Any] | None = None,
 ) -> Any:
-    """Declare one config key: its default, parser, doc text, and how ``check`` prints it."""
-    meta = {"parse": parse, "doc": doc, "emit": emit or (lambda value: value)}
+    """Return the field declaring one config key; loading, ``check``, the docs and the CLI flags all read it.
+
+    ``parse`` validates a raw TOML value (its bounds are stated in the docs and CLI help); ``emit`` turns the
+    parsed value back into TOML for ``check``. Without ``default`` or ``factory`` the key is required.
+    ``default_doc`` says what ``factory`` computes; ``example`` is the value conf/prefork_tcp.toml shows where
+    the default would not serve (a required key, a computed default, an app to run).
+    """
+    meta = {"parse": parse, "doc": doc, "emit": emit or (lambda value: value), "default_doc": default_doc,
+            "example": example}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -56,47 +66,70 @@ def _emit_megabytes(value: int) -> float:
     return value / (1024 * 1024)
 
 
+def _emit_umask(value: int) -> str:
+    return f"0o{value:03o}"
+
+
+def _default_workers() -> int:
+    return min(os.cpu_count() or 1, MAX_WORKERS)
+
+
 @dataclass(frozen=True)
 class ServerConfig:
-    """``[tcp.servers.NAME]``: one listening address and how its bytes are framed."""
+    """``[tcp.servers.NAME]``: one server, its address and how its bytes are framed; NAME is ``request.server``."""
 
     name: str
-    addr: Address = setting(parse=v.address, emit=str, doc="tcp://host:port, host:port, [::1]:port or unix:///path")
-    delimiter: bytes = setting(b"\r\n", v.delimiter, "end of each message, kept in the body; \"\" = stream mode", _emit_delimiter)
-    max_message_size: int = setting(1 << 20, v.int_between(1, 1 << 30),
-                                    "bytes a message may hold without its delimiter; more closes the connection")
-    read_buf_size: int = setting(64 * 1024, v.megabytes_up_to(16),
-                                 "MB asked for by one read (RoadRunner's key; default 64 KiB)", _emit_megabytes)
-    idle_timeout: float = setting(0.0, v.duration, "nothing read or written this long: close; 0 = never", v.format_duration)
-    read_timeout: float = setting(60.0, v.duration,
-                                  "a started message must be complete this soon; 0 = never (not used in stream mode)", v.format_duration)
-    write_timeout: float = setting(60.0, v.duration, "queued output must make progress this often; 0 = never", v.format_duration)
-    keepalive: float = setting(0.0, _KEEPIDLE, "TCP keepalive idle time of accepted sockets; 0 = off", v.format_duration)
-    backlog: int = setting(BACKLOG, v.int_between(1, 65535), "listen(2) backlog (the kernel caps it at net.core.somaxconn)")
+    addr: Address = setting(parse=v.address, emit=str, example=DEFAULT_ADDRESS,
+                            doc="tcp://host:port, host:port, [::1]:port or unix:///path")
+    delimiter: bytes = setting(default=b"\r\n", parse=v.delimiter, emit=_emit_delimiter,
+                               doc='end of each message, kept in the body; "" = stream mode')
+    max_message_size: int = setting(default=1 << 20, parse=v.IntBetween(1, 1 << 30),
+                                    doc="bytes a message may hold without its delimiter; more closes the connection")
+    read_buf_size: int = setting(default=64 * 1024, parse=v.MegabytesUpTo(16), emit=_emit_megabytes,
+                                 doc="MB asked for by one read (RoadRunner's key; default 64 KiB)")
+    idle_timeout: float = setting(default=0.0, parse=v.duration, emit=v.format_duration,
+                                  doc="nothing read or written this long: close; 0 = never")
+    read_timeout: float = setting(
+        default=60.0, parse=v.duration, emit=v.format_duration,
+        doc="a started message must be complete this soon; 0 = never (not used in stream mode)")
+    write_timeout: float = setting(default=60.0, parse=v.duration, emit=v.format_duration,
+                                   doc="queued output must make progress this often; 0 = never")
+    keepalive: float = setting(default=0.0, parse=_KEEPIDLE, emit=v.format_duration,
+                               doc="TCP keepalive idle time of accepted sockets; 0 = off")
+    backlog: int = setting(default=BACKLOG, parse=v.IntBetween(1, 65535),
+                           doc="listen(2) backlog (the kernel caps it at net.core.somaxconn)")
 
 
 @dataclass(frozen=True)
 class SupervisorConfig:
     """``[tcp.pool.supervisor]``: limits the master enforces on workers."""
 
-    watch_tick: float = setting(1.0, v.duration_between("10ms", "1h"), "how often the master checks the limits below", v.format_duration)
-    ttl: float = setting(0.0, v.duration, "recycle a worker older than this; 0 = never", v.format_duration)
-    idle_ttl: float = setting(0.0, v.duration, "recycle a worker idle for this long; 0 = never", v.format_duration)
-    max_worker_memory: int = setting(0, v.int_between(0, 1 << 20), "MB of RSS above which a worker is recycled; 0 = no limit")
-    exec_ttl: float = setting(0.0, v.duration, "how long one event may run before its worker is killed; 0 = no limit", v.format_duration)
+    watch_tick: float = setting(default=1.0, parse=v.DurationBetween("10ms", "1h"), emit=v.format_duration,
+                                doc="how often the master checks the limits below")
+    ttl: float = setting(default=0.0, parse=v.duration, emit=v.format_duration,
+                         doc="recycle a worker older than this; 0 = never")
+    idle_ttl: float = setting(default=0.0, parse=v.duration, emit=v.format_duration,
+                              doc="recycle a worker idle for this long; 0 = never")
+    max_worker_memory: int = setting(default=0, parse=v.IntBetween(0, 1 << 20),
+                                     doc="MB of RSS above which a worker is recycled; 0 = no limit")
+    exec_ttl: float = setting(default=0.0, parse=v.duration, emit=v.format_duration,
+                              doc="how long one event may run before its worker is killed; 0 = no limit")
 
 
 @dataclass(frozen=True)
 class PoolConfig:
     """``[tcp.pool]``: the worker processes."""
 
-    num_workers: int = setting(parse=v.int_between(1, MAX_WORKERS), factory=lambda: min(os.cpu_count() or 1, MAX_WORKERS),
-                               doc="worker processes (default: number of CPUs)")
-    max_connections: int = setting(0, v.int_between(0, 1_000_000),
-                                   "open connections per worker; 0 = as many as the open-files limit allows")
-    max_jobs: int = setting(0, v.int_between(0, 10**12), "events a worker handles before it is recycled; 0 = never")
-    allocate_timeout: float = setting(60.0, _WORKER_TIMEOUT, "a worker must be ready this soon after it is started", v.format_duration)
-    destroy_timeout: float = setting(60.0, _WORKER_TIMEOUT, "a stopping worker gets this long, then SIGKILL", v.format_duration)
+    num_workers: int = setting(factory=_default_workers, default_doc="the number of CPUs", example=2,
+                               parse=v.IntBetween(1, MAX_WORKERS), doc="worker processes")
+    max_connections: int = setting(default=0, parse=v.IntBetween(0, 1_000_000),
+                                   doc="open connections per worker; 0 = as many as the open-files limit allows")
+    max_jobs: int = setting(default=0, parse=v.IntBetween(0, 10**12),
+                            doc="events a worker handles before it is recycled; 0 = never")
+    allocate_timeout: float = setting(default=60.0, parse=_WORKER_TIMEOUT, emit=v.format_duration,
+                                      doc="a worker must be ready this soon after it is started")
+    destroy_timeout: float = setting(default=60.0, parse=_WORKER_TIMEOUT, emit=v.format_duration,
+                                     doc="a stopping worker gets this long, then SIGKILL")
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
 
 
@@ -112,34 +145,36 @@ class TcpConfig:
 class LogConfig:
     """``[log]``: where and how the master and workers log."""
 
-    level: str = setting("info", v.log_level, "debug, info, warning, error or critical")
-    format: str = setting("text", v.log_format, '"text" (one readable line) or "json" (one object per line)')
-    file: str = setting("", v.string, 'a file to append to; "" or "-" = standard error')
+    level: str = setting(default="info", parse=v.log_level, doc="the least severe messages logged")
+    format: str = setting(default="text", parse=v.log_format,
+                          doc="text: one readable line per message; json: one object per line")
+    file: str = setting(default="", parse=v.string, doc='a file to append to; "" or "-" = standard error')
 
 
 @dataclass(frozen=True)
 class ControlConfig:
     """``[control]``: the management socket."""
 
-    socket: str = setting("", v.string, "unix socket for the management commands (mode 0600); \"\" = PIDFILE.sock if a pidfile is set")
+    socket: str = setting(
+        default="", parse=v.string,
+        doc='unix socket for the management commands (mode 0600); "" = PIDFILE.sock if a pidfile is set')
 
 
 @dataclass(frozen=True)
 class Config:
     """The whole effective configuration of one server."""
 
-    app: str = setting("", v.app_spec, "the application, module:callable (the APP argument wins)")
-    pidfile: str = setting("", v.string, "file the master writes its pid to")
-    proc_name: str = setting("prefork-tcp", v.string, "first word of the process titles")
-    user: str = setting("", v.user, "user the workers run as (the master must be root)")
-    group: str = setting("", v.group, "group the workers run as")
-    umask: int = setting(0o022, v.umask, "umask of the master and workers", lambda m: f"0o{m:03o}")
+    app: str = setting(default="", parse=v.app_spec, example="prefork_tcp.examples.echo:main",
+                       doc='the application, "module:callable" (callable defaults to main); the APP argument wins')
+    pidfile: str = setting(default="", parse=v.string, doc="file the master writes its pid to")
+    proc_name: str = setting(default="prefork-tcp", parse=v.string, doc="first word of the process titles")
+    user: str = setting(default="", parse=v.user, doc="user the workers run as (the master must be root)")
+    group: str = setting(default="", parse=v.group, doc="group the workers run as")
+    umask: int = setting(default=0o022, parse=v.umask, emit=_emit_umask, doc="umask of the master and workers")
     tcp: TcpConfig = field(default_factory=TcpConfig)
     log: LogConfig = field(default_factory=LogConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
-    #: Set from the command line only.
-    preload: bool = False
-    daemon: bool = False
+    #: The file it was read from ("" = none), for the reload log line.
     source: str = ""
 
     @property
@@ -151,7 +186,42 @@ class Config:
         return self.tcp.pool
 
 
-_CLI_ONLY = {"preload", "daemon", "source"}
+def sections(cls: type = Config, path: str = "") -> Iterator[tuple[str, type]]:
+    """Yield ``(dotted path, class)`` of every TOML table, the top level ("") first, in declaration order."""
+    yield path, cls
+    for f in dataclasses.fields(cls):
+        if f.name == "servers":
+            yield from sections(ServerConfig, _join(path, "servers") + ".NAME")
+        elif dataclasses.is_dataclass(f.default_factory):
+            yield from sections(f.default_factory, _join(path, f.name))
+
+
+def keys(section: type) -> list[dataclasses.Field[Any]]:
+    """Return the fields of ``section`` declared with ``setting``: its keys, in declaration order."""
+    return [f for f in dataclasses.fields(section) if "parse" in f.metadata]
+
+
+def declaration(key_path: str) -> dataclasses.Field[Any]:
+    """Return the field declaring the key at ``key_path`` (``"tcp.pool.max_jobs"``); raises ``KeyError``."""
+    section_path, _, name = key_path.rpartition(".")
+    for path, section in sections():
+        if path == section_path:
+            for f in keys(section):
+                if f.name == name:
+                    return f
+    raise KeyError(key_path)
+
+
+def describe(f: dataclasses.Field[Any]) -> str:
+    """Return what a key means, its bounds and its computed default, as one line of text."""
+    parts = [f.metadata["doc"], v.bounds(f.metadata["parse"])]
+    if f.metadata["default_doc"]:
+        parts.append(f"default: {f.metadata['default_doc']}")
+    return "; ".join(part for part in parts if part)
+
+
+#: Fields that are not keys of the TOML document.
+_NOT_KEYS = {"name", "source"}
 
 
 def load(path: str | None, overrides: dict[str, Any] | None = None, binds: list[str] | None = None) -> Config:
@@ -221,7 +291,7 @@ def _build(cls: type, raw: Any, path: str, **fixed: Any) -> Any:
     """Return an instance of section ``cls`` from the TOML table ``raw`` at ``path``."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a table, got {v.brief(raw)}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in _CLI_ONLY and f.name != "name"}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in _NOT_KEYS}
     for key in raw:
         if key not in fields:
             raise ConfigError(_unknown_key(_join(path, key), key, list(fields)))
@@ -241,6 +311,7 @@ def _build(cls: type, raw: Any, path: str, **fixed: Any) -> Any:
             except ValueError as exc:
                 raise ConfigError(f"{key_path}: {exc}") from None
         else:
+            assert isinstance(f.default_factory, type)  # a section: its class makes its defaults
             kwargs[name] = _build(f.default_factory, raw[name], key_path)
     return cls(**fixed, **kwargs)
 
@@ -253,7 +324,8 @@ def _build_servers(raw: Any, path: str) -> tuple[ServerConfig, ...]:
     for name, table in raw.items():
         server_path = _join(path, name)
         if isinstance(table, dict) and "addr" not in table:
-            raise ConfigError(f'{server_path}.addr: missing: server {name!r} needs an address, as in addr = "tcp://127.0.0.1:8889"')
+            raise ConfigError(f"{server_path}.addr: missing: server {name!r} needs an address, "
+                              f"as in addr = {v.show(DEFAULT_ADDRESS)}")
         server = _build(ServerConfig, table, server_path, name=name)
         other = seen.get(server.addr)
         if other is not None and not (server.addr.kind == "tcp" and server.addr.port == 0):
@@ -285,7 +357,7 @@ def to_toml(config: Config) -> str:
 def _emit_table(obj: Any, path: str, lines: list[str]) -> None:
     subtables: list[tuple[str, Any]] = []
     for f in dataclasses.fields(obj):
-        if f.name in _CLI_ONLY or f.name == "name":
+        if f.name in _NOT_KEYS:
             continue
         value = getattr(obj, f.name)
         if f.name == "servers":

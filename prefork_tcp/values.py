@@ -1,5 +1,6 @@
 """Parsers for single config values. Each returns the value or raises ``ValueError``
-with the text that follows ``key:`` in the error (``expected ..., got ...``)."""
+with the text that follows ``key:`` in the error (``expected ..., got ...``). The bounded
+ones are objects that also state their bounds, for the docs and the command line."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import os
 import pwd
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .sockets import Address, parse_address
@@ -70,18 +71,21 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def int_between(lo: int, hi: int) -> Parser:
-    """Return a parser of integers from ``lo`` to ``hi``; its errors name the bound broken."""
-    at_least = "a positive integer" if lo == 1 else f"an integer >= {lo}"
+class IntBetween:
+    """A parser of integers from ``lo`` to ``hi``; its errors name the bound broken."""
 
-    def parse(value: Any) -> int:
-        if not _is_int(value) or value < lo:
-            raise _expected(at_least, value)
-        if value > hi:
-            raise _expected(f"an integer from {lo} to {hi}", value)
-        return value
+    def __init__(self, lo: int, hi: int) -> None:
+        self.lo, self.hi = lo, hi
+        self.bounds = f"{lo} to {hi}"
+        self._at_least = "a positive integer" if lo == 1 else f"an integer >= {lo}"
 
-    return parse
+    def __call__(self, value: Any) -> int:
+        if not _is_int(value) or value < self.lo:
+            raise _expected(self._at_least, value)
+        if value > self.hi:
+            raise _expected(f"an integer from {self.lo} to {self.hi}", value)
+        return int(value)
+
 
 
 def _seconds(value: Any) -> float | None:
@@ -107,25 +111,28 @@ def _seconds(value: Any) -> float | None:
     return total if text and pos == len(text) else None
 
 
-def duration_between(lo: str, hi: str, *, or_zero: bool = False) -> Parser:
-    """Return a parser of durations from ``lo`` to ``hi`` (Go-style text), and of 0 if ``or_zero``."""
-    low, high = _seconds(lo), _seconds(hi)
-    assert low is not None and high is not None and 0 <= low <= high <= _seconds(MAX_DURATION), (lo, hi)
-    bounds = f"{'0 or ' if or_zero else ''}a duration from {lo} to {hi}"
+class DurationBetween:
+    """A parser of durations from ``lo`` to ``hi`` (Go-style text), and of 0 if ``or_zero``; gives seconds."""
 
-    def parse(value: Any) -> float:
+    def __init__(self, lo: str, hi: str, *, or_zero: bool = False) -> None:
+        low, high, longest = _seconds(lo), _seconds(hi), _seconds(MAX_DURATION)
+        assert low is not None and high is not None and longest is not None and 0 <= low <= high <= longest, (lo, hi)
+        self.low, self.high, self.or_zero = low, high, or_zero
+        self.bounds = f"{'0 or ' if or_zero else ''}{lo} to {hi}"
+        self._expected = f"{'0 or ' if or_zero else ''}a duration from {lo} to {hi}"
+
+    def __call__(self, value: Any) -> float:
         seconds = _seconds(value)
         if seconds is None:
-            raise _expected(f'{bounds}, written "500ms", "60s", "1m30s" or as a number of seconds', value)
-        if not (or_zero and seconds == 0) and not low <= seconds <= high:  # False for NaN
-            raise _expected(bounds, value)
+            raise _expected(f'{self._expected}, written "500ms", "60s", "1m30s" or as a number of seconds', value)
+        if not (self.or_zero and seconds == 0) and not self.low <= seconds <= self.high:  # False for NaN
+            raise _expected(self._expected, value)
         return float(seconds) or 0.0  # not -0.0
 
-    return parse
 
 
 #: Any duration up to ``MAX_DURATION``, 0 included.
-duration = duration_between("0s", MAX_DURATION)
+duration = DurationBetween("0s", MAX_DURATION)
 
 
 def format_duration(seconds: float) -> str:
@@ -166,27 +173,45 @@ def delimiter(value: Any) -> bytes:
     return value.encode("utf-8")
 
 
-def megabytes_up_to(hi: int) -> Parser:
-    """Return a parser of a number of megabytes above 0 and at most ``hi``, giving bytes (RoadRunner's ``read_buf_size``)."""
+class MegabytesUpTo:
+    """A parser of a number of megabytes above 0 and at most ``hi``, giving bytes (RoadRunner's ``read_buf_size``)."""
 
-    def parse(value: Any) -> int:
-        if not (_is_int(value) or isinstance(value, float)) or not 0 < value <= hi:  # False for NaN
-            raise _expected(f"a number of megabytes above 0 and at most {hi}", value)
+    def __init__(self, hi: int) -> None:
+        self.hi = hi
+        self.bounds = f"above 0, at most {hi}"
+
+    def __call__(self, value: Any) -> int:
+        if not (_is_int(value) or isinstance(value, float)) or not 0 < value <= self.hi:  # False for NaN
+            raise _expected(f"a number of megabytes above 0 and at most {self.hi}", value)
         return max(1, int(value * 1024 * 1024))
 
-    return parse
 
 
-def log_level(value: Any) -> str:
-    if not isinstance(value, str) or value.lower() not in _LOG_LEVELS:
-        raise _expected("one of " + ", ".join(_LOG_LEVELS), value)
-    return value.lower()
+class OneOf:
+    """A parser of one of ``choices`` (of any case if ``fold_case``, giving it in lower case)."""
+
+    def __init__(self, choices: tuple[str, ...], expected: str, *, fold_case: bool = False) -> None:
+        self.choices, self.fold_case, self._expected = choices, fold_case, expected
+        *most, last = [toml_string(choice) for choice in choices]
+        self.bounds = f"{', '.join(most)} or {last}"
+
+    def __call__(self, value: Any) -> str:
+        if self.fold_case:
+            if not isinstance(value, str) or value.lower() not in self.choices:
+                raise _expected(self._expected, value)
+            return value.lower()
+        if value not in self.choices:
+            raise _expected(self._expected, value)
+        return str(value)
 
 
-def log_format(value: Any) -> str:
-    if value not in ("text", "json"):
-        raise _expected('"text" or "json"', value)
-    return value  # type: ignore[no-any-return]
+log_level = OneOf(_LOG_LEVELS, "one of " + ", ".join(_LOG_LEVELS), fold_case=True)
+log_format = OneOf(("text", "json"), '"text" or "json"')
+
+
+def bounds(parse: Parser) -> str:
+    """Return the bounds a parser checks, as text for the docs ("1 to 256", "10ms to 24h"); "" if it states none."""
+    return str(getattr(parse, "bounds", ""))
 
 
 def app_spec(value: Any) -> str:
@@ -231,7 +256,7 @@ def _account(value: Any, kind: str, id_name: str, by_id: Callable[[int], Any], b
     return value
 
 
-def expand_env(value: Any, environ: dict[str, str] | None = None) -> Any:
+def expand_env(value: Any, environ: Mapping[str, str] | None = None) -> Any:
     """Return ``value`` with ``${VAR}`` and ``${VAR:-default}`` expanded in every string."""
     env = os.environ if environ is None else environ
     if isinstance(value, str):

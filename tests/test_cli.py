@@ -28,6 +28,9 @@ def test_help_names_the_commands():
     serve_help = run("serve", "--help").stdout
     for flag in ("--config", "--bind", "--workers", "--max-jobs", "--pidfile", "--log-level", "--preload", "--daemon"):
         assert flag in serve_help
+    for key in ("tcp.pool.num_workers", "tcp.pool.max_jobs", "log.level"):  # help taken from the declarations
+        assert f"(config: {key})" in " ".join(serve_help.split())
+    assert "[1<=x<=256]" in serve_help and "[debug|info|warning|error|critical]" in serve_help
 
 
 def test_check_prints_the_effective_config_and_it_loads_back(tmp_path):

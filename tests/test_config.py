@@ -172,12 +172,6 @@ def test_new_server_and_pool_keys_load(tmp_path):
     assert "max_connections = 500" in printed
 
 
-def test_workers_option_has_the_same_bound():
-    from prefork_tcp import cli
-    result = CliRunner().invoke(cli.main, ["serve", "m:f", "-w", "257"])
-    assert result.exit_code == 2 and "1<=x<=256" in result.output
-
-
 def test_listeners_are_bound_with_the_configured_backlog(monkeypatch):
     from prefork_tcp import cli, sockets
     asked = []
@@ -378,33 +372,104 @@ def test_peer_names():
     assert format_peer(socket.AF_UNIX, b"\x00abstract") == "\x00abstract"
 
 
-def _declared(cls, prefix):
-    for f in dataclasses.fields(cls):
-        if "emit" in f.metadata:
-            yield prefix + f.name, f
-
-
-@pytest.mark.parametrize("cls, prefix", [
-    (cfg.Config, ""), (cfg.ServerConfig, "tcp.servers.NAME."), (cfg.PoolConfig, "tcp.pool."),
-    (cfg.SupervisorConfig, "tcp.pool.supervisor."), (cfg.LogConfig, "log."), (cfg.ControlConfig, "control."),
-])
-def test_every_declared_key_is_documented_with_its_default(cls, prefix):
+def _generator():
+    """The module scripts/gen_config_docs.py, which is not in a package."""
+    import importlib.util
     import pathlib
-    root = pathlib.Path(__file__).parent.parent
-    readme = (root / "README.md").read_text()
-    reference = (root / "conf" / "prefork_tcp.toml").read_text()
-    for key, f in _declared(cls, prefix):
-        row = next((line for line in readme.splitlines() if line.startswith(f"| `{key}` |")), None)
-        assert row is not None, f"README has no row for {key}"
-        assert re.search(rf"^#? ?{f.name} = ", reference, re.MULTILINE), f"conf/prefork_tcp.toml lacks {key}"
-        if f.default is not dataclasses.MISSING:
-            shown = values.show(f.metadata["emit"](f.default))
-            parsed_back = f.metadata["parse"](_first_cell_value(row))
-            assert parsed_back == f.default, f"README default of {key} is not {shown}"
+    path = pathlib.Path(__file__).parent.parent / "scripts" / "gen_config_docs.py"
+    spec = importlib.util.spec_from_file_location("gen_config_docs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _first_cell_value(row: str):
-    """The README's default cell as the TOML value it shows."""
-    from prefork_tcp.config import tomllib
-    cell = row.split("|")[2].strip().strip("`")
-    return tomllib.loads(f"v = {cell}")["v"]
+def test_generated_config_docs_are_current():
+    generator = _generator()
+    for path, text in generator.generated().items():
+        assert path.read_text() == text, f"{path.name} is stale: run python3 scripts/gen_config_docs.py"
+    assert generator.main(["--check"]) == 0
+
+
+def test_the_reference_config_is_the_default_config(tmp_path):
+    path = _generator().REFERENCE
+    config = cfg.load(str(path))
+    example = cfg.declaration("app").metadata["example"]
+    assert config == dataclasses.replace(cfg.load(None), app=example, source=str(path))
+
+
+def test_the_docs_give_every_key_with_its_default_and_bounds():
+    generator = _generator()
+    markdown, reference = generator.markdown(), generator.reference_toml()
+    for path, section in cfg.sections():
+        for f in cfg.keys(section):
+            key = f"{path}.{f.name}" if path else f.name
+            row = next((line for line in markdown.splitlines() if line.startswith(f"| `{key}` |")), None)
+            assert row is not None, f"docs/configuration.md has no row for {key}"
+            assert values.bounds(f.metadata["parse"]) in row
+            assert re.search(rf"^(# )?{f.name} = ", reference, re.MULTILINE), f"conf/prefork_tcp.toml lacks {key}"
+    assert '| `tcp.pool.supervisor.watch_tick` | `"1s"` | 10ms to 1h |' in markdown
+    assert "| `tcp.servers.NAME.addr` | required |" in markdown
+    assert "| `tcp.pool.num_workers` | the number of CPUs | 1 to 256 |" in markdown
+
+
+def test_the_docs_show_the_errors_the_code_gives():
+    markdown = _generator().markdown()
+    assert "prefork-tcp: tcp.pool.num_workers: expected a positive integer, got -1\n" in markdown
+    assert "prefork-tcp: tcp.pool.num_wokers: unknown key (did you mean 'num_workers'?)\n" in markdown
+
+
+def test_a_stale_generated_file_is_reported(tmp_path, monkeypatch, capsys):
+    generator = _generator()
+    stale = tmp_path / "prefork_tcp.toml"
+    stale.write_text(generator.reference_toml().replace("backlog = 2048", "backlog = 1024"))
+    monkeypatch.setattr(generator, "ROOT", tmp_path)
+    monkeypatch.setattr(generator, "REFERENCE", stale)
+    monkeypatch.setattr(generator, "MARKDOWN", tmp_path / "configuration.md")
+    assert generator.main(["--check"]) == 1
+    assert "prefork_tcp.toml is stale" in capsys.readouterr().err
+    assert generator.main([]) == 0 and generator.main(["--check"]) == 0
+
+
+@pytest.mark.parametrize("key_path, bad, shown", [
+    ("tcp.pool.num_workers", "0", "1<=x<=256"),
+    ("tcp.pool.max_jobs", "1000000000001", "0<=x<=1000000000000"),
+    ("log.level", "loud", "'debug', 'info', 'warning', 'error', 'critical'"),
+])
+def test_serve_flags_take_help_and_bounds_from_the_declarations(key_path, bad, shown):
+    from prefork_tcp import cli
+    flag = cli.OVERRIDING_FLAGS[key_path][-1]
+    option = next(p for p in cli.serve.params if flag in p.opts)
+    assert cfg.declaration(key_path).metadata["doc"][1:] in option.help and key_path in option.help
+    result = CliRunner().invoke(cli.main, ["serve", "m:f", flag, bad])
+    assert result.exit_code == 2 and f"'{flag}': " in result.output and shown in result.output
+
+
+def test_every_flag_overriding_a_setting_names_a_declared_key():
+    from prefork_tcp import cli
+    assert set(cli.OVERRIDING_FLAGS) == {"tcp.pool.num_workers", "tcp.pool.max_jobs", "pidfile", "log.level"}
+    with pytest.raises(KeyError):
+        cfg.declaration("tcp.pool.no_such_key")
+
+
+@pytest.mark.parametrize("parse, bounds", [
+    (values.IntBetween(1, 256), "1 to 256"),
+    (values.DurationBetween("1s", "32767s", or_zero=True), "0 or 1s to 32767s"),
+    (values.duration, "0s to 168h"),
+    (values.MegabytesUpTo(16), "above 0, at most 16"),
+    (values.log_format, '"text" or "json"'),
+    (values.string, ""),
+])
+def test_parsers_state_their_bounds(parse, bounds):
+    assert values.bounds(parse) == bounds
+
+
+def test_the_readme_example_loads_and_its_error_is_the_real_one(tmp_path):
+    import pathlib
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    config = load_text(tmp_path, example)
+    assert [(s.name, str(s.addr), s.delimiter) for s in config.servers] == [
+        ("smtp", "tcp://127.0.0.1:1025", b"\r\n"), ("lines", "tcp://127.0.0.1:8889", b"\n")]
+    message = error_of(tmp_path, "[tcp.pool]\nnum_workers = -1\n" + SERVER)
+    assert f"\nprefork-tcp: {message}\n" in section
