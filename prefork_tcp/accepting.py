@@ -45,8 +45,15 @@ _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 class Acceptor:
     """When and how one worker accepts; the loop registers what ``accept`` returns."""
 
-    def __init__(self, listeners: Iterable[Listener], epoll: select.epoll, slot: SlotWriter,
-                 max_connections: int, high_water: int, warnings: Throttle) -> None:
+    def __init__(
+        self,
+        listeners: Iterable[Listener],
+        epoll: select.epoll,
+        slot: SlotWriter,
+        max_connections: int,
+        high_water: int,
+        warnings: Throttle,
+    ) -> None:
         self.listeners = {lst.sock.fileno(): lst for lst in listeners}
         self.epoll = epoll
         self.slot = slot
@@ -116,20 +123,24 @@ class Acceptor:
             if connections + len(accepted) >= self.capacity:
                 self.full = True
                 self.sync()
-                self.warnings.warn("capacity", "worker holds %d connections, its limit (max_connections, or the "
-                                   "open-files limit less a reserve); not accepting until one closes",
-                                   connections + len(accepted))
+                self.warnings.warn(
+                    "capacity",
+                    "worker holds %d connections, its limit (max_connections, or the "
+                    "open-files limit less a reserve); not accepting until one closes",
+                    connections + len(accepted),
+                )
                 break
             try:
                 # The C-level accept and socket type: socket.socket's Python layer costs
                 # a noticeable share of a short connection's life.
-                fd, addr = lsock._accept()  # type: ignore[attr-defined]
+                fd, addr = lsock._accept()  # type: ignore[attr-defined]  # socket's C-level accept
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
                 if exc.errno in _OUT_OF_RESOURCES:
-                    self.warnings.warn("accept", "cannot accept on %s: %s; pausing accepts for %gs",
-                                       listener.name, exc.strerror, ACCEPT_BACKOFF)
+                    self.warnings.warn(
+                        "accept", "cannot accept on %s: %s; pausing accepts for %gs", listener.name, exc.strerror, ACCEPT_BACKOFF
+                    )
                     if exc.errno == errno.EMFILE:  # the application opened descriptors: keep the reserve
                         self.capacity = capacity(self.max_connections, connections + len(accepted), self.capacity)
                     self.pause(ACCEPT_BACKOFF)
@@ -141,17 +152,19 @@ class Acceptor:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if listener.keepalive:
                     keepalive(sock, listener.keepalive)
-            accepted.append(Connection(
-                sock,
-                new_uuid(),
-                listener.name,
-                format_peer(family, addr),
-                make_framer(listener.delimiter, listener.max_message_size, listener.read_size),
-                listener.read_size,
-                self.high_water,
-                listener.timeouts,
-                clock,
-            ))
+            accepted.append(
+                Connection(
+                    sock,
+                    new_uuid(),
+                    listener.name,
+                    format_peer(family, addr),
+                    make_framer(listener.delimiter, listener.max_message_size, listener.read_size),
+                    listener.read_size,
+                    self.high_water,
+                    listener.timeouts,
+                    clock,
+                )
+            )
         return accepted
 
     def close(self) -> None:
@@ -181,7 +194,7 @@ def capacity(max_connections: int, connections: int = 0, unknown: int = 0) -> in
     return min(by_fds, max_connections) if max_connections else by_fds
 
 
-def keepalive(sock: socket.socket, idle: float) -> None:
+def keepalive(sock: _socket.socket, idle: float) -> None:
     """Turn on TCP keepalive: probes after ``idle`` seconds of silence (whole seconds)."""
     seconds = max(1, round(idle))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)

@@ -65,7 +65,7 @@ class TcpWorker:
         answered with ``CLOSE`` first.
         """
         if self._state == _AWAITING:
-            self._loop.answer(self._conn, _CLOSE, b"")  # type: ignore[arg-type]
+            self._loop.answer(self._conn, _CLOSE, b"")  # type: ignore[arg-type]  # set by wait_request()
         item = next(self._events, None)
         if item is None:
             self._conn = self._request = None
@@ -85,11 +85,11 @@ class TcpWorker:
             self._state = _ANSWERED
             if body:  # Connection.write, inlined
                 conn = self._conn
-                out = conn.out  # type: ignore[union-attr]
+                out = conn.out  # type: ignore[union-attr]  # set by wait_request()
                 if not out:
-                    self._dirty.append(conn)
+                    self._dirty.append(conn)  # type: ignore[arg-type]  # set by wait_request()
                 out.append(body)
-                conn.out_size += len(body)  # type: ignore[union-attr]
+                conn.out_size += len(body)  # type: ignore[union-attr]  # set by wait_request()
             return
         if response.__class__ is not TcpResponse:
             raise TypeError(f"response must be a TcpResponse, got {type(response).__name__}")
@@ -97,7 +97,7 @@ class TcpWorker:
             self._check_answerable()
             return
         self._state = _ANSWERED
-        self._loop.answer(self._conn, response, body)  # type: ignore[arg-type]
+        self._loop.answer(self._conn, response, body)  # type: ignore[arg-type]  # set by wait_request()
 
     def read(self) -> None:
         """Answer the current request with ``READ``: write nothing, keep reading."""
@@ -124,7 +124,7 @@ class TcpWorker:
         )
         if self._state == _AWAITING:
             self._state = _ANSWERED
-            self._loop.abandon(self._conn)  # type: ignore[arg-type]
+            self._loop.abandon(self._conn)  # type: ignore[arg-type]  # set by wait_request()
 
     def close_connection(self, uuid: str) -> bool:
         """Close any connection of the whole server by uuid (RoadRunner's ``tcp.Close``).
@@ -146,10 +146,7 @@ class TcpWorker:
         if self._state == _ANSWERED:
             request = self._request
             assert request is not None
-            raise RuntimeError(
-                f"request {request.event.value} of connection {request.connection_uuid} "
-                "was already answered"
-            )
+            raise RuntimeError(f"request {request.event.value} of connection {request.connection_uuid} was already answered")
         raise RuntimeError("there is no request to answer: call wait_request() first")
 
 

@@ -31,12 +31,10 @@ def load_app(spec: str) -> App:
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise AppLoadError(
-                f"cannot import application {spec!r}: module {module_name!r} has no attribute {attr!r}"
-            ) from None
+            raise AppLoadError(f"cannot import application {spec!r}: module {module_name!r} has no attribute {attr!r}") from None
     if not callable(obj):
         raise AppLoadError(f"application {spec!r} is not callable: it is a {type(obj).__name__}")
-    return obj  # type: ignore[return-value]
+    return obj
 
 
 def _traceback(spec: str) -> str:

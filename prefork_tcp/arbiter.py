@@ -36,8 +36,16 @@ from .workerproc import run as run_worker
 log = logging.getLogger("prefork_tcp.master")
 
 _HANDLED_SIGNALS = (
-    signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD,
-    signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGCHLD,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGWINCH,
 )
 #: The longest the master sleeps without looking at its workers.
 TICK = 1.0
@@ -61,8 +69,9 @@ Reloader = Callable[[], "tuple[Config, str]"]
 class Arbiter:
     """Runs the master's main loop; ``run()`` returns the process exit code."""
 
-    def __init__(self, config: Config, app_spec: str, listeners: list[Listener], preloaded: App | None,
-                 reloader: Reloader | None = None) -> None:
+    def __init__(
+        self, config: Config, app_spec: str, listeners: list[Listener], preloaded: App | None, reloader: Reloader | None = None
+    ) -> None:
         self.config = config
         self.app_spec = app_spec
         self.listeners = listeners
@@ -119,8 +128,16 @@ class Arbiter:
         for lst in self.listeners:
             log.info("listening at %s (server %s)", lst.bound, lst.name)
         log.info("master %d starting %d workers for %s", os.getpid(), self.target, self.app_spec)
-        steps = (self._spawn_missing, self._wait, self._reap, self._check_timeouts, self._supervise,
-                 self._send_retirements, self._relay, self._sync_channels)
+        steps = (
+            self._spawn_missing,
+            self._wait,
+            self._reap,
+            self._check_timeouts,
+            self._supervise,
+            self._send_retirements,
+            self._relay,
+            self._sync_channels,
+        )
         try:
             while True:
                 for step in steps:
@@ -209,8 +226,14 @@ class Arbiter:
         self.spawn_after = 0.0
         while sum(1 for w in self.workers.values() if not w.leaving) < self.target:
             try:
-                handle = fork_worker(self.next_id, self.board, jittered_max_jobs(self.config.pool.max_jobs),
-                                     self.generation, self._become_worker, {w.slot for w in self.workers.values()})
+                handle = fork_worker(
+                    self.next_id,
+                    self.board,
+                    jittered_max_jobs(self.config.pool.max_jobs),
+                    self.generation,
+                    self._become_worker,
+                    {w.slot for w in self.workers.values()},
+                )
             except (OSError, RuntimeError) as exc:  # no descriptors, processes or slots: try again later
                 now = time.monotonic()
                 delay = self.spawn_failures.fail(now)
@@ -224,8 +247,9 @@ class Arbiter:
             handle.watching = selectors.EVENT_READ
             log.debug("started worker %d (pid %d)", handle.id, handle.pid)
 
-    def _become_worker(self, worker_id: int, channel: socket.socket, slot: int, stack_fd: int,
-                       max_jobs: int) -> None:  # pragma: no cover - runs in the child
+    def _become_worker(
+        self, worker_id: int, channel: socket.socket, slot: int, stack_fd: int, max_jobs: int
+    ) -> None:  # pragma: no cover - runs in the child
         code = 1
         try:
             self.selector.close()
@@ -238,10 +262,19 @@ class Arbiter:
                 self.control.server.sock.close()
             if self.signals is not None:
                 self.signals.close()
-            code = run_worker(WorkerContext(
-                worker_id, self.config, self.app_spec, self.listeners, channel, self.preloaded,
-                SlotWriter(self.board, slot), max_jobs, stack_fd,
-            ))
+            code = run_worker(
+                WorkerContext(
+                    worker_id,
+                    self.config,
+                    self.app_spec,
+                    self.listeners,
+                    channel,
+                    self.preloaded,
+                    SlotWriter(self.board, slot),
+                    max_jobs,
+                    stack_fd,
+                )
+            )
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
@@ -362,15 +395,15 @@ class Arbiter:
         elif handle.killed:
             log.warning("worker %d (pid %d) %s (%s); starting a replacement", handle.id, handle.pid, how, handle.killed)
         elif handle.crashed:
-            log.warning("worker %d (pid %d) %s after its application failed; starting a replacement",
-                        handle.id, handle.pid, how)
+            log.warning("worker %d (pid %d) %s after its application failed; starting a replacement", handle.id, handle.pid, how)
             self._on_crash()
         elif handle.retiring and handle.ready:
             log.info("worker %d (pid %d) retired (%s): %s", handle.id, handle.pid, handle.retiring, how)
         elif handle.ready or handle.stopping:
             level = logging.INFO if self.stopping or handle.stopping else logging.WARNING
-            log.log(level, "worker %d (pid %d) %s%s", handle.id, handle.pid, how,
-                    "" if level == logging.INFO else "; starting a replacement")
+            log.log(
+                level, "worker %d (pid %d) %s%s", handle.id, handle.pid, how, "" if level == logging.INFO else "; starting a replacement"
+            )
             if level != logging.INFO and os.WIFSIGNALED(status) and os.WTERMSIG(status) in _CRASH_SIGNALS:
                 self._on_crash()  # the interpreter itself crashed (a C extension?): it may again
         else:
@@ -417,8 +450,10 @@ class Arbiter:
         pool = self.config.pool
         for handle in self.workers.values():
             if not handle.ready and not handle.stopping and not handle.failure and now - handle.started > pool.allocate_timeout:
-                handle.failure = (EXIT_BOOT_FAILED, f"worker {handle.id} (pid {handle.pid}) was not ready after "
-                                                    f"{pool.allocate_timeout:g}s (allocate_timeout); killed")
+                handle.failure = (
+                    EXIT_BOOT_FAILED,
+                    f"worker {handle.id} (pid {handle.pid}) was not ready after {pool.allocate_timeout:g}s (allocate_timeout); killed",
+                )
                 handle.signal(signal.SIGKILL)
             elif handle.retire_sent and not handle.killed and now - handle.retire_sent > pool.destroy_timeout:
                 handle.killed = f"still retiring after destroy_timeout ({pool.destroy_timeout:g}s)"
@@ -625,6 +660,7 @@ class Arbiter:
 
 def _tell_result(handle: WorkerHandle, request_id: int) -> Callable[[bool], None]:
     """Return how to answer a worker's own close request."""
+
     def answer(found: bool) -> None:
         handle.asking = False
         handle.tell(Kind.CLOSE_RESULT, id=request_id, found=found)

@@ -53,6 +53,7 @@ _ANCILLARY = socket.CMSG_SPACE(MAX_FDS * _INT_SIZE)
 BUFFER = 1 << 20
 
 _MASTER, _WORKER, _BOTH = "master", "worker", "both"
+_NO_FIELDS: dict[str, type] = {}
 #: Send errors that mean the other end is gone (others, such as ENOBUFS, pass).
 _GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF})
 
@@ -60,21 +61,20 @@ _GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF})
 class Kind(enum.Enum):
     """Every message type: its byte, who sends it, and its fields with their types."""
 
-    STOP = (b"T", _MASTER, {})
-    QUIT = (b"Q", _MASTER, {})
-    RETIRE = (b"H", _MASTER, {})
-    REOPEN_LOGS = (b"O", _MASTER, {})
+    STOP = (b"T", _MASTER, _NO_FIELDS)
+    QUIT = (b"Q", _MASTER, _NO_FIELDS)
+    RETIRE = (b"H", _MASTER, _NO_FIELDS)
+    REOPEN_LOGS = (b"O", _MASTER, _NO_FIELDS)
     CLOSE = (b"C", _MASTER, {"id": int, "uuid": str})
     CLOSE_RESULT = (b"k", _MASTER, {"id": int, "found": bool})
-    READY = (b"R", _WORKER, {})
-    BUDGET_LOW = (b"L", _WORKER, {})
-    BUDGET_SPENT = (b"J", _WORKER, {})
-    APP_FAILED = (b"X", _WORKER, {})
+    READY = (b"R", _WORKER, _NO_FIELDS)
+    BUDGET_LOW = (b"L", _WORKER, _NO_FIELDS)
+    BUDGET_SPENT = (b"J", _WORKER, _NO_FIELDS)
+    APP_FAILED = (b"X", _WORKER, _NO_FIELDS)
     CLOSED = (b"c", _WORKER, {"id": int, "found": bool})
     CLOSE_REQUEST = (b"K", _WORKER, {"id": int, "uuid": str})
     FAILED = (b"E", _WORKER, {"code": int, "cause": str})
-    PARCEL = (b"A", _BOTH, {"uuid": str, "server": str, "remote": str, "eof": bool, "connected": bool,
-                            "input": int, "output": int})
+    PARCEL = (b"A", _BOTH, {"uuid": str, "server": str, "remote": str, "eof": bool, "connected": bool, "input": int, "output": int})
     PARCEL_ACK = (b"a", _BOTH, {"uuid": str, "ok": bool})
 
     def __init__(self, code: bytes, sender: str, fields: dict[str, type]) -> None:
@@ -135,8 +135,11 @@ def decode(packet: bytes, fds: list[int], flags: int, sender: str) -> Message:
         raise
     if (flags & socket.MSG_CTRUNC) or len(fds) != _fds_expected(message):
         close_all(fds)
-        reason = "descriptors lost in transit (the receiver is out of file descriptors)" \
-            if flags & socket.MSG_CTRUNC else f"{len(fds)} descriptors attached"
+        reason = (
+            "descriptors lost in transit (the receiver is out of file descriptors)"
+            if flags & socket.MSG_CTRUNC
+            else f"{len(fds)} descriptors attached"
+        )
         if message.kind is Kind.PARCEL:
             raise Truncated(reason, message)
         raise ChannelError(f"{message.kind.name}: {reason}")
@@ -164,7 +167,7 @@ def _decode(packet: bytes, fds: list[int], flags: int, sender: str) -> Message:
         raise ChannelError(f"{kind.name}: expected fields {sorted(kind.fields)}")
     for name, expected in kind.fields.items():
         value = fields[name]
-        if type(value) is not expected or (expected is int and not 0 <= value < 1 << 62):
+        if type(value) is not expected or (isinstance(value, int) and expected is int and not 0 <= value < 1 << 62):
             raise ChannelError(f"{kind.name}: field {name} is not a valid {expected.__name__}")
     return Message(kind, fields, tuple(fds))
 
@@ -209,7 +212,7 @@ class Channel:
         """Whether messages wait for the socket to become writable."""
         return bool(self.queue)
 
-    def send(self, kind: Kind, urgent: bool = False, **fields: Any) -> None:
+    def send(self, kind: Kind, *, urgent: bool = False, **fields: Any) -> None:
         """Send a message without descriptors; queue it if the socket is full (``urgent``:
         ahead of what is queued). Never dropped unless the other end is gone."""
         packet = encode(kind, fields)

@@ -86,17 +86,32 @@ def _overriding(key_path: str, *names: str) -> Callable[[Callable[..., None]], C
 @main.command()
 @click.argument("app", required=False)
 @click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False), help=_CONFIG_HELP)
-@click.option("-b", "--bind", "binds", multiple=True, metavar="[NAME=]ADDR",
-              help="Listen on ADDR as server NAME (default name: default). Repeatable. "
-                   "A NAME from the config keeps its settings and gets this address.")
+@click.option(
+    "-b",
+    "--bind",
+    "binds",
+    multiple=True,
+    metavar="[NAME=]ADDR",
+    help="Listen on ADDR as server NAME (default name: default). Repeatable. "
+    "A NAME from the config keeps its settings and gets this address.",
+)
 @_overriding("tcp.pool.num_workers", "-w", "--workers")
 @_overriding("tcp.pool.max_jobs", "--max-jobs")
 @_overriding("pidfile", "--pidfile")
 @_overriding("log.level", "--log-level")
 @click.option("--preload", is_flag=True, help="Import the application in the master before forking.")
 @click.option("--daemon", is_flag=True, help="Detach from the terminal after binding.")
-def serve(app: str | None, config_file: str | None, binds: tuple[str, ...], workers: int | None,
-          max_jobs: int | None, pidfile: str | None, log_level: str | None, preload: bool, daemon: bool) -> None:
+def serve(
+    app: str | None,
+    config_file: str | None,
+    binds: tuple[str, ...],
+    workers: int | None,
+    max_jobs: int | None,
+    pidfile: str | None,
+    log_level: str | None,
+    preload: bool,
+    daemon: bool,
+) -> None:
     """Run the server: bind every server, fork the workers, serve until stopped.
 
     TERM stops gracefully (CLOSE is delivered to every connection), INT or QUIT stops
@@ -195,13 +210,21 @@ def check(app: str | None, config_file: str | None) -> None:
 
 # -- management commands: they talk to a running master over its control socket ----------
 
+
 def _control_options(command: Callable[..., None]) -> Callable[..., None]:
-    for option in reversed([
-        click.option("--control", "control_socket", metavar="SOCKET", help="The master's control socket."),
-        click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False),
-                     help="The server's config file (its [control] socket, or its pidfile)."),
-        click.option("--pidfile", metavar="F", help="The server's pidfile (the socket is F.sock)."),
-    ]):
+    for option in reversed(
+        [
+            click.option("--control", "control_socket", metavar="SOCKET", help="The master's control socket."),
+            click.option(
+                "-c",
+                "--config",
+                "config_file",
+                type=click.Path(dir_okay=False),
+                help="The server's config file (its [control] socket, or its pidfile).",
+            ),
+            click.option("--pidfile", metavar="F", help="The server's pidfile (the socket is F.sock)."),
+        ]
+    ):
         command = option(command)
     return command
 
@@ -233,8 +256,18 @@ def workers(control_socket: str | None, config_file: str | None, pidfile: str | 
     """Show the workers: id, pid, state, events handled, open connections, RSS, age."""
     rows = _ask(control_socket, config_file, pidfile, "workers")["workers"]
     header = ("ID", "PID", "STATE", "EVENTS", "CONNS", "RSS MB", "AGE")
-    lines = [header] + [(str(r["id"]), str(r["pid"]), r["state"], str(r["events"]), str(r["connections"]),
-                         "-" if r["rss_mb"] is None else f"{r['rss_mb']:.1f}", _age(r["age"])) for r in rows]
+    lines = [header] + [
+        (
+            str(r["id"]),
+            str(r["pid"]),
+            r["state"],
+            str(r["events"]),
+            str(r["connections"]),
+            "-" if r["rss_mb"] is None else f"{r['rss_mb']:.1f}",
+            _age(r["age"]),
+        )
+        for r in rows
+    ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for line in lines:
         cells = (cell.ljust(w) if i == 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True)))

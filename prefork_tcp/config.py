@@ -51,8 +51,7 @@ def setting(
     ``default_doc`` says what ``factory`` computes; ``example`` is the value conf/prefork_tcp.toml shows where
     the default would not serve (a required key, a computed default, an app to run).
     """
-    meta = {"parse": parse, "doc": doc, "emit": emit or (lambda value: value), "default_doc": default_doc,
-            "example": example}
+    meta = {"parse": parse, "doc": doc, "emit": emit or (lambda value: value), "default_doc": default_doc, "example": example}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -79,57 +78,75 @@ class ServerConfig:
     """``[tcp.servers.NAME]``: one server, its address and how its bytes are framed; NAME is ``request.server``."""
 
     name: str
-    addr: Address = setting(parse=v.address, emit=str, example=DEFAULT_ADDRESS,
-                            doc="tcp://host:port, host:port, [::1]:port or unix:///path")
-    delimiter: bytes = setting(default=b"\r\n", parse=v.delimiter, emit=_emit_delimiter,
-                               doc='end of each message, kept in the body; "" = stream mode')
-    max_message_size: int = setting(default=1 << 20, parse=v.IntBetween(1, 1 << 30),
-                                    doc="bytes a message may hold without its delimiter; more closes the connection")
-    read_buf_size: int = setting(default=64 * 1024, parse=v.MegabytesUpTo(16), emit=_emit_megabytes,
-                                 doc="MB asked for by one read (RoadRunner's key; default 64 KiB)")
-    idle_timeout: float = setting(default=0.0, parse=v.duration, emit=v.format_duration,
-                                  doc="nothing read or written this long: close; 0 = never")
+    addr: Address = setting(
+        parse=v.address, emit=str, example=DEFAULT_ADDRESS, doc="tcp://host:port, host:port, [::1]:port or unix:///path"
+    )
+    delimiter: bytes = setting(
+        default=b"\r\n", parse=v.delimiter, emit=_emit_delimiter, doc='end of each message, kept in the body; "" = stream mode'
+    )
+    max_message_size: int = setting(
+        default=1 << 20, parse=v.IntBetween(1, 1 << 30), doc="bytes a message may hold without its delimiter; more closes the connection"
+    )
+    read_buf_size: int = setting(
+        default=64 * 1024,
+        parse=v.MegabytesUpTo(16),
+        emit=_emit_megabytes,
+        doc="MB asked for by one read (RoadRunner's key; default 64 KiB)",
+    )
+    idle_timeout: float = setting(
+        default=0.0, parse=v.duration, emit=v.format_duration, doc="nothing read or written this long: close; 0 = never"
+    )
     read_timeout: float = setting(
-        default=60.0, parse=v.duration, emit=v.format_duration,
-        doc="a started message must be complete this soon; 0 = never (not used in stream mode)")
-    write_timeout: float = setting(default=60.0, parse=v.duration, emit=v.format_duration,
-                                   doc="queued output must make progress this often; 0 = never")
-    keepalive: float = setting(default=0.0, parse=_KEEPIDLE, emit=v.format_duration,
-                               doc="TCP keepalive idle time of accepted sockets; 0 = off")
-    backlog: int = setting(default=BACKLOG, parse=v.IntBetween(1, 65535),
-                           doc="listen(2) backlog (the kernel caps it at net.core.somaxconn)")
+        default=60.0,
+        parse=v.duration,
+        emit=v.format_duration,
+        doc="a started message must be complete this soon; 0 = never (not used in stream mode)",
+    )
+    write_timeout: float = setting(
+        default=60.0, parse=v.duration, emit=v.format_duration, doc="queued output must make progress this often; 0 = never"
+    )
+    keepalive: float = setting(
+        default=0.0, parse=_KEEPIDLE, emit=v.format_duration, doc="TCP keepalive idle time of accepted sockets; 0 = off"
+    )
+    backlog: int = setting(
+        default=BACKLOG, parse=v.IntBetween(1, 65535), doc="listen(2) backlog (the kernel caps it at net.core.somaxconn)"
+    )
 
 
 @dataclass(frozen=True)
 class SupervisorConfig:
     """``[tcp.pool.supervisor]``: limits the master enforces on workers."""
 
-    watch_tick: float = setting(default=1.0, parse=v.DurationBetween("10ms", "1h"), emit=v.format_duration,
-                                doc="how often the master checks the limits below")
-    ttl: float = setting(default=0.0, parse=v.duration, emit=v.format_duration,
-                         doc="recycle a worker older than this; 0 = never")
-    idle_ttl: float = setting(default=0.0, parse=v.duration, emit=v.format_duration,
-                              doc="recycle a worker idle for this long; 0 = never")
-    max_worker_memory: int = setting(default=0, parse=v.IntBetween(0, 1 << 20),
-                                     doc="MB of RSS above which a worker is recycled; 0 = no limit")
-    exec_ttl: float = setting(default=0.0, parse=v.duration, emit=v.format_duration,
-                              doc="how long one event may run before its worker is killed; 0 = no limit")
+    watch_tick: float = setting(
+        default=1.0, parse=v.DurationBetween("10ms", "1h"), emit=v.format_duration, doc="how often the master checks the limits below"
+    )
+    ttl: float = setting(default=0.0, parse=v.duration, emit=v.format_duration, doc="recycle a worker older than this; 0 = never")
+    idle_ttl: float = setting(default=0.0, parse=v.duration, emit=v.format_duration, doc="recycle a worker idle for this long; 0 = never")
+    max_worker_memory: int = setting(
+        default=0, parse=v.IntBetween(0, 1 << 20), doc="MB of RSS above which a worker is recycled; 0 = no limit"
+    )
+    exec_ttl: float = setting(
+        default=0.0, parse=v.duration, emit=v.format_duration, doc="how long one event may run before its worker is killed; 0 = no limit"
+    )
 
 
 @dataclass(frozen=True)
 class PoolConfig:
     """``[tcp.pool]``: the worker processes."""
 
-    num_workers: int = setting(factory=_default_workers, default_doc="the number of CPUs", example=2,
-                               parse=v.IntBetween(1, MAX_WORKERS), doc="worker processes")
-    max_connections: int = setting(default=0, parse=v.IntBetween(0, 1_000_000),
-                                   doc="open connections per worker; 0 = as many as the open-files limit allows")
-    max_jobs: int = setting(default=0, parse=v.IntBetween(0, 10**12),
-                            doc="events a worker handles before it is recycled; 0 = never")
-    allocate_timeout: float = setting(default=60.0, parse=_WORKER_TIMEOUT, emit=v.format_duration,
-                                      doc="a worker must be ready this soon after it is started")
-    destroy_timeout: float = setting(default=60.0, parse=_WORKER_TIMEOUT, emit=v.format_duration,
-                                     doc="a stopping worker gets this long, then SIGKILL")
+    num_workers: int = setting(
+        factory=_default_workers, default_doc="the number of CPUs", example=2, parse=v.IntBetween(1, MAX_WORKERS), doc="worker processes"
+    )
+    max_connections: int = setting(
+        default=0, parse=v.IntBetween(0, 1_000_000), doc="open connections per worker; 0 = as many as the open-files limit allows"
+    )
+    max_jobs: int = setting(default=0, parse=v.IntBetween(0, 10**12), doc="events a worker handles before it is recycled; 0 = never")
+    allocate_timeout: float = setting(
+        default=60.0, parse=_WORKER_TIMEOUT, emit=v.format_duration, doc="a worker must be ready this soon after it is started"
+    )
+    destroy_timeout: float = setting(
+        default=60.0, parse=_WORKER_TIMEOUT, emit=v.format_duration, doc="a stopping worker gets this long, then SIGKILL"
+    )
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
 
 
@@ -146,8 +163,7 @@ class LogConfig:
     """``[log]``: where and how the master and workers log."""
 
     level: str = setting(default="info", parse=v.log_level, doc="the least severe messages logged")
-    format: str = setting(default="text", parse=v.log_format,
-                          doc="text: one readable line per message; json: one object per line")
+    format: str = setting(default="text", parse=v.log_format, doc="text: one readable line per message; json: one object per line")
     file: str = setting(default="", parse=v.string, doc='a file to append to; "" or "-" = standard error')
 
 
@@ -156,16 +172,20 @@ class ControlConfig:
     """``[control]``: the management socket."""
 
     socket: str = setting(
-        default="", parse=v.string,
-        doc='unix socket for the management commands (mode 0600); "" = PIDFILE.sock if a pidfile is set')
+        default="", parse=v.string, doc='unix socket for the management commands (mode 0600); "" = PIDFILE.sock if a pidfile is set'
+    )
 
 
 @dataclass(frozen=True)
 class Config:
     """The whole effective configuration of one server."""
 
-    app: str = setting(default="", parse=v.app_spec, example="prefork_tcp.examples.echo:main",
-                       doc='the application, "module:callable" (callable defaults to main); the APP argument wins')
+    app: str = setting(
+        default="",
+        parse=v.app_spec,
+        example="prefork_tcp.examples.echo:main",
+        doc='the application, "module:callable" (callable defaults to main); the APP argument wins',
+    )
     pidfile: str = setting(default="", parse=v.string, doc="file the master writes its pid to")
     proc_name: str = setting(default="prefork-tcp", parse=v.string, doc="first word of the process titles")
     user: str = setting(default="", parse=v.user, doc="user the workers run as (the master must be root)")
@@ -324,8 +344,7 @@ def _build_servers(raw: Any, path: str) -> tuple[ServerConfig, ...]:
     for name, table in raw.items():
         server_path = _join(path, name)
         if isinstance(table, dict) and "addr" not in table:
-            raise ConfigError(f"{server_path}.addr: missing: server {name!r} needs an address, "
-                              f"as in addr = {v.show(DEFAULT_ADDRESS)}")
+            raise ConfigError(f"{server_path}.addr: missing: server {name!r} needs an address, as in addr = {v.show(DEFAULT_ADDRESS)}")
         server = _build(ServerConfig, table, server_path, name=name)
         other = seen.get(server.addr)
         if other is not None and not (server.addr.kind == "tcp" and server.addr.port == 0):

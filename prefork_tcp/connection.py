@@ -7,7 +7,7 @@ was read and answered and says what the loop should do next (``wants_read``,
 
 from __future__ import annotations
 
-import socket
+import _socket
 from select import EPOLLIN
 from typing import Union
 
@@ -62,7 +62,7 @@ class Connection:
 
     def __init__(
         self,
-        sock: socket.socket | None,
+        sock: _socket.socket | None,
         uuid: str,
         server: str,
         remote: str,

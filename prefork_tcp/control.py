@@ -233,7 +233,7 @@ def request(path: str, command: str, **args: Any) -> dict[str, Any]:
         sock.close()
     if not answer.get("ok"):
         raise ControlError(answer.get("error", "the master refused the request"))
-    return answer  # type: ignore[no-any-return]
+    return answer
 
 
 def _read_line(sock: socket.socket, limit: int) -> bytes:

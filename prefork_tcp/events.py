@@ -39,7 +39,7 @@ try:  # the C descriptor NamedTuple uses for its fields
     from _collections import _tuplegetter
 except ImportError:  # pragma: no cover - other interpreters
 
-    def _tuplegetter(index: int, doc: str) -> Any:  # type: ignore[misc]
+    def _tuplegetter(index: int, doc: str) -> Any:
         return property(itemgetter(index), doc=doc)
 
 
@@ -50,10 +50,10 @@ class _RequestType(type):
     """``Request(event, body, server, connection_uuid, remote_address)`` builds a Request."""
 
     def __call__(cls, event: TcpEvent, body: bytes, server: str, connection_uuid: str, remote_address: str) -> Any:
-        return tuple.__new__(cls, (event, body, server, connection_uuid, remote_address))
+        return tuple.__new__(cls, (event, body, server, connection_uuid, remote_address))  # type: ignore[arg-type]  # cls is Request
 
 
-class Request(tuple, metaclass=_RequestType):  # type: ignore[type-arg]
+class Request(tuple, metaclass=_RequestType):
     """One event of one connection, as handed to the application. Immutable."""
 
     __slots__ = ()

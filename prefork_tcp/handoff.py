@@ -43,9 +43,15 @@ class Parcel:
 def pack(parcel: Parcel, sock_fd: int) -> tuple[dict[str, Any], list[int]]:
     """Return a PARCEL message's fields and the fds to attach; the caller closes the payload
     fd (``fds[1:]``) after sending. Raises OSError when no memfd can be made."""
-    fields = {"uuid": parcel.uuid, "server": parcel.server, "remote": parcel.remote, "eof": parcel.eof,
-              "connected": parcel.connected, "input": len(parcel.pending_input),
-              "output": len(parcel.unsent_output)}
+    fields = {
+        "uuid": parcel.uuid,
+        "server": parcel.server,
+        "remote": parcel.remote,
+        "eof": parcel.eof,
+        "connected": parcel.connected,
+        "input": len(parcel.pending_input),
+        "output": len(parcel.unsent_output),
+    }
     fds = [sock_fd]
     if parcel.pending_input or parcel.unsent_output:
         payload = os.memfd_create("prefork-tcp-parcel", os.MFD_CLOEXEC)
@@ -72,9 +78,8 @@ def unpack(fields: dict[str, Any], fds: tuple[int, ...]) -> Parcel:
             os.close(fds[1])
         if len(data) != size:
             raise ValueError(f"parcel payload of {len(data)} bytes, expected {size}")
-        pending, output = data[:fields["input"]], data[fields["input"]:]
-    return Parcel(fields["uuid"], fields["server"], fields["remote"], fields["eof"], pending, output,
-                  fields["connected"])
+        pending, output = data[: fields["input"]], data[fields["input"] :]
+    return Parcel(fields["uuid"], fields["server"], fields["remote"], fields["eof"], pending, output, fields["connected"])
 
 
 def check(fields: dict[str, Any], fds: tuple[int, ...]) -> str:
@@ -93,7 +98,7 @@ def check(fields: dict[str, Any], fds: tuple[int, ...]) -> str:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _read_all(fd: int, size: int) -> bytes:
@@ -147,8 +152,7 @@ class Relay:
             if remaining:  # keep order from the first parcel that could not go
                 remaining.append(entry)
                 continue
-            candidates = sorted((pid for pid in load if pid not in full),
-                                key=lambda pid: (pid in entry.refused, load[pid]))
+            candidates = sorted((pid for pid in load if pid not in full), key=lambda pid: (pid in entry.refused, load[pid]))
             for pid in candidates:
                 if channels[pid].send_with_fds(Kind.PARCEL, entry.fields, list(entry.fds)):
                     self.in_flight[entry.fields["uuid"]] = (pid, entry)

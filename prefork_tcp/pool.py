@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
@@ -69,11 +70,11 @@ class WorkerHandle:
         """Retiring, stopping, killed, or about to retire: it needs no replacement counted."""
         return bool(self.retiring or self.stopping or self.killed or self.budget_low)
 
-    def tell(self, kind: Kind, urgent: bool = False, **fields: object) -> None:
+    def tell(self, kind: Kind, urgent: bool = False, **fields: Any) -> None:
         """Send a message; it waits in the channel's queue while the socket is full, and the
         master's loop flushes it when the socket is writable again. Never dropped.
         ``urgent`` puts it ahead of the queue."""
-        self.channel.send(kind, urgent, **fields)
+        self.channel.send(kind, urgent=urgent, **fields)
 
     def messages(self) -> Iterator[Message]:
         """Yield the messages waiting on the channel; stop when none is left, or at its end
@@ -175,9 +176,15 @@ def worker_row(handle: WorkerHandle, row: Row, now: float, busy_known: bool) -> 
     else:
         state = ("busy" if row.busy else "idle") if busy_known else "serving"
     rss = rss_mb(handle.pid)
-    return {"id": handle.id, "pid": handle.pid, "state": state, "events": row.events,
-            "connections": row.connections, "rss_mb": round(rss, 1) if rss is not None else None,
-            "age": round(now - handle.started, 1)}
+    return {
+        "id": handle.id,
+        "pid": handle.pid,
+        "state": state,
+        "events": row.events,
+        "connections": row.connections,
+        "rss_mb": round(rss, 1) if rss is not None else None,
+        "age": round(now - handle.started, 1),
+    }
 
 
 def rss_mb(pid: int) -> float | None:

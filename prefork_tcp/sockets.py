@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _socket
 import errno
 import fcntl
 import os
@@ -11,7 +12,7 @@ import sys
 import termios
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .timeouts import NONE as NO_TIMEOUTS
 from .timeouts import Timeouts
@@ -43,7 +44,7 @@ def parse_address(text: str) -> Address:
     """
     text = text.strip()
     if text.startswith("unix://"):
-        path = text[len("unix://"):]
+        path = text[len("unix://") :]
         if not path:
             raise ValueError("a unix socket address needs a path, as in unix:///run/app.sock")
         return Address("unix", path=path)
@@ -68,17 +69,26 @@ def parse_address(text: str) -> Address:
 
 
 class ServerSettings(Protocol):
-    """What a listener takes from a server's config (``config.ServerConfig``)."""
+    """What a listener takes from a server's config (``config.ServerConfig``, frozen)."""
 
-    name: str
-    addr: Address
-    delimiter: bytes
-    max_message_size: int
-    read_buf_size: int
-    idle_timeout: float
-    read_timeout: float
-    write_timeout: float
-    keepalive: float
+    @property
+    def name(self) -> str: ...
+    @property
+    def addr(self) -> Address: ...
+    @property
+    def delimiter(self) -> bytes: ...
+    @property
+    def max_message_size(self) -> int: ...
+    @property
+    def read_buf_size(self) -> int: ...
+    @property
+    def idle_timeout(self) -> float: ...
+    @property
+    def read_timeout(self) -> float: ...
+    @property
+    def write_timeout(self) -> float: ...
+    @property
+    def keepalive(self) -> float: ...
 
 
 @dataclass
@@ -99,8 +109,9 @@ class Listener:
     def for_server(cls, server: ServerSettings, sock: socket.socket) -> Listener:
         """Return the listener of ``server`` on the bound socket ``sock``."""
         timeouts = Timeouts(server.idle_timeout, server.read_timeout if server.delimiter else 0.0, server.write_timeout)
-        return cls(server.name, server.addr, sock, server.delimiter, server.max_message_size, server.read_buf_size,
-                   timeouts, server.keepalive)
+        return cls(
+            server.name, server.addr, sock, server.delimiter, server.max_message_size, server.read_buf_size, timeouts, server.keepalive
+        )
 
     @property
     def is_tcp(self) -> bool:
@@ -123,9 +134,7 @@ def bind(address: Address, backlog: int = BACKLOG) -> socket.socket:
     """Return a non-blocking listening socket bound to ``address``, with an accept queue of ``backlog``."""
     if address.kind == "unix":
         return _bind_unix(address.path, backlog)
-    infos = socket.getaddrinfo(
-        address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
+    infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, type_, proto, _, sockaddr = infos[0]
     sock = socket.socket(family, type_, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -137,7 +146,7 @@ def _bind_unix(path: str, backlog: int) -> socket.socket:
     return _listen(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), path, backlog)
 
 
-def _listen(sock: socket.socket, sockaddr: object, backlog: int) -> socket.socket:
+def _listen(sock: socket.socket, sockaddr: Any, backlog: int) -> socket.socket:
     """Bind and listen non-blocking, closing the socket if either fails."""
     try:
         sock.bind(sockaddr)
@@ -187,12 +196,12 @@ def unlink_unix(address: Address) -> None:
 def format_peer(family: int, addr: object) -> str:
     """Return RoadRunner's text for a peer: ``ip:port``, ``[v6]:port``, or a unix peer name."""
     if family == socket.AF_INET:
-        return f"{addr[0]}:{addr[1]}"  # type: ignore[index]
+        return f"{addr[0]}:{addr[1]}"  # type: ignore[index]  # (host, port, ...) for IP families
     if family == socket.AF_INET6:
-        return f"[{addr[0]}]:{addr[1]}"  # type: ignore[index]
+        return f"[{addr[0]}]:{addr[1]}"  # type: ignore[index]  # (host, port, ...) for IP families
     if isinstance(addr, bytes):
         return addr.decode("utf-8", "replace")
-    return addr or ""  # type: ignore[return-value]
+    return addr or ""  # type: ignore[return-value]  # a unix peer name is str
 
 
 def rebind(listeners: list[Listener], servers: Iterable[ServerSettings]) -> list[Listener]:
@@ -207,7 +216,7 @@ def rebind(listeners: list[Listener], servers: Iterable[ServerSettings]) -> list
     return [Listener.for_server(s, by_name[s.name].sock) for s in servers]
 
 
-def unsent_bytes(sock: socket.socket) -> int:
+def unsent_bytes(sock: _socket.socket) -> int:
     """Bytes the kernel holds for a socket that its peer has not acknowledged (SIOCOUTQ)."""
     try:
         return int.from_bytes(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"), sys.byteorder)

@@ -90,8 +90,7 @@ class Watch:
         return Activity(busy_since, last_event)
 
 
-def judge(row: Row, activity: Activity, limits: Limits, now: float, max_jobs: int,
-          rss_mb: float | None = None) -> Verdict | None:
+def judge(row: Row, activity: Activity, limits: Limits, now: float, max_jobs: int, rss_mb: float | None = None) -> Verdict | None:
     """Return what the master should do with the worker in ``row``, or None.
 
     ``activity`` is what ``Watch`` timed of it; ``max_jobs`` this worker's own

@@ -34,9 +34,10 @@ class Ticker:
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
-        if hasattr(os, "timerfd_create"):  # Python 3.13+
-            self.fd = os.timerfd_create(_CLOCK_MONOTONIC, flags=os.TFD_NONBLOCK | os.TFD_CLOEXEC)
-            os.timerfd_settime(self.fd, initial=interval, interval=interval)
+        create, settime = getattr(os, "timerfd_create", None), getattr(os, "timerfd_settime", None)
+        if create is not None and settime is not None:  # Python 3.13+
+            self.fd = create(_CLOCK_MONOTONIC, flags=_TFD_NONBLOCK | _TFD_CLOEXEC)
+            settime(self.fd, initial=interval, interval=interval)
             return
         libc = ctypes.CDLL(None, use_errno=True)
         fd = libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)

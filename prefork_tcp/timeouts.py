@@ -42,18 +42,26 @@ def sweep_interval(timeouts: Iterable[Timeouts]) -> float:
 
 
 class FramerState(Protocol):
-    pending: int
-    started: int
+    @property
+    def pending(self) -> int: ...
+    @property
+    def started(self) -> int: ...
 
 
 class Watched(Protocol):
     """What ``expired`` reads and marks on a connection (``connection.Connection``)."""
 
-    timeouts: Timeouts
-    open: bool
-    reading: bool
-    framer: FramerState
-    out_size: int
+    @property
+    def timeouts(self) -> Timeouts: ...
+    @property
+    def open(self) -> bool: ...
+    @property
+    def reading(self) -> bool: ...
+    @property
+    def framer(self) -> FramerState: ...
+    @property
+    def out_size(self) -> int: ...
+
     active: bool
     idle_since: float
     partial_seen: int

@@ -9,7 +9,7 @@ only when a read leaves them so: no cost for the whole messages of the hot path.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 #: Connections holding less than this in an unfinished message are not counted.
 THRESHOLD = 4096
@@ -24,14 +24,14 @@ def limit_for(max_message_sizes: list[int]) -> int:
     return max([MIN_LIMIT] + [2 * size for size in max_message_sizes])
 
 
-class UnfinishedBytes:
+class UnfinishedBytes(Generic[K]):
     """The unfinished bytes of the connections holding many: a running total, recounted
     exactly only when it passes the limit."""
 
     def __init__(self, limit: int, threshold: int = THRESHOLD) -> None:
         self.limit = limit
         self.threshold = threshold
-        self.sizes: dict[object, int] = {}
+        self.sizes: dict[K, int] = {}
         self.total = 0
 
     def note(self, key: K, size: int, size_of: Callable[[K], int]) -> list[K]:
@@ -47,12 +47,12 @@ class UnfinishedBytes:
             self.sizes.pop(key, None)
         if self.total <= self.limit:
             return []
-        self.sizes = {k: s for k in self.sizes if (s := size_of(k)) > 0}  # type: ignore[arg-type]
+        self.sizes = {k: s for k in self.sizes if (s := size_of(k)) > 0}
         self.total = sum(self.sizes.values())
         victims: list[K] = []
         for k in sorted(self.sizes, key=self.sizes.__getitem__, reverse=True):
             if self.total <= self.limit:
                 break
-            victims.append(k)  # type: ignore[arg-type]
+            victims.append(k)
             self.total -= self.sizes.pop(k)
         return victims

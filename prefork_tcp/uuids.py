@@ -20,7 +20,7 @@ def new_uuid() -> str:
     global _pool, _pos
     if _pos >= len(_pool):
         _pool, _pos = os.urandom(_BLOCK), 0
-    h = _pool[_pos:_pos + 16].hex()
+    h = _pool[_pos : _pos + 16].hex()
     _pos += 16
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 

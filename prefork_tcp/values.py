@@ -87,7 +87,6 @@ class IntBetween:
         return int(value)
 
 
-
 def _seconds(value: Any) -> float | None:
     """Return seconds from ``"1m30s"``-style text or a number, unbounded; None if it is neither.
 
@@ -95,7 +94,7 @@ def _seconds(value: Any) -> float | None:
     too large for a float. Callers compare before they convert.
     """
     if _is_int(value) or isinstance(value, float):
-        return value  # type: ignore[no-any-return]
+        return value
     if not isinstance(value, str):
         return None
     text = value.strip()
@@ -128,7 +127,6 @@ class DurationBetween:
         if not (self.or_zero and seconds == 0) and not self.low <= seconds <= self.high:  # False for NaN
             raise _expected(self._expected, value)
         return float(seconds) or 0.0  # not -0.0
-
 
 
 #: Any duration up to ``MAX_DURATION``, 0 included.
@@ -184,7 +182,6 @@ class MegabytesUpTo:
         if not (_is_int(value) or isinstance(value, float)) or not 0 < value <= self.hi:  # False for NaN
             raise _expected(f"a number of megabytes above 0 and at most {self.hi}", value)
         return max(1, int(value * 1024 * 1024))
-
 
 
 class OneOf:

@@ -14,6 +14,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Iterator
+from typing import Any
 
 from . import timeouts as timeout_rules
 from .accepting import Acceptor
@@ -42,7 +43,6 @@ _EOF = None  # queued after a half-closed connection's last DATA
 
 #: How long a gracefully closed connection waits for the client's FIN after ours.
 LINGER = 2.0
-
 
 
 class EventLoop:
@@ -94,7 +94,7 @@ class EventLoop:
         self.attention = False
         self.warnings = Throttle(log)
         #: Bytes held in unfinished messages, bounded for the whole worker.
-        self.unfinished = UnfinishedBytes(unfinished_limit([lst.max_message_size for lst in listeners]))
+        self.unfinished: UnfinishedBytes[Connection] = UnfinishedBytes(unfinished_limit([lst.max_message_size for lst in listeners]))
         #: Listeners found readable in the last poll, accepted from in ``_attend``.
         self.accept_ready: list[int] = []
         self.acceptor = Acceptor(listeners, self.epoll, self.slot, max_connections, high_water, self.warnings)
@@ -128,6 +128,7 @@ class EventLoop:
         activity, activity_index = self.slot.signed, self.slot.activity_index
         budget_mark, mark_events = self.budget_mark, self.mark_events
         handled = 0
+        conn: Connection | None
         epoll_poll = self.epoll.poll
         data_event, length = DATA, len  # locals: cheaper to load than globals
         while True:
@@ -160,7 +161,7 @@ class EventLoop:
                     out.clear()
                     conn.out_size = 0
                     try:
-                        sent = conn.sock.send(data)  # type: ignore[union-attr]
+                        sent = conn.sock.send(data)
                     except (BlockingIOError, InterruptedError):
                         sent = 0
                     except OSError:
@@ -189,7 +190,7 @@ class EventLoop:
                     continue
                 # Reading only: data, EOF or an error to read (``_recv``, inlined).
                 try:
-                    data = conn.sock.recv(conn.read_size)  # type: ignore[union-attr]
+                    data = conn.sock.recv(conn.read_size)  # type: ignore[union-attr]  # an open connection has its socket
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError:
@@ -307,8 +308,14 @@ class EventLoop:
 
     def _timed_out(self, conn: Connection, which: str) -> None:
         limit = getattr(conn.timeouts, which.partition("_")[0])
-        log.warning("closing connection %s (server %s, remote %s): %s (%gs) ran out",
-                    conn.uuid, conn.server, printable(conn.remote) or "-", which, limit)
+        log.warning(
+            "closing connection %s (server %s, remote %s): %s (%gs) ran out",
+            conn.uuid,
+            conn.server,
+            printable(conn.remote) or "-",
+            which,
+            limit,
+        )
         if which == "write_timeout":
             self._drop(conn)  # its output cannot be delivered
         else:
@@ -332,7 +339,7 @@ class EventLoop:
 
     def _recv(self, conn: Connection) -> None:
         try:
-            data = conn.sock.recv(conn.read_size)  # type: ignore[union-attr]
+            data = conn.sock.recv(conn.read_size)  # type: ignore[union-attr]  # an open connection has its socket
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -368,21 +375,26 @@ class EventLoop:
         pending = conn.framer.pending
         if pending >= UNFINISHED_THRESHOLD or conn in self.unfinished.sizes:
             for victim in self.unfinished.note(conn, pending, _unfinished_of):
-                log.warning("closing connection %s (server %s, remote %s): its unfinished message (%d KiB) is the "
-                            "largest while this worker holds more than %d MiB of them", victim.uuid, victim.server,
-                            printable(victim.remote) or "-", victim.framer.pending >> 10, self.unfinished.limit >> 20)
+                log.warning(
+                    "closing connection %s (server %s, remote %s): its unfinished message (%d KiB) is the "
+                    "largest while this worker holds more than %d MiB of them",
+                    victim.uuid,
+                    victim.server,
+                    printable(victim.remote) or "-",
+                    victim.framer.pending >> 10,
+                    self.unfinished.limit >> 20,
+                )
                 self._finish(victim)
 
     def _too_large(self, conn: Connection, exc: MessageTooLarge) -> None:
-        log.warning("closing connection %s (server %s, remote %s): %s", conn.uuid, conn.server,
-                    printable(conn.remote) or "-", exc)
+        log.warning("closing connection %s (server %s, remote %s): %s", conn.uuid, conn.server, printable(conn.remote) or "-", exc)
         self._finish(conn)
 
     def _send(self, conn: Connection) -> None:
         """Hand a connection's queued output to the kernel (``pump()`` inlines this)."""
         data = conn.take_output()
         try:
-            sent = conn.sock.send(data)  # type: ignore[union-attr]
+            sent = conn.sock.send(data)  # type: ignore[union-attr]  # an open connection has its socket
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
@@ -455,7 +467,7 @@ class EventLoop:
             return
         # Send our FIN, then read until the client's so unread input can't turn it into RST.
         try:
-            conn.sock.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]
+            conn.sock.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]  # an open connection has its socket
         except OSError:
             self._close_socket(conn)
             return
@@ -536,7 +548,7 @@ class EventLoop:
         self.slot.set_connections(count)
         self.acceptor.removed(count)
 
-    def tell_master(self, kind: Kind, **fields: object) -> None:
+    def tell_master(self, kind: Kind, **fields: Any) -> None:
         """Send the master a message; it waits in the channel's queue if the socket is full."""
         self.channel.send(kind, **fields)
         if self.channel.broken:
@@ -564,6 +576,10 @@ class EventLoop:
 
     def _hand_off_all(self) -> None:
         """Hand every open connection over (``WorkerLoop`` knows how)."""
+        raise NotImplementedError
+
+    def begin_retire(self) -> None:
+        """Stop accepting, then hand every connection over (``WorkerLoop`` knows how)."""
         raise NotImplementedError
 
     def _read_signals(self) -> None:

@@ -51,8 +51,7 @@ class WorkerLoop(EventLoop):
             try:
                 message = self.channel.receive()
             except Truncated as exc:
-                self.warnings.warn("adopt", "cannot adopt connection %s: %s; the master sends it elsewhere",
-                                   exc.message["uuid"], exc)
+                self.warnings.warn("adopt", "cannot adopt connection %s: %s; the master sends it elsewhere", exc.message["uuid"], exc)
                 self.tell_master(Kind.PARCEL_ACK, uuid=exc.message["uuid"], ok=False)
                 continue
             except ChannelError as exc:
@@ -190,16 +189,16 @@ class WorkerLoop(EventLoop):
                 if message.kind is not Kind.PARCEL_ACK:
                     self._on_message(message)
                     continue
-                conn = in_transit.pop(message["uuid"], None)  # type: ignore[assignment]
-                if conn is None:
+                answered = in_transit.pop(message["uuid"], None)
+                if answered is None:
                     continue
                 if message["ok"]:
-                    self._handed_over(conn)
+                    self._handed_over(answered)
                 else:  # it comes back here, to be sent again (or finished, if stopping)
-                    self.conns[conn.fd] = conn
-                    self._update_mask(conn)
+                    self.conns[answered.fd] = answered
+                    self._update_mask(answered)
                     self.slot.set_connections(len(self.conns))
-                    waiting.append(conn)
+                    waiting.append(answered)
                     retry_at = time.monotonic() + HANDOFF_RETRY
         for conn in in_transit.values():
             self._handed_over(conn)  # sent, answer lost: the master has it, or is gone
@@ -245,9 +244,9 @@ class WorkerLoop(EventLoop):
             self.events.clear()
             self._flush_dirty()
             for fd, mask in self.epoll.poll(self._poll_timeout()):
-                conn = self.conns.get(fd)
-                if conn is not None:
-                    self._service(conn, mask)
+                ready = self.conns.get(fd)
+                if ready is not None:
+                    self._service(ready, mask)
                 else:
                     self._wake(fd, mask)
             self._expire()
@@ -267,11 +266,17 @@ class WorkerLoop(EventLoop):
         self.tell_master(Kind.PARCEL_ACK, uuid=uuid, ok=True)
         sock.setblocking(False)
         server = self.servers.get(parcel.server)
-        conn = Connection(sock, parcel.uuid, parcel.server, parcel.remote,
-                          make_framer(server.delimiter, server.max_message_size, server.read_size) if server
-                          else make_framer(b"\r\n", 1 << 20),
-                          server.read_size if server else 65536, self.high_water,
-                          server.timeouts if server else NO_TIMEOUTS, self.clock)
+        conn = Connection(
+            sock,
+            parcel.uuid,
+            parcel.server,
+            parcel.remote,
+            make_framer(server.delimiter, server.max_message_size, server.read_size) if server else make_framer(b"\r\n", 1 << 20),
+            server.read_size if server else 65536,
+            self.high_water,
+            server.timeouts if server else NO_TIMEOUTS,
+            self.clock,
+        )
         conn.shared = True
         self.conns[conn.fd] = conn
         self.slot.set_connections(len(self.conns))

@@ -88,8 +88,9 @@ def run(ctx: WorkerContext) -> int:
     except Exception:
         if not loop.ready:
             return _fail(ctx, EXIT_BOOT_FAILED, f"application failed before its first request:\n{traceback.format_exc().rstrip()}")
-        log.exception("application failed in worker %d; its other connections move to other workers "
-                      "and the worker is replaced", ctx.worker_id)
+        log.exception(
+            "application failed in worker %d; its other connections move to other workers and the worker is replaced", ctx.worker_id
+        )
         try:
             loop.salvage(worker.current_connection())
         except Exception:

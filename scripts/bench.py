@@ -46,10 +46,22 @@ HERE = Path(__file__).resolve().parent
 PEERS = HERE / "peers"
 PY = sys.executable
 
+
 #: name -> (command taking the port, python modules it needs, is it a Python peer)
 def prefork(workers: int) -> list[str]:
-    return [PY, "-m", "prefork_tcp", "serve", "prefork_tcp.examples.ping:main", "-w", str(workers),
-            "--log-level", "warning", "-b", "127.0.0.1:{port}"]
+    return [
+        PY,
+        "-m",
+        "prefork_tcp",
+        "serve",
+        "prefork_tcp.examples.ping:main",
+        "-w",
+        str(workers),
+        "--log-level",
+        "warning",
+        "-b",
+        "127.0.0.1:{port}",
+    ]
 
 
 SERVERS: dict[str, tuple[list[str], tuple[str, ...], bool]] = {
@@ -59,8 +71,11 @@ SERVERS: dict[str, tuple[list[str], tuple[str, ...], bool]] = {
     "asyncio streams": ([PY, str(PEERS / "asyncio_streams.py"), "{port}"], (), True),
     "Twisted LineReceiver": ([PY, str(PEERS / "twisted_line.py"), "{port}"], ("twisted",), True),
     "gevent StreamServer": ([PY, str(PEERS / "gevent_server.py"), "{port}"], ("gevent",), True),
-    "redis-server": (["redis-server", "--port", "{port}", "--bind", "127.0.0.1", "--save", "",
-                      "--appendonly", "no", "--protected-mode", "no"], (), False),
+    "redis-server": (
+        ["redis-server", "--port", "{port}", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no"],
+        (),
+        False,
+    ),
 }
 UNPINNED = {
     "prefork_tcp (2 workers)": (prefork(2), (), False),
@@ -140,8 +155,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def measure(proc: subprocess.Popen, port: int, flags: list[str], requests: int, pin: str | None) -> Sample:
-    argv = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", "ping_inline", "--csv",
-            "-n", str(requests), *flags]
+    argv = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", "ping_inline", "--csv", "-n", str(requests), *flags]
     if pin is not None:
         argv = ["taskset", "-c", pin, *argv]
     before = tree_cpu(proc.pid)
@@ -169,7 +183,7 @@ def run_layout(servers: dict, rounds: int, scale: float, pinned: bool) -> dict[s
     results: dict[str, dict[str, list[Sample]]] = {name: {case: [] for case in CASES} for name in servers}
     names = list(servers)
     for round_no in range(rounds):
-        order = names[round_no % len(names):] + names[:round_no % len(names)]
+        order = names[round_no % len(names) :] + names[: round_no % len(names)]
         for name in order:
             port = free_port()
             proc = start(servers[name][0], port, "0" if pinned else None)
@@ -177,24 +191,34 @@ def run_layout(servers: dict, rounds: int, scale: float, pinned: bool) -> dict[s
                 for case, (flags, requests) in CASES.items():
                     sample = measure(proc, port, flags, max(1000, int(requests * scale)), "1" if pinned else None)
                     results[name][case].append(sample)
-                    print(f"  round {round_no + 1} {name:<24} {case:<6} {sample.rps:>10.0f} req/s "
-                          f"{sample.cpu_us:>7.2f} us/req", file=sys.stderr)
+                    print(
+                        f"  round {round_no + 1} {name:<24} {case:<6} {sample.rps:>10.0f} req/s {sample.cpu_us:>7.2f} us/req",
+                        file=sys.stderr,
+                    )
             finally:
                 stop(proc)
     return results
 
 
 def medians(results: dict[str, dict[str, list[Sample]]]) -> dict[str, dict[str, Sample]]:
-    return {name: {case: Sample(statistics.median(s.rps for s in samples), statistics.median(s.cpu_us for s in samples))
-                   for case, samples in cases.items() if samples}
-            for name, cases in results.items()}
+    return {
+        name: {
+            case: Sample(statistics.median(s.rps for s in samples), statistics.median(s.cpu_us for s in samples))
+            for case, samples in cases.items()
+            if samples
+        }
+        for name, cases in results.items()
+    }
 
 
 def table(med: dict[str, dict[str, Sample]], servers: dict, title: str) -> str:
     peers = [name for name, spec in servers.items() if spec[2]]
-    lines = [f"### {title}", "",
-             "| case | server | requests/s | CPU µs/req | req/s ÷ redis | CPU ÷ redis | req/s ÷ best peer | CPU ÷ best peer |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"### {title}",
+        "",
+        "| case | server | requests/s | CPU µs/req | req/s ÷ redis | CPU ÷ redis | req/s ÷ best peer | CPU ÷ best peer |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for case in CASES:
         redis = med.get("redis-server", {}).get(case)
         best_rps = max((med[p][case] for p in peers if case in med[p]), key=lambda s: s.rps, default=None)
@@ -203,9 +227,16 @@ def table(med: dict[str, dict[str, Sample]], servers: dict, title: str) -> str:
             s = med[name].get(case)
             if s is None:
                 continue
-            cells = [case, name, f"{s.rps:,.0f}", f"{s.cpu_us:.2f}",
-                     _ratio(s.rps, redis.rps if redis else None), _ratio(s.cpu_us, redis.cpu_us if redis else None),
-                     _ratio(s.rps, best_rps.rps if best_rps else None), _ratio(s.cpu_us, best_cpu.cpu_us if best_cpu else None)]
+            cells = [
+                case,
+                name,
+                f"{s.rps:,.0f}",
+                f"{s.cpu_us:.2f}",
+                _ratio(s.rps, redis.rps if redis else None),
+                _ratio(s.cpu_us, redis.cpu_us if redis else None),
+                _ratio(s.rps, best_rps.rps if best_rps else None),
+                _ratio(s.cpu_us, best_cpu.cpu_us if best_cpu else None),
+            ]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -283,8 +314,12 @@ def main() -> int:
     servers, notes = available({k: v for k, v in SERVERS.items() if not args.only or k in args.only})
     started = time.monotonic()
     pinned = medians(run_layout(servers, args.rounds, args.scale, pinned=True))
-    report = [table(pinned, servers, f"Pinned: server on CPU 0, client on CPU 1 (median of {args.rounds} rounds)"),
-              "Targets:", *targets(pinned, servers), ""]
+    report = [
+        table(pinned, servers, f"Pinned: server on CPU 0, client on CPU 1 (median of {args.rounds} rounds)"),
+        "Targets:",
+        *targets(pinned, servers),
+        "",
+    ]
     print("\n".join(report), flush=True)  # shown even if the unpinned layout fails
     if args.chart:
         chart(pinned, args.chart)
@@ -296,16 +331,21 @@ def main() -> int:
         unpinned = medians(run_layout(unpinned_servers, args.rounds, args.scale, pinned=False))
         rest.append(table(unpinned, unpinned_servers, "Unpinned: prefork_tcp with 2 workers, and redis-server"))
     rest += [f"- {note}" for note in notes]
-    rest.append(f"\n({time.monotonic() - started:.0f} s; {psutil.cpu_count()} CPUs; "
-                f"Python {sys.version.split()[0]}; `python3 scripts/bench.py --rounds {args.rounds} --scale {args.scale}`)")
+    rest.append(
+        f"\n({time.monotonic() - started:.0f} s; {psutil.cpu_count()} CPUs; "
+        f"Python {sys.version.split()[0]}; `python3 scripts/bench.py --rounds {args.rounds} --scale {args.scale}`)"
+    )
     print("\n".join(rest))
     text = "\n".join(report + rest)
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")
     if args.json:
         raw = {"pinned": pinned, "unpinned": unpinned}
-        Path(args.json).write_text(json.dumps({layout: {n: {c: vars(x) for c, x in cs.items()} for n, cs in data.items()}
-                                               for layout, data in raw.items()}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {layout: {n: {c: vars(x) for c, x in cs.items()} for n, cs in data.items()} for layout, data in raw.items()}, indent=1
+            )
+        )
     return 0
 
 

@@ -96,7 +96,7 @@ def markdown() -> str:
         "",
         "## Values",
         "",
-        "- Durations are Go-style strings (`\"500ms\"`, `\"60s\"`, `\"1m30s\"`, `\"2h\"`) or a number of",
+        '- Durations are Go-style strings (`"500ms"`, `"60s"`, `"1m30s"`, `"2h"`) or a number of',
         f"  seconds, at most `{values.show(values.MAX_DURATION)}` (a week).",
         "- Strings may use `${VAR}` and `${VAR:-default}`, expanded from the environment (an unset",
         "  `${VAR}` becomes empty).",
@@ -160,10 +160,8 @@ def reference_toml() -> str:
         "#",
         "# Strings may use ${VAR} and ${VAR:-default}, expanded from the environment.",
         '# Durations are Go-style strings ("500ms", "60s", "1m30s", "2h") or a number of seconds,',
-        f"# at most {values.show(values.MAX_DURATION)} (a week); a value out of its bounds is an error, "
-        "as is an unknown key.",
-        f"# Command-line flags override this file: {', '.join('/'.join(n) for n in cli.OVERRIDING_FLAGS.values())}"
-        ", -b.",
+        f"# at most {values.show(values.MAX_DURATION)} (a week); a value out of its bounds is an error, as is an unknown key.",
+        f"# Command-line flags override this file: {', '.join('/'.join(n) for n in cli.OVERRIDING_FLAGS.values())}, -b.",
         "# The full reference is docs/configuration.md.",
     ]
     for path, section in cfg.sections():

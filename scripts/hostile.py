@@ -126,8 +126,17 @@ class Scale:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Scale:
         if args.quick:
-            scale = cls(seconds=args.seconds or 1.5, senders=2, silent=200, tricklers=20, giants=2, giant_cap=16 * 2**20,
-                        flood=2_000, resets=4_000, hup_idle=50)
+            scale = cls(
+                seconds=args.seconds or 1.5,
+                senders=2,
+                silent=200,
+                tricklers=20,
+                giants=2,
+                giant_cap=16 * 2**20,
+                flood=2_000,
+                resets=4_000,
+                hup_idle=50,
+            )
         else:
             scale = cls(seconds=args.seconds or 5.0)
         if args.flood:
@@ -199,8 +208,9 @@ def mib(size: float) -> str:
 # -- the well-behaved clients (their own process) -------------------------------------------
 
 
-def client_loop(index: int, port: Any, active: Any, stop: Any, parent: int,
-                successes: list[tuple[float, float]], errors: list[tuple[float, str, int]]) -> None:
+def client_loop(
+    index: int, port: Any, active: Any, stop: Any, parent: int, successes: list[tuple[float, float]], errors: list[tuple[float, str, int]]
+) -> None:
     """One client: echo round trips on one connection, reconnecting after an error."""
     rng = random.Random(index * 7919 + os.getpid())
     sock: socket.socket | None = None
@@ -236,8 +246,9 @@ def client_process(port: Any, count: int, active: Any, stop: Any, out: Any, pare
     """Run ``count`` clients until ``stop``; send back (successes, errors) with monotonic timestamps."""
     successes: list[tuple[float, float]] = []
     errors: list[tuple[float, str, int]] = []
-    threads = [threading.Thread(target=client_loop, args=(i, port, active, stop, parent, successes, errors), daemon=True)
-               for i in range(count)]
+    threads = [
+        threading.Thread(target=client_loop, args=(i, port, active, stop, parent, successes, errors), daemon=True) for i in range(count)
+    ]
     for thread in threads:
         thread.start()
     while not stop.wait(0.5) and os.getppid() == parent:
@@ -262,8 +273,12 @@ class WellBehaved:
         self.active.set()
         self.stop_event = ctx.Event()
         self.receiver, sender = ctx.Pipe(duplex=False)
-        self.proc = ctx.Process(target=client_process, daemon=True, name="hostile-clients",
-                                args=(self.port, count, self.active, self.stop_event, sender, os.getpid()))
+        self.proc = ctx.Process(
+            target=client_process,
+            daemon=True,
+            name="hostile-clients",
+            args=(self.port, count, self.active, self.stop_event, sender, os.getpid()),
+        )
         self.proc.start()
         sender.close()
         self.started = time.monotonic()
@@ -315,9 +330,15 @@ class Server:
         self.lines: list[tuple[float, str]] = []
         self.seen_workers: dict[int, psutil.Process] = {}
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "prefork_tcp", "serve", APP, "-c", self.config_path, "-w", str(WORKERS)],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     cwd=workdir, env=env, preexec_fn=_die_with_harness)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "prefork_tcp", "serve", APP, "-c", self.config_path, "-w", str(WORKERS)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            env=env,
+            preexec_fn=_die_with_harness,
+        )
         self._reader = threading.Thread(target=self._read_log, daemon=True)
         self._reader.start()
         self.port = self._wait_ready()
@@ -509,10 +530,15 @@ class HeldSet:
     def summary(self, kind: str) -> dict[str, Any]:
         held = [h for h in self.held if h.kind == kind]
         ended = sorted(h.ended - h.opened for h in held if h.how)
-        return {"opened": len(held), "failed_to_open": dict(self.failed.get(kind, {})),
-                "closed_by_server": sum(h.how == "closed" for h in held), "reset_by_server": sum(h.how == "reset" for h in held),
-                "still_open": sum(not h.how for h in held), "bytes_received": sum(h.received for h in held),
-                "ended_after_s": [round(ended[0], 2), round(statistics.median(ended), 2), round(ended[-1], 2)] if ended else None}
+        return {
+            "opened": len(held),
+            "failed_to_open": dict(self.failed.get(kind, {})),
+            "closed_by_server": sum(h.how == "closed" for h in held),
+            "reset_by_server": sum(h.how == "reset" for h in held),
+            "still_open": sum(not h.how for h in held),
+            "bytes_received": sum(h.received for h in held),
+            "ended_after_s": [round(ended[0], 2), round(statistics.median(ended), 2), round(ended[-1], 2)] if ended else None,
+        }
 
     def describe(self, kind: str) -> str:
         s = self.summary(kind)
@@ -567,7 +593,7 @@ def attack_senders(h: Harness, until: float) -> Outcome:
             for key, _ in selector.select(min(0.1, until - now)):
                 i = key.data
                 try:
-                    sent[i] += socks[i].send(view[sent[i] % len(block):])
+                    sent[i] += socks[i].send(view[sent[i] % len(block) :])
                 except (BlockingIOError, InterruptedError):
                     pass
                 except OSError as exc:
@@ -584,8 +610,14 @@ def attack_senders(h: Harness, until: float) -> Outcome:
     return Outcome(
         f"{len(socks)} senders pushed {mib(max(sent))} MiB at most each ({mib(sum(sent))} MiB in all), "
         f"{mib(late)} MiB in the last {window:.1f} s; {len(ended)} ended by the server {sorted(ended.values())}",
-        {"senders": len(socks), "mib_sent_each": [round(s / 2**20, 2) for s in sent], "mib_in_last_window": round(late / 2**20, 2),
-         "last_window_s": round(window, 2), "ended_by_server": ended})
+        {
+            "senders": len(socks),
+            "mib_sent_each": [round(s / 2**20, 2) for s in sent],
+            "mib_in_last_window": round(late / 2**20, 2),
+            "last_window_s": round(window, 2),
+            "ended_by_server": ended,
+        },
+    )
 
 
 def attack_slowloris(h: Harness, until: float) -> Outcome:
@@ -608,8 +640,10 @@ def attack_slowloris(h: Harness, until: float) -> Outcome:
             held.poll(min(0.1, max(0.0, min(until, next_byte) - now)))
     finally:
         held.close_all()
-    return Outcome(f"{held.describe('silent')}; {held.describe('trickling')}",
-                   {"silent": held.summary("silent"), "trickling": held.summary("trickling")})
+    return Outcome(
+        f"{held.describe('silent')}; {held.describe('trickling')}",
+        {"silent": held.summary("silent"), "trickling": held.summary("trickling")},
+    )
 
 
 def attack_giant(h: Harness, until: float) -> Outcome:
@@ -669,10 +703,18 @@ def attack_giant(h: Harness, until: float) -> Outcome:
     outcomes = Counter(a["outcome"] for a in attempts)
     summary = f"{len(attempts)} giant messages: {dict(outcomes)}"
     if closed:
-        summary += (f"; each closed after {mib(statistics.median(a['sent'] for a in closed))} MiB sent "
-                    f"(kernel buffers included) and {statistics.median(a['seconds'] for a in closed) * 1e3:.0f} ms (medians)")
-    broken = [f"{len(unclosed)} of {len(attempts)} giant unterminated messages were not closed by the server "
-              f"(e.g. {mib(unclosed[0]['sent'])} MiB sent in {unclosed[0]['seconds']} s)"] if unclosed else []
+        summary += (
+            f"; each closed after {mib(statistics.median(a['sent'] for a in closed))} MiB sent "
+            f"(kernel buffers included) and {statistics.median(a['seconds'] for a in closed) * 1e3:.0f} ms (medians)"
+        )
+    broken = (
+        [
+            f"{len(unclosed)} of {len(attempts)} giant unterminated messages were not closed by the server "
+            f"(e.g. {mib(unclosed[0]['sent'])} MiB sent in {unclosed[0]['seconds']} s)"
+        ]
+        if unclosed
+        else []
+    )
     if not closed and not unclosed:
         broken.append("no giant message could be sent at all")
     return Outcome(summary, {"attempts": attempts}, broken)
@@ -693,9 +735,11 @@ def attack_flood(h: Harness, until: float) -> Outcome:
     accepted = h.server_connections()
     held.close_all()
     s = held.summary("flood")
-    return Outcome(f"{s['opened']} of {h.scale.flood} opened in {opening:.1f} s, the workers held about {accepted} after 1 s; "
-                   f"{held.describe('flood')}",
-                   {**s, "requested": h.scale.flood, "opening_s": round(opening, 2), "workers_held_after_1s": accepted})
+    return Outcome(
+        f"{s['opened']} of {h.scale.flood} opened in {opening:.1f} s, the workers held about {accepted} after 1 s; "
+        f"{held.describe('flood')}",
+        {**s, "requested": h.scale.flood, "opening_s": round(opening, 2), "workers_held_after_1s": accepted},
+    )
 
 
 def attack_resets(h: Harness, until: float) -> Outcome:
@@ -732,8 +776,10 @@ def attack_resets(h: Harness, until: float) -> Outcome:
         thread.join(until - time.monotonic() + 10)
     took = time.monotonic() - started
     total = sum(done.values())
-    return Outcome(f"{total} connections reset ({total / took:.0f}/s: {dict(done)}); {sum(failed.values())} failed {dict(failed)}",
-                   {"reset": dict(done), "failed": dict(failed), "per_second": round(total / took)})
+    return Outcome(
+        f"{total} connections reset ({total / took:.0f}/s: {dict(done)}); {sum(failed.values())} failed {dict(failed)}",
+        {"reset": dict(done), "failed": dict(failed), "per_second": round(total / took)},
+    )
 
 
 def control_payloads() -> list[tuple[str, bytes]]:
@@ -836,7 +882,7 @@ def attack_control(h: Harness, until: float) -> Outcome:
             sent = 0
             while time.monotonic() < until:
                 if index >= 0:
-                    sock.send(text[sent % len(text):sent % len(text) + 1])
+                    sock.send(text[sent % len(text) : sent % len(text) + 1])
                     sent += 1
                 try:
                     answer = sock.recv(4096)
@@ -883,8 +929,14 @@ def attack_control(h: Harness, until: float) -> Outcome:
         started = time.monotonic()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
         try:
-            result = subprocess.run([sys.executable, "-m", "prefork_tcp", "workers", "--control", path],
-                                    capture_output=True, text=True, timeout=15, env=env, check=False)
+            result = subprocess.run(
+                [sys.executable, "-m", "prefork_tcp", "workers", "--control", path],
+                capture_output=True,
+                text=True,
+                timeout=15,
+                env=env,
+                check=False,
+            )
             cli.update(exit_code=result.returncode, lines=len(result.stdout.splitlines()))
         except subprocess.TimeoutExpired:
             cli.update(exit_code=None, lines=0)
@@ -906,15 +958,27 @@ def attack_control(h: Harness, until: float) -> Outcome:
     outcomes = Counter(f"{g['payload']}: {g['outcome'][:50]}" for g in garbage)
     kinds = Counter(g["outcome"].split(" ")[0] for g in garbage)
     answered = [t for t, w in probes if w == "ok"]
-    summary = (("killed the master: " + ", ".join(fatal) + "; then " if fatal else "")
-               + f"{len(answered)} of {len(probes)} `workers` requests answered"
-               + (f" (slowest {max(answered):.2f} s)" if answered else "") + f", {len(slow)} late or unanswered "
-               f"{dict(Counter(w for _, w in probes if w != 'ok'))}; "
-               f"the CLI took {cli.get('seconds')} s (exit {cli.get('exit_code')}); {len(garbage)} garbage requests {dict(kinds)}; "
-               + "; ".join(f"{r['client']}: {r['outcome']}" for r in tricklers))
-    return Outcome(summary, {"one_by_one": one_by_one, "fatal": fatal, "probes": [(round(t, 3), w) for t, w in probes],
-                             "cli": cli, "garbage": dict(outcomes),
-                             "tricklers": tricklers}, broken)
+    summary = (
+        ("killed the master: " + ", ".join(fatal) + "; then " if fatal else "")
+        + f"{len(answered)} of {len(probes)} `workers` requests answered"
+        + (f" (slowest {max(answered):.2f} s)" if answered else "")
+        + f", {len(slow)} late or unanswered "
+        f"{dict(Counter(w for _, w in probes if w != 'ok'))}; "
+        f"the CLI took {cli.get('seconds')} s (exit {cli.get('exit_code')}); {len(garbage)} garbage requests {dict(kinds)}; "
+        + "; ".join(f"{r['client']}: {r['outcome']}" for r in tricklers)
+    )
+    return Outcome(
+        summary,
+        {
+            "one_by_one": one_by_one,
+            "fatal": fatal,
+            "probes": [(round(t, 3), w) for t, w in probes],
+            "cli": cli,
+            "garbage": dict(outcomes),
+            "tricklers": tricklers,
+        },
+        broken,
+    )
 
 
 def broken_configs(server: Server) -> list[tuple[str, bytes | None]]:
@@ -984,8 +1048,15 @@ def attack_hup(h: Harness, until: float) -> Outcome:
             held.poll(0)
             alive = not master_exited(server, sent_at)
             pids = {w.pid for w in server.workers()}
-            reactions.append({"config": name, "master_alive": alive, "workers_kept": alive and pids == before,
-                              "active_lost": lost_active() if alive else len(active), "master_said": said[:160]})
+            reactions.append(
+                {
+                    "config": name,
+                    "master_alive": alive,
+                    "workers_kept": alive and pids == before,
+                    "active_lost": lost_active() if alive else len(active),
+                    "master_said": said[:160],
+                }
+            )
             if not alive:
                 h.restart(f"after SIGHUP with {name}")
                 reconnect_active()
@@ -1010,8 +1081,12 @@ def attack_hup(h: Harness, until: float) -> Outcome:
                 break
             held.poll(0.05)
         pids = {w.pid for w in server.workers()}
-        valid = {"workers_replaced": len(pids) == WORKERS and not pids & before, "seconds": round(time.monotonic() - sent_at, 2),
-                 "master_alive": server.alive(), "active_lost": lost_active()}
+        valid = {
+            "workers_replaced": len(pids) == WORKERS and not pids & before,
+            "seconds": round(time.monotonic() - sent_at, 2),
+            "master_alive": server.alive(),
+            "active_lost": lost_active(),
+        }
         if valid["active_lost"]:
             broken.append(f"{valid['active_lost']} of {len(active)} active connections lost on the valid reload")
         held.watch(until)
@@ -1023,14 +1098,18 @@ def attack_hup(h: Harness, until: float) -> Outcome:
     idle = held.summary("idle")
     idle_lost = idle["closed_by_server"] + idle["reset_by_server"]
     if idle_lost:
-        broken.append(f"{idle_lost} of {idle['opened']} idle connections lost across the HUPs"
-                      + (" (the master died)" if any(not r["master_alive"] for r in reactions) else ""))
+        broken.append(
+            f"{idle_lost} of {idle['opened']} idle connections lost across the HUPs"
+            + (" (the master died)" if any(not r["master_alive"] for r in reactions) else "")
+        )
     alive_after = [r for r in reactions if r["master_alive"]]
-    summary = (f"{len(reactions)} broken configs: the master survived {len(alive_after)}, kept its workers after "
-               f"{sum(r['workers_kept'] for r in reactions)}, 16 active connections all answered after "
-               f"{sum(not r['active_lost'] for r in alive_after)}; the valid config back: workers replaced "
-               f"{valid.get('workers_replaced')} in {valid.get('seconds')} s, active connections lost {valid.get('active_lost')}; "
-               f"{held.describe('idle')}")
+    summary = (
+        f"{len(reactions)} broken configs: the master survived {len(alive_after)}, kept its workers after "
+        f"{sum(r['workers_kept'] for r in reactions)}, 16 active connections all answered after "
+        f"{sum(not r['active_lost'] for r in alive_after)}; the valid config back: workers replaced "
+        f"{valid.get('workers_replaced')} in {valid.get('seconds')} s, active connections lost {valid.get('active_lost')}; "
+        f"{held.describe('idle')}"
+    )
     return Outcome(summary, {"reactions": reactions, "valid_reload": valid, "idle": idle}, broken)
 
 
@@ -1078,9 +1157,17 @@ def attack_kill(h: Harness, until: float) -> Outcome:
         f"and {len(on_victim)} of {len(held.held)} idle connections; replaced after "
         f"{f'{replaced_after:.2f} s' if replaced_after is not None else 'never (10 s)'}; idle connections lost: "
         f"{sum(1 for c in on_victim if c.how)} on the killed worker, {len(elsewhere_lost)} elsewhere",
-        {"killed_pid": victim.pid, "killed_at": killed_at, "killed_ports": sorted(killed_ports),
-         "clients_on_victim": len(killed_ports & client_ports), "replaced_after_s": replaced_after,
-         "idle_on_victim": len(on_victim), "idle_lost_elsewhere": len(elsewhere_lost)}, broken)
+        {
+            "killed_pid": victim.pid,
+            "killed_at": killed_at,
+            "killed_ports": sorted(killed_ports),
+            "clients_on_victim": len(killed_ports & client_ports),
+            "replaced_after_s": replaced_after,
+            "idle_on_victim": len(on_victim),
+            "idle_lost_elsewhere": len(elsewhere_lost),
+        },
+        broken,
+    )
 
 
 def phase_idle(h: Harness, until: float) -> Outcome:
@@ -1109,10 +1196,12 @@ def phase_idle(h: Harness, until: float) -> Outcome:
         held.close_all()  # the clients stay paused: this is the last phase
     cpu = {name: round(max(0.0, a.user + a.system - b.user - b.system) / wall, 3) for name, b, a in zip(names, before, after, strict=True)}
     busy = {name: share for name, share in cpu.items() if share > IDLE_CPU_LIMIT}
-    return Outcome(f"{len(held.held)} idle connections (workers held about {held_by_workers}); CPU over {wall:.1f} s: "
-                   + ", ".join(f"{name} {share:.1%}" for name, share in cpu.items()),
-                   {"idle": len(held.held), "workers_held": held_by_workers, "cpu_share": cpu},
-                   [f"{name} used {share:.0%} of a core with only idle connections open" for name, share in busy.items()])
+    return Outcome(
+        f"{len(held.held)} idle connections (workers held about {held_by_workers}); CPU over {wall:.1f} s: "
+        + ", ".join(f"{name} {share:.1%}" for name, share in cpu.items()),
+        {"idle": len(held.held), "workers_held": held_by_workers, "cpu_share": cpu},
+        [f"{name} used {share:.0%} of a core with only idle connections open" for name, share in busy.items()],
+    )
 
 
 # -- running the phases -------------------------------------------------------------------------
@@ -1200,8 +1289,11 @@ class Harness:
         """The master died: note it, and start a fresh server so the remaining phases still run."""
         code = self.server.proc.poll()
         self.current.master_died.append(f"{when}: exit code {code}; last log lines:\n{self.server.log_tail(12)}")
-        print(f"    the master died {when} (exit code {code}); its last log lines:\n      "
-              + self.server.log_tail(12).replace("\n", "\n      "), flush=True)
+        print(
+            f"    the master died {when} (exit code {code}); its last log lines:\n      "
+            + self.server.log_tail(12).replace("\n", "\n      "),
+            flush=True,
+        )
         self.server.kill()
         self.old_log += self.server.lines
         self.restarts += 1
@@ -1232,7 +1324,7 @@ class Harness:
                     self.restart("by the end of the phase")
                 except HarnessError as exc:
                     print(f"    {exc}", flush=True)
-                    for later in self.phases[number + 1:]:
+                    for later in self.phases[number + 1 :]:
                         later.harness_error = "not run: the server could not be restarted"
                         later.start = later.end = time.monotonic()
                     phase.end = time.monotonic()
@@ -1288,27 +1380,42 @@ def analyse(h: Harness, successes: list[tuple[float, float]], errors: list[tuple
             for pid, (rss, fds) in per_worker.items():
                 peak_rss[pid] = max(peak_rss.get(pid, 0), rss)
                 peak_conns[pid] = max(peak_conns.get(pid, 0), fds - h.idle_fds)
-        over = {pid: (rss, RSS_BASE + RSS_PER_CONNECTION * max(0, peak_conns[pid])) for pid, rss in peak_rss.items()
-                if rss > RSS_BASE + RSS_PER_CONNECTION * max(0, peak_conns[pid])}
+        over = {
+            pid: (rss, RSS_BASE + RSS_PER_CONNECTION * max(0, peak_conns[pid]))
+            for pid, rss in peak_rss.items()
+            if rss > RSS_BASE + RSS_PER_CONNECTION * max(0, peak_conns[pid])
+        }
         pids_seen = {pid for _, per_worker, _ in samples for pid in per_worker}
         pids_after = set(samples[-1][1]) if samples else set()
-        rows.append({
-            "phase": phase.key, "title": phase.title, "seconds": round(phase.end - phase.start, 2), "traffic": phase.traffic,
-            "answers": len(rtts), "p50_ms": round(percentile(rtts, 0.5) * 1e3, 3), "p99_ms": round(percentile(rtts, 0.99) * 1e3, 3),
-            "max_ms": round(rtts[-1] * 1e3, 3) if rtts else float("nan"),
-            "errors": dict(Counter(e[1] for e in errs)), "error_count": len(errs), "lost_to_kill": len(lost),
-            "rss_sum_peak_mb": round(max((sum(r for r, _ in pw.values()) for _, pw, _ in samples), default=0) / 2**20, 1),
-            "rss_max_peak_mb": round(max(peak_rss.values(), default=0) / 2**20, 1),
-            "master_rss_peak_mb": round(max((m for _, _, m in samples), default=0) / 2**20, 1),
-            "connections_peak": max((sum(max(0, f - h.idle_fds) for _, f in pw.values()) for _, pw, _ in samples), default=0),
-            "rss_over_limit": {pid: [round(r / 2**20, 1), round(limit / 2**20, 1)] for pid, (r, limit) in over.items()},
-            "workers_gone": len(pids_seen - pids_after),
-            "log_lines": sum(1 for t, _ in log if phase.start <= t < phase.end),
-            "log_warnings": sum(1 for t, line in log if phase.start <= t < phase.end
-                                and re.search(r"\[(WARNING|ERROR|CRITICAL)\]|Traceback", line)),
-            "attack": phase.outcome.summary, "attack_figures": phase.outcome.figures,
-            "master_died": phase.master_died, "harness_error": phase.harness_error,
-        })
+        rows.append(
+            {
+                "phase": phase.key,
+                "title": phase.title,
+                "seconds": round(phase.end - phase.start, 2),
+                "traffic": phase.traffic,
+                "answers": len(rtts),
+                "p50_ms": round(percentile(rtts, 0.5) * 1e3, 3),
+                "p99_ms": round(percentile(rtts, 0.99) * 1e3, 3),
+                "max_ms": round(rtts[-1] * 1e3, 3) if rtts else float("nan"),
+                "errors": dict(Counter(e[1] for e in errs)),
+                "error_count": len(errs),
+                "lost_to_kill": len(lost),
+                "rss_sum_peak_mb": round(max((sum(r for r, _ in pw.values()) for _, pw, _ in samples), default=0) / 2**20, 1),
+                "rss_max_peak_mb": round(max(peak_rss.values(), default=0) / 2**20, 1),
+                "master_rss_peak_mb": round(max((m for _, _, m in samples), default=0) / 2**20, 1),
+                "connections_peak": max((sum(max(0, f - h.idle_fds) for _, f in pw.values()) for _, pw, _ in samples), default=0),
+                "rss_over_limit": {pid: [round(r / 2**20, 1), round(limit / 2**20, 1)] for pid, (r, limit) in over.items()},
+                "workers_gone": len(pids_seen - pids_after),
+                "log_lines": sum(1 for t, _ in log if phase.start <= t < phase.end),
+                "log_warnings": sum(
+                    1 for t, line in log if phase.start <= t < phase.end and re.search(r"\[(WARNING|ERROR|CRITICAL)\]|Traceback", line)
+                ),
+                "attack": phase.outcome.summary,
+                "attack_figures": phase.outcome.figures,
+                "master_died": phase.master_died,
+                "harness_error": phase.harness_error,
+            }
+        )
     baseline_p99 = rows[0]["p99_ms"] / 1e3
     p99_limit = P99_FACTOR * max(baseline_p99 if baseline_p99 == baseline_p99 else 0.0, P99_FLOOR)
 
@@ -1318,65 +1425,101 @@ def analyse(h: Harness, successes: list[tuple[float, float]], errors: list[tuple
         targets.append({"target": name, "ok": not problems, "measured": measured, "problems": problems})
 
     attack_rows = [r for r, p in zip(rows, h.phases, strict=True) if p.traffic]
-    target("well-behaved clients see no errors (a SIGKILLed worker's connections excepted)",
-           [f"{r['phase']}: {r['error_count']} {r['errors']}" for r in rows if r["error_count"]],
-           f"{sum(r['error_count'] for r in rows)} errors, {sum(r['lost_to_kill'] for r in rows)} lost to the SIGKILL")
+    target(
+        "well-behaved clients see no errors (a SIGKILLed worker's connections excepted)",
+        [f"{r['phase']}: {r['error_count']} {r['errors']}" for r in rows if r["error_count"]],
+        f"{sum(r['error_count'] for r in rows)} errors, {sum(r['lost_to_kill'] for r in rows)} lost to the SIGKILL",
+    )
     worst = max(attack_rows[1:], key=lambda r: r["p99_ms"] if r["p99_ms"] == r["p99_ms"] else -1.0, default=None)
-    target(f"clients' p99 during every attack <= {P99_FACTOR:.0f}x baseline p99 "
-           f"(floored at {P99_FLOOR * 1e3:.0f} ms) = {p99_limit * 1e3:.2f} ms",
-           [f"{r['phase']}: " + (f"p99 {r['p99_ms']} ms" if r["answers"] else "no answers at all")
-            for r in attack_rows[1:] if not r["p99_ms"] <= p99_limit * 1e3],
-           f"worst {worst['phase']} {worst['p99_ms']} ms" if worst else "no attack phase")
+    target(
+        f"clients' p99 during every attack <= {P99_FACTOR:.0f}x baseline p99 "
+        f"(floored at {P99_FLOOR * 1e3:.0f} ms) = {p99_limit * 1e3:.2f} ms",
+        [
+            f"{r['phase']}: " + (f"p99 {r['p99_ms']} ms" if r["answers"] else "no answers at all")
+            for r in attack_rows[1:]
+            if not r["p99_ms"] <= p99_limit * 1e3
+        ],
+        f"worst {worst['phase']} {worst['p99_ms']} ms" if worst else "no attack phase",
+    )
     over_by_pid: dict[int, list[tuple[str, float, float]]] = {}
     for r in rows:
         for pid, (rss, limit) in r["rss_over_limit"].items():
             over_by_pid.setdefault(pid, []).append((r["phase"], rss, limit))
-    target("worker RSS <= 64 MiB + 8 KiB per open connection",
-           [f"{over[0][0]}: worker {pid} peaked at {over[0][1]} MiB, limit {over[0][2]} MiB"
+    target(
+        "worker RSS <= 64 MiB + 8 KiB per open connection",
+        [
+            f"{over[0][0]}: worker {pid} peaked at {over[0][1]} MiB, limit {over[0][2]} MiB"
             + (f"; still above the limit in {', '.join(o[0] for o in over[1:])}" if over[1:] else "")
-            for pid, over in over_by_pid.items()],
-           f"largest worker peak {max(r['rss_max_peak_mb'] for r in rows)} MiB")
+            for pid, over in over_by_pid.items()
+        ],
+        f"largest worker peak {max(r['rss_max_peak_mb'] for r in rows)} MiB",
+    )
     for key, name in ATTACK_TARGETS.items():
         phase = next(p for p in h.phases if p.key == key)
-        target(name, phase.outcome.broken + ([f"harness error in {key}"] if phase.harness_error else []),
-               phase.outcome.summary[:110] + ("..." if len(phase.outcome.summary) > 110 else ""))
+        target(
+            name,
+            phase.outcome.broken + ([f"harness error in {key}"] if phase.harness_error else []),
+            phase.outcome.summary[:110] + ("..." if len(phase.outcome.summary) > 110 else ""),
+        )
     others = [f"{p.key}: {b}" for p in h.phases if p.key not in ATTACK_TARGETS for b in p.outcome.broken]
     others += [f"harness error in {p.key}" for p in h.phases if p.key not in ATTACK_TARGETS and p.harness_error]
     if others:
         target("other attack checks (the harness itself ran)", others, "")
     died = [p.key for p in h.phases if p.master_died]
-    target("the master stays alive through the whole run",
-           [f"the master died during {k} (restarted for the remaining phases)" for k in died]
-           + ([] if h.stop_result.get("master_alive_at_end") else ["the master was not alive at the end"]),
-           "alive" if not died and h.stop_result.get("master_alive_at_end") else f"died during {died}")
+    target(
+        "the master stays alive through the whole run",
+        [f"the master died during {k} (restarted for the remaining phases)" for k in died]
+        + ([] if h.stop_result.get("master_alive_at_end") else ["the master was not alive at the end"]),
+        "alive" if not died and h.stop_result.get("master_alive_at_end") else f"died during {died}",
+    )
     stop = h.stop_result
     stop_problems = []
     if stop.get("exit_code") != 0:
-        stop_problems.append(f"exit code {stop.get('exit_code')} after {stop.get('seconds')} s" if stop.get("exit_code") is not None
-                             else f"still running after {STOP_LIMIT:.0f} s")
+        stop_problems.append(
+            f"exit code {stop.get('exit_code')} after {stop.get('seconds')} s"
+            if stop.get("exit_code") is not None
+            else f"still running after {STOP_LIMIT:.0f} s"
+        )
     if stop.get("workers_left"):
         stop_problems.append(f"workers still running after the master exited: {stop['workers_left']}")
-    target(f"graceful stop (SIGTERM) exits 0 within {STOP_LIMIT:.0f} s", stop_problems,
-           f"exit {stop.get('exit_code')} after {stop.get('seconds')} s")
-    return {"phases": rows, "baseline_p99_ms": round(baseline_p99 * 1e3, 3), "p99_limit_ms": round(p99_limit * 1e3, 3),
-            "targets": targets, "stop": stop, "restarts": h.restarts}
+    target(
+        f"graceful stop (SIGTERM) exits 0 within {STOP_LIMIT:.0f} s",
+        stop_problems,
+        f"exit {stop.get('exit_code')} after {stop.get('seconds')} s",
+    )
+    return {
+        "phases": rows,
+        "baseline_p99_ms": round(baseline_p99 * 1e3, 3),
+        "p99_limit_ms": round(p99_limit * 1e3, 3),
+        "targets": targets,
+        "stop": stop,
+        "restarts": h.restarts,
+    }
 
 
 def print_report(report: dict[str, Any]) -> None:
-    header = (f"{'phase':<34}{'p50 ms':>8}{'p99 ms':>8}{'answers':>9}{'errors':>8}{'lost':>6}"
-              f"{'RSS sum':>9}{'RSS max':>9}{'conns~':>8}{'gone':>6}{'log w/e':>8}")
+    header = (
+        f"{'phase':<34}{'p50 ms':>8}{'p99 ms':>8}{'answers':>9}{'errors':>8}{'lost':>6}"
+        f"{'RSS sum':>9}{'RSS max':>9}{'conns~':>8}{'gone':>6}{'log w/e':>8}"
+    )
     print("\n" + header)
     print("-" * len(header))
     for r in report["phases"]:
         quiet = not r["traffic"] or not r["answers"]  # the clients were paused, or got nothing
         p50, p99, answers = ("-", "-", "-") if quiet else (f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", r["answers"])
-        print(f"{r['title']:<34}{p50:>8}{p99:>8}{answers:>9}{r['error_count']:>8}{r['lost_to_kill']:>6}"
-              f"{r['rss_sum_peak_mb']:>9.1f}{r['rss_max_peak_mb']:>9.1f}{r['connections_peak']:>8}{r['workers_gone']:>6}"
-              f"{r['log_warnings']:>8}")
-    print("RSS in MiB (peak of the workers' sum, and of the largest worker); conns~ = the workers' descriptors beyond an\n"
-          "idle worker's (peak); gone = workers that exited; log w/e = server log lines at WARNING or above.")
-    print(f"Baseline p99 {report['baseline_p99_ms']:.3f} ms; the p99 limit uses max(baseline p99, {P99_FLOOR * 1e3:.0f} ms) "
-          f"because loopback p99s are tiny and noisy: {report['p99_limit_ms']:.2f} ms.\n")
+        print(
+            f"{r['title']:<34}{p50:>8}{p99:>8}{answers:>9}{r['error_count']:>8}{r['lost_to_kill']:>6}"
+            f"{r['rss_sum_peak_mb']:>9.1f}{r['rss_max_peak_mb']:>9.1f}{r['connections_peak']:>8}{r['workers_gone']:>6}"
+            f"{r['log_warnings']:>8}"
+        )
+    print(
+        "RSS in MiB (peak of the workers' sum, and of the largest worker); conns~ = the workers' descriptors beyond an\n"
+        "idle worker's (peak); gone = workers that exited; log w/e = server log lines at WARNING or above."
+    )
+    print(
+        f"Baseline p99 {report['baseline_p99_ms']:.3f} ms; the p99 limit uses max(baseline p99, {P99_FLOOR * 1e3:.0f} ms) "
+        f"because loopback p99s are tiny and noisy: {report['p99_limit_ms']:.2f} ms.\n"
+    )
     print("What the attacks' own connections got:")
     for r in report["phases"]:
         if r["attack"]:
@@ -1419,10 +1562,12 @@ def raise_fd_limit(scale: Scale) -> Scale:
     if soft >= needed:
         return scale
     room = max(100, soft - FD_SLACK)
-    print(f"hostile: the open-files limit is {soft}; a flood of {scale.flood} needs {needed} "
-          f"(as root: ulimit -n {needed}); the flood is scaled down to {min(scale.flood, room)}", flush=True)
-    return Scale(**{**asdict(scale), "flood": min(scale.flood, room), "silent": min(scale.silent, room),
-                    "idle": min(scale.idle, room)})
+    print(
+        f"hostile: the open-files limit is {soft}; a flood of {scale.flood} needs {needed} "
+        f"(as root: ulimit -n {needed}); the flood is scaled down to {min(scale.flood, room)}",
+        flush=True,
+    )
+    return Scale(**{**asdict(scale), "flood": min(scale.flood, room), "silent": min(scale.silent, room), "idle": min(scale.idle, room)})
 
 
 def start_watchdog(limit: float, harness_ref: list[Harness]) -> None:
@@ -1449,8 +1594,11 @@ def main() -> int:
     scale = raise_fd_limit(Scale.from_args(args))
     started = time.monotonic()
     start_watchdog(len(PHASES) * (scale.seconds + 30) + 120, harness_ref := [])
-    print(f"hostile: {len(PHASES)} phases of {scale.seconds:g} s against {APP} on {WORKERS} workers, {CLIENTS} well-behaved clients; "
-          f"flood {scale.flood}, open-files limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}", flush=True)
+    print(
+        f"hostile: {len(PHASES)} phases of {scale.seconds:g} s against {APP} on {WORKERS} workers, {CLIENTS} well-behaved clients; "
+        f"flood {scale.flood}, open-files limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="prefork-tcp-hostile-") as workdir:
         try:
             harness = Harness(scale, workdir)

@@ -72,8 +72,15 @@ def run(connections: int, rounds: int) -> tuple[float, int]:
     loop = WorkerLoop([], channel, SignalPipe(()), drain_timeout=1.0, high_water=1 << 20, mark_events=False)
     read_size = 65536
     for fd in range(FIRST_FD, FIRST_FD + connections):
-        conn = Connection(FakeSocket(fd, read_size), f"uuid-{fd}", "default", "127.0.0.1:1",  # type: ignore[arg-type]
-                          make_framer(b"\r\n", 1 << 20), read_size, 1 << 20)
+        conn = Connection(
+            FakeSocket(fd, read_size),
+            f"uuid-{fd}",
+            "default",
+            "127.0.0.1:1",  # type: ignore[arg-type]
+            make_framer(b"\r\n", 1 << 20),
+            read_size,
+            1 << 20,
+        )
         conn.mask = select.EPOLLIN
         conn.settle()
         loop.conns[fd] = conn
@@ -90,9 +97,21 @@ def run(connections: int, rounds: int) -> tuple[float, int]:
 def instructions(connections: int, rounds: int) -> int:
     """Instructions valgrind counts for a whole run of this script."""
     result = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
-         "--connections", str(connections), "--rounds", str(rounds)],
-        capture_output=True, text=True, check=True)
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            __file__,
+            "--connections",
+            str(connections),
+            "--rounds",
+            str(rounds),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     match = re.search(r"Collected : (\d+)", result.stderr)
     if match is None:
         raise RuntimeError(f"no instruction count from valgrind: {result.stderr[-300:]}")
@@ -107,18 +126,17 @@ def main() -> int:
     args = parser.parse_args()
     if args.callgrind:
         few, many = 5_000, 25_000
-        per_request = (instructions(args.connections, many) - instructions(args.connections, few)) / (
-            args.connections * (many - few))
-        print(f"{per_request:,.0f} instructions per request ({args.connections} connections per poll, "
-              f"Python {sys.version.split()[0]})")
+        per_request = (instructions(args.connections, many) - instructions(args.connections, few)) / (args.connections * (many - few))
+        print(f"{per_request:,.0f} instructions per request ({args.connections} connections per poll, Python {sys.version.split()[0]})")
         return 0
     requests = args.connections * args.rounds
     seconds, handled = run(args.connections, args.rounds)
     if handled != requests:
         print(f"the loop handled {handled} events, not {requests}", file=sys.stderr)
         return 1
-    print(f"{seconds / requests * 1e9:,.0f} ns of CPU per request "
-          f"({args.connections} connections per poll, Python {sys.version.split()[0]})")
+    print(
+        f"{seconds / requests * 1e9:,.0f} ns of CPU per request ({args.connections} connections per poll, Python {sys.version.split()[0]})"
+    )
     return 0
 
 

@@ -41,12 +41,15 @@ class Server:
         log_path = os.path.join(workdir, "server.log")
         config = os.path.join(workdir, "scale.toml")
         with open(config, "w") as fh:
-            fh.write(f'app = "prefork_tcp.examples.ping:main"\n[control]\nsocket = "{self.control}"\n'
-                     f'[log]\nlevel = "warning"\n[tcp.servers.ping]\naddr = "tcp://127.0.0.1:0"\n'
-                     f'[tcp.pool]\nnum_workers = {workers}\n')
+            fh.write(
+                f'app = "prefork_tcp.examples.ping:main"\n[control]\nsocket = "{self.control}"\n'
+                f'[log]\nlevel = "warning"\n[tcp.servers.ping]\naddr = "tcp://127.0.0.1:0"\n'
+                f"[tcp.pool]\nnum_workers = {workers}\n"
+            )
         self.log = open(log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "prefork_tcp", "serve", "-c", config,
-                                      "--log-level", "info"], stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "prefork_tcp", "serve", "-c", config, "--log-level", "info"], stdout=self.log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 30
         while True:
             text = open(log_path).read()
@@ -135,16 +138,20 @@ def main() -> int:
             time.sleep(0.5)
             held_rss = server.rss()
             held_p50, held_p99 = latencies(server.port, args.pings)
-            report.update({
-                "connections_held": sum(w["connections"] for w in rows),
-                "split_of_held": [w["connections"] for w in rows],
-                "rss_baseline_mb": round(base_rss / 2 ** 20, 1),
-                "rss_held_mb": round(held_rss / 2 ** 20, 1),
-                "rss_per_connection_bytes": round((held_rss - base_rss) / args.connections),
-                "p50_us_none_open": round(base_p50), "p99_us_none_open": round(base_p99),
-                "p50_us_held_open": round(held_p50), "p99_us_held_open": round(held_p99),
-                "p99_ratio": round(held_p99 / base_p99, 2),
-            })
+            report.update(
+                {
+                    "connections_held": sum(w["connections"] for w in rows),
+                    "split_of_held": [w["connections"] for w in rows],
+                    "rss_baseline_mb": round(base_rss / 2**20, 1),
+                    "rss_held_mb": round(held_rss / 2**20, 1),
+                    "rss_per_connection_bytes": round((held_rss - base_rss) / args.connections),
+                    "p50_us_none_open": round(base_p50),
+                    "p99_us_none_open": round(base_p99),
+                    "p50_us_held_open": round(held_p50),
+                    "p99_us_held_open": round(held_p99),
+                    "p99_ratio": round(held_p99 / base_p99, 2),
+                }
+            )
             for sock in socks:
                 sock.close()
             wait_connections_zero = time.monotonic() + 60
@@ -160,8 +167,11 @@ def main() -> int:
         finally:
             server.stop()
     print(json.dumps(report, indent=1))
-    ok = (report["rss_per_connection_bytes"] <= 4096 and report["p99_ratio"] <= 2.0  # type: ignore[operator]
-          and report["balance_ratio"] <= 1.3)  # type: ignore[operator]
+    ok = (
+        report["rss_per_connection_bytes"] <= 4096
+        and report["p99_ratio"] <= 2.0  # type: ignore[operator]
+        and report["balance_ratio"] <= 1.3
+    )  # type: ignore[operator]
     print("targets:", "met" if ok else "missed (see above)")
     return 0 if ok else 1
 

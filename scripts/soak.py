@@ -60,11 +60,17 @@ class Server:
         self.log_path = os.path.join(workdir, "server.log")
         config = os.path.join(workdir, "soak.toml")
         with open(config, "w") as fh:
-            fh.write(f'app = "prefork_tcp.examples.ping:main"\n[control]\nsocket = "{self.control}"\n'
-                     f'[tcp.servers.ping]\naddr = "tcp://127.0.0.1:0"\n[tcp.pool]\nnum_workers = {workers}\n{extra}')
+            fh.write(
+                f'app = "prefork_tcp.examples.ping:main"\n[control]\nsocket = "{self.control}"\n'
+                f'[tcp.servers.ping]\naddr = "tcp://127.0.0.1:0"\n[tcp.pool]\nnum_workers = {workers}\n{extra}'
+            )
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "prefork_tcp", "serve", "-c", config],
-                                     stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "prefork_tcp", "serve", "-c", config],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         self.port = self._wait_port()
 
     def _wait_port(self) -> int:
@@ -80,8 +86,9 @@ class Server:
         raise SystemExit("server did not start in 30s")
 
     def manage(self, *args: str) -> str:
-        result = subprocess.run([sys.executable, "-m", "prefork_tcp", *args, "--control", self.control],
-                                capture_output=True, text=True, timeout=30, check=False)
+        result = subprocess.run(
+            [sys.executable, "-m", "prefork_tcp", *args, "--control", self.control], capture_output=True, text=True, timeout=30, check=False
+        )
         return result.stdout.strip() or result.stderr.strip()
 
     def serving_workers(self) -> dict[int, int]:
@@ -157,13 +164,16 @@ def redis_benchmark(port: int, seconds: float) -> subprocess.Popen | None:
     if not shutil.which("redis-benchmark"):
         return None
     requests = int(seconds * 3000)
-    return subprocess.Popen(["redis-benchmark", "-p", str(port), "-t", "ping_inline", "-n", str(requests),
-                             "-c", "10", "-k", "0", "-q"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        ["redis-benchmark", "-p", str(port), "-t", "ping_inline", "-n", str(requests), "-c", "10", "-k", "0", "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def run_phase(phase: str, args: argparse.Namespace) -> dict[str, object]:
-    extra = ('max_jobs = 2000\n[tcp.pool.supervisor]\nwatch_tick = "1s"\nmax_worker_memory = 1\n'
-             if phase == "recycle" else "")
+    extra = 'max_jobs = 2000\n[tcp.pool.supervisor]\nwatch_tick = "1s"\nmax_worker_memory = 1\n' if phase == "recycle" else ""
     with tempfile.TemporaryDirectory(prefix="prefork-tcp-soak-") as workdir:
         server = Server(workdir, args.workers, extra)
         bench = redis_benchmark(server.port, args.duration)
@@ -171,8 +181,9 @@ def run_phase(phase: str, args: argparse.Namespace) -> dict[str, object]:
 
         async def main() -> None:
             stop_at = asyncio.get_running_loop().time() + args.duration
-            await asyncio.gather(chaos(server, phase, stop_at, stats),
-                                 *(client(server.port, args.depth, stop_at, stats) for _ in range(args.connections)))
+            await asyncio.gather(
+                chaos(server, phase, stop_at, stats), *(client(server.port, args.depth, stop_at, stats) for _ in range(args.connections))
+            )
 
         started = time.monotonic()
         asyncio.run(main())
@@ -188,11 +199,19 @@ def run_phase(phase: str, args: argparse.Namespace) -> dict[str, object]:
     retired = len(re.findall(r"retired \(", log))
     killed = len(re.findall(r"was killed by SIGKILL", log))
     return {
-        "phase": phase, "seconds": round(elapsed, 1), "answered": stats.answered,
-        "per_second": round(stats.answered / elapsed), "connections_opened": stats.connects,
-        "dropped": stats.dropped, "wrong_answers": stats.wrong, "stalled": stats.stalls,
-        "connect_errors": stats.connect_errors, "slowest_round_trip_ms": round(stats.slowest * 1000, 1),
-        "workers_retired": retired, "workers_killed": killed, "actions": len(stats.actions),
+        "phase": phase,
+        "seconds": round(elapsed, 1),
+        "answered": stats.answered,
+        "per_second": round(stats.answered / elapsed),
+        "connections_opened": stats.connects,
+        "dropped": stats.dropped,
+        "wrong_answers": stats.wrong,
+        "stalled": stats.stalls,
+        "connect_errors": stats.connect_errors,
+        "slowest_round_trip_ms": round(stats.slowest * 1000, 1),
+        "workers_retired": retired,
+        "workers_killed": killed,
+        "actions": len(stats.actions),
         "killed_workers_held": stats.victims_held,
         "redis_benchmark": bench_out.strip().splitlines()[-1] if bench_out.strip() else "not installed",
         "server_errors": [line for line in log.splitlines() if "[ERROR]" in line][:5],
@@ -220,8 +239,9 @@ def main() -> int:
                 print(f"{key:>22}: {value}")
         if phase == "recycle" and (result["dropped"] or result["wrong_answers"] or result["stalled"]):
             failed = True
-        if phase == "kill" and (result["wrong_answers"] or result["stalled"] or not result["answered"]
-                                or result["dropped"] > result["killed_workers_held"]):
+        if phase == "kill" and (
+            result["wrong_answers"] or result["stalled"] or not result["answered"] or result["dropped"] > result["killed_workers_held"]
+        ):
             failed = True
     return 1 if failed else 0
 

@@ -14,8 +14,7 @@ def start_server(tmp_path: Path) -> Iterator:
     """Start ``prefork-tcp serve`` processes; every one is stopped after the test."""
     servers: list[Server] = []
 
-    def start(config: str = "", args: list[str] | None = None, workers: int | None = 2,
-              ready: bool = True, **kwargs) -> Server:
+    def start(config: str = "", args: list[str] | None = None, workers: int | None = 2, ready: bool = True, **kwargs) -> Server:
         server = Server(tmp_path, config, args, workers=workers, **kwargs)
         servers.append(server)
         if ready:

@@ -37,8 +37,9 @@ def wait_for(condition: Callable[[], Any], timeout: float = DEADLINE, what: str 
 class Server:
     """One ``prefork-tcp serve`` process with its log captured line by line."""
 
-    def __init__(self, tmp_path: Path, config: str = "", args: list[str] | None = None,
-                 env: dict[str, str] | None = None, workers: int | None = 2) -> None:
+    def __init__(
+        self, tmp_path: Path, config: str = "", args: list[str] | None = None, env: dict[str, str] | None = None, workers: int | None = 2
+    ) -> None:
         self.tmp_path = tmp_path
         self.events_file = tmp_path / "events.jsonl"
         cmd = [sys.executable, "-m", "prefork_tcp", "serve"]
@@ -49,10 +50,15 @@ class Server:
         if workers is not None:
             cmd += ["-w", str(workers)]
         cmd += args or []
-        full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-                    "RECORDER_LOG": str(self.events_file), **(env or {})}
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, env=full_env, cwd=tmp_path)
+        full_env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+            "RECORDER_LOG": str(self.events_file),
+            **(env or {}),
+        }
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, cwd=tmp_path
+        )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read_log, daemon=True)
         self._reader.start()
@@ -93,8 +99,8 @@ class Server:
     def address(self, name: str = "default") -> tuple[str, int] | str:
         text = self.addresses()[name]
         if text.startswith("unix://"):
-            return text[len("unix://"):]
-        host, _, port = text[len("tcp://"):].rpartition(":")
+            return text[len("unix://") :]
+        host, _, port = text[len("tcp://") :].rpartition(":")
         return host.strip("[]"), int(port)
 
     def worker_pids(self) -> list[int]:
@@ -115,8 +121,7 @@ class Server:
 
     def wait_events(self, uuid: str, last: str = "CLOSE", timeout: float = DEADLINE) -> list[dict[str, Any]]:
         """Wait until the connection's events end with ``last``; return them."""
-        return wait_for(lambda: (ev := self.events_of(uuid)) and ev[-1]["event"] == last and ev,
-                        timeout, f"{last} of {uuid}")  # type: ignore[no-any-return]
+        return wait_for(lambda: (ev := self.events_of(uuid)) and ev[-1]["event"] == last and ev, timeout, f"{last} of {uuid}")  # type: ignore[no-any-return]
 
     # -- controlling --------------------------------------------------------------------
 
@@ -204,8 +209,10 @@ def start(start_server, config: str, workers: int = 1, **kwargs: Any) -> Server:
         if server.proc.poll() is not None:
             raise AssertionError(f"the server exited with code {server.proc.returncode}:\n{server.log}")
         lines = list(server.lines)
-        return (any("serving:" in line for line in lines)
-                and sum(bool(re.search(r"worker \d+ \(pid \d+\) ready", line)) for line in lines) >= workers)
+        return (
+            any("serving:" in line for line in lines)
+            and sum(bool(re.search(r"worker \d+ \(pid \d+\) ready", line)) for line in lines) >= workers
+        )
 
     wait_for(ready, what="the server to serve")
     return server

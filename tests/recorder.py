@@ -21,15 +21,20 @@ _hoard: list[bytes] = []
 
 
 def _record(fh, request: Request, **extra: object) -> None:
-    fh.write(json.dumps({
-        "pid": os.getpid(),
-        "event": request.event.value,
-        "uuid": request.connection_uuid,
-        "server": request.server,
-        "remote": request.remote_address,
-        "body": request.body.decode("latin-1"),
-        **extra,
-    }) + "\n")
+    fh.write(
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "event": request.event.value,
+                "uuid": request.connection_uuid,
+                "server": request.server,
+                "remote": request.remote_address,
+                "body": request.body.decode("latin-1"),
+                **extra,
+            }
+        )
+        + "\n"
+    )
     fh.flush()
 
 

@@ -38,22 +38,25 @@ def test_every_message_survives_encode_and_decode(data):
     assert message.kind is kind and message.fields == fields
 
 
-@pytest.mark.parametrize("packet, sender, why", [
-    (b"Z", "worker", "unknown message type"),
-    (b"", "worker", "unknown message type"),
-    (b"T", "worker", "not sent by the worker"),  # STOP comes from the master only
-    (b"R", "master", "not sent by the master"),
-    (b"Rx", "worker", "takes no body"),
-    (b"c{not json", "worker", "unreadable body"),
-    (b"c" + b"[" * 100_000 + b"]" * 100_000, "worker", "unreadable body"),  # RecursionError
-    (b"c\xff\xfe", "worker", "unreadable body"),
-    (b'c{"id": 1}', "worker", "expected fields"),
-    (b'c{"id": 1, "found": true, "x": 0}', "worker", "expected fields"),
-    (b'c{"id": true, "found": true}', "worker", "not a valid int"),  # a bool is not an int
-    (b'c{"id": -1, "found": true}', "worker", "not a valid int"),
-    (b'c{"id": 1, "found": 1}', "worker", "not a valid bool"),
-    (b'c[1, 2]', "worker", "expected fields"),
-])
+@pytest.mark.parametrize(
+    "packet, sender, why",
+    [
+        (b"Z", "worker", "unknown message type"),
+        (b"", "worker", "unknown message type"),
+        (b"T", "worker", "not sent by the worker"),  # STOP comes from the master only
+        (b"R", "master", "not sent by the master"),
+        (b"Rx", "worker", "takes no body"),
+        (b"c{not json", "worker", "unreadable body"),
+        (b"c" + b"[" * 100_000 + b"]" * 100_000, "worker", "unreadable body"),  # RecursionError
+        (b"c\xff\xfe", "worker", "unreadable body"),
+        (b'c{"id": 1}', "worker", "expected fields"),
+        (b'c{"id": 1, "found": true, "x": 0}', "worker", "expected fields"),
+        (b'c{"id": true, "found": true}', "worker", "not a valid int"),  # a bool is not an int
+        (b'c{"id": -1, "found": true}', "worker", "not a valid int"),
+        (b'c{"id": 1, "found": 1}', "worker", "not a valid bool"),
+        (b"c[1, 2]", "worker", "expected fields"),
+    ],
+)
 def test_garbage_is_refused_with_a_reason(packet, sender, why):
     with pytest.raises(ChannelError, match=why):
         decode(packet, [], 0, sender)

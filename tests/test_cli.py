@@ -17,8 +17,15 @@ ROOT = TESTS.parent
 
 def run(*args: str, cwd: Path = ROOT, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(TESTS), "RECORDER_LOG": str(cwd / "events.jsonl")}
-    return subprocess.run([sys.executable, "-m", "prefork_tcp", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "prefork_tcp", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_help_names_the_commands():

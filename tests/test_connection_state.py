@@ -159,7 +159,11 @@ def test_error_abandons_the_connection():
 def test_wire_values_match_roadrunner():
     assert [e.value for e in TcpEvent] == ["CONNECTED", "DATA", "CLOSE"]
     assert {r.name: r.value for r in TcpResponse} == {
-        "RESPOND": "WRITE", "RESPOND_CLOSE": "WRITECLOSE", "READ": "CONTINUE", "CLOSE": "CLOSE"}
+        "RESPOND": "WRITE",
+        "RESPOND_CLOSE": "WRITECLOSE",
+        "READ": "CONTINUE",
+        "CLOSE": "CLOSE",
+    }
 
 
 def test_parcel_carries_held_input_partial_and_unsent_output():

@@ -12,8 +12,15 @@ from harness import TESTS, Client, servers_config, wait_for
 
 
 def manage(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "prefork_tcp", *args], capture_output=True, text=True,
-                          timeout=60, cwd=cwd, env={**os.environ, "PYTHONPATH": str(TESTS)}, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "prefork_tcp", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(TESTS)},
+        check=False,
+    )
 
 
 def start(start_server, tmp_path, workers=2, extra=""):

@@ -259,15 +259,17 @@ def test_multiple_servers_with_their_own_delimiters(start_server):
         assert b.read_exactly(4) == b"x.y."
     wait_for(lambda: kinds(server.events()).count("CLOSE") == 2, what="2 CLOSE events")
     assert sorted((e["server"], e["body"]) for e in server.events() if e["event"] == "DATA") == [
-        ("dots", "x."), ("dots", "y."), ("lines", "x.y\r\n")]
+        ("dots", "x."),
+        ("dots", "y."),
+        ("lines", "x.y\r\n"),
+    ]
 
 
 def test_unix_and_ipv6_servers(start_server, tmp_path):
     if not socket.has_ipv6:
         pytest.skip("no IPv6")
     path = tmp_path / "app.sock"
-    config = servers_config(extra=f'[tcp.servers.local]\naddr = "unix://{path}"\n'
-                                  '[tcp.servers.six]\naddr = "tcp://[::1]:0"\n')
+    config = servers_config(extra=f'[tcp.servers.local]\naddr = "unix://{path}"\n[tcp.servers.six]\naddr = "tcp://[::1]:0"\n')
     server = start_server(config)
     with Client(server.address("local")) as a, Client(server.address("six")) as b:
         a.send(b"hi\r\n")

@@ -46,10 +46,18 @@ def test_smtp_sequence_errors_and_unknown_commands(start_server, tmp_path):
     server, _ = smtp_server(start_server, tmp_path)
     with Client(server.address("smtp")) as client:
         assert client.line().startswith(b"220 ")
-        for command, code in [(b"MAIL FROM:<a@b>", b"503"), (b"HELO me", b"250"), (b"RCPT TO:<x@y>", b"503"),
-                              (b"DATA", b"503"), (b"MAIL FROM:<a@b>", b"250"), (b"MAIL FROM:<a@b>", b"503"),
-                              (b"RCPT TO:broken", b"501"), (b"FROB", b"500"), (b"VRFY x", b"252"),
-                              (b"QUIT", b"221")]:
+        for command, code in [
+            (b"MAIL FROM:<a@b>", b"503"),
+            (b"HELO me", b"250"),
+            (b"RCPT TO:<x@y>", b"503"),
+            (b"DATA", b"503"),
+            (b"MAIL FROM:<a@b>", b"250"),
+            (b"MAIL FROM:<a@b>", b"503"),
+            (b"RCPT TO:broken", b"501"),
+            (b"FROB", b"500"),
+            (b"VRFY x", b"252"),
+            (b"QUIT", b"221"),
+        ]:
             client.send(command + b"\r\n")
             assert client.line().startswith(code + b" "), command
         assert client.read_to_eof() == b""
@@ -59,9 +67,12 @@ def test_smtp_sequence_errors_and_unknown_commands(start_server, tmp_path):
 def test_swaks_delivers_mail(start_server, tmp_path):
     server, spool = smtp_server(start_server, tmp_path)
     host, port = server.address("smtp")
-    result = subprocess.run(["swaks", "--server", f"{host}:{port}", "--to", "you@example.org",
-                             "--from", "me@example.org", "--timeout", "30"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["swaks", "--server", f"{host}:{port}", "--to", "you@example.org", "--from", "me@example.org", "--timeout", "30"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "250 2.0.0 OK: queued as" in result.stdout
     server.wait_log("received message .* from <me@example.org> to <you@example.org>")
@@ -74,9 +85,12 @@ def test_redis_benchmark_against_the_ping_example(start_server, extra):
     server = start_server(args=["prefork_tcp.examples.ping:main", "-b", "127.0.0.1:0"])
     host, port = server.address()
     requests = 2000 if "-k" in extra else 50000
-    result = subprocess.run(["redis-benchmark", "-h", host, "-p", str(port), "-t", "ping_inline",
-                             "-n", str(requests), "-c", "20", "--csv", *extra],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        ["redis-benchmark", "-h", host, "-p", str(port), "-t", "ping_inline", "-n", str(requests), "-c", "20", "--csv", *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith('"PING_INLINE"')]
     assert rows, result.stdout + result.stderr
@@ -92,8 +106,17 @@ def test_echo_example(start_server):
 
 
 def test_roadrunner_readme_loop_against_the_seed_config(start_server):
-    server = start_server(args=["prefork_tcp.examples.roadrunner:main", "-c", str(ROOT / "conf" / "smtp.toml"),
-                                "-b", "smtp=127.0.0.1:0", "-b", "server2=127.0.0.1:0"])
+    server = start_server(
+        args=[
+            "prefork_tcp.examples.roadrunner:main",
+            "-c",
+            str(ROOT / "conf" / "smtp.toml"),
+            "-b",
+            "smtp=127.0.0.1:0",
+            "-b",
+            "server2=127.0.0.1:0",
+        ]
+    )
     assert set(server.addresses()) == {"smtp", "server2"}
     with Client(server.address("server2")) as client:
         assert client.line() == b"220 mailamie\r\n"

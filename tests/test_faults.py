@@ -92,6 +92,7 @@ def echo_works(address) -> None:
 
 # -- B.1 an exception escaping the application -------------------------------------------------
 
+
 def test_app_exception_writes_the_answers_given_then_closes_that_connection(start_server):
     server = start(start_server, servers_config("echo"))
     (first,) = server.worker_pids()
@@ -103,7 +104,7 @@ def test_app_exception_writes_the_answers_given_then_closes_that_connection(star
     end = next(i for i, line in enumerate(lines) if f"RuntimeError: {CRASH}" in line)
     starts = [i for i, line in enumerate(lines[:end]) if "Traceback" in line]
     assert starts, f"no traceback logged:\n{server.log}"
-    assert any("recorder.py" in line for line in lines[starts[-1]:end]), server.log
+    assert any("recorder.py" in line for line in lines[starts[-1] : end]), server.log
     wait_for(lambda: server.worker_pids() and first not in server.worker_pids(), what="a replacement worker")
     echo_works(server.address("echo"))
     assert_alive(server)
@@ -143,6 +144,7 @@ def test_repeated_app_crashes_back_off_and_the_master_stays_up(start_server):
 
 # -- B.2 max_jobs is a budget ----------------------------------------------------------------------
 
+
 def test_max_jobs_is_a_budget_under_concurrent_load(start_server):
     max_jobs, rounds = 20, 150
     server = start(start_server, servers_config("echo", extra=f"[tcp.pool]\nmax_jobs = {max_jobs}\n"))
@@ -181,6 +183,7 @@ def test_max_jobs_is_a_budget_under_concurrent_load(start_server):
 
 
 # -- B.3 USR1 reopens the log file in the workers too -------------------------------------------
+
 
 def test_usr1_reopens_the_log_file_in_the_workers_too(start_server, tmp_path):
     log_file = tmp_path / "server.log"
@@ -231,6 +234,7 @@ def test_usr1_reopens_the_log_file_in_the_workers_too(start_server, tmp_path):
 
 # -- B.4 the control socket under abuse -------------------------------------------------------------
 
+
 class Monitor:
     """Asks the master for ``workers`` every 0.2 s in a thread, recording how long each took."""
 
@@ -251,8 +255,7 @@ class Monitor:
                 if not reply.get("ok"):
                     self.failures.append(f"refused: {reply}")
             except (OSError, ValueError) as exc:
-                self.failures.append(f"workers request failed after {time.monotonic() - started:.1f}s: "
-                                     f"{type(exc).__name__}: {exc}")
+                self.failures.append(f"workers request failed after {time.monotonic() - started:.1f}s: {type(exc).__name__}: {exc}")
             self.done.wait(0.2)
 
     def stop(self) -> None:
@@ -372,8 +375,12 @@ def test_a_trickling_control_client_blocks_neither_requests_nor_stop(start_serve
 
 # -- B.5 HUP with a config of the wrong shape ---------------------------------------------------------
 
-@pytest.mark.parametrize("broken", ["tcp = 1\n", "[tcp]\nservers = 3\n", "[tcp]\npool = 5\n", "[tcp.servers\naddr = \n"],
-                         ids=["tcp-not-a-table", "servers-not-a-table", "pool-not-a-table", "invalid-toml"])
+
+@pytest.mark.parametrize(
+    "broken",
+    ["tcp = 1\n", "[tcp]\nservers = 3\n", "[tcp]\npool = 5\n", "[tcp.servers\naddr = \n"],
+    ids=["tcp-not-a-table", "servers-not-a-table", "pool-not-a-table", "invalid-toml"],
+)
 def test_hup_with_a_config_of_the_wrong_shape_keeps_serving(start_server, tmp_path, broken):
     server = start(start_server, servers_config("echo"), workers=2)  # -w 2 overrides tcp.pool.num_workers
     address = server.address("echo")
@@ -392,6 +399,7 @@ def test_hup_with_a_config_of_the_wrong_shape_keeps_serving(start_server, tmp_pa
 
 
 # -- B.6 a flood of TTIN ---------------------------------------------------------------------------------
+
 
 def test_a_flood_of_ttin_is_bounded(start_server, tmp_path):
     server = start(start_server, servers_config("echo", extra='[control]\nsocket = "ctl.sock"\n'))
@@ -428,6 +436,7 @@ def test_a_flood_of_ttin_is_bounded(start_server, tmp_path):
 
 
 # -- B.7 commands to a busy worker are never dropped -----------------------------------------------------
+
 
 def test_commands_to_a_busy_worker_are_never_dropped(start_server, tmp_path):
     config = servers_config("echo", extra='[control]\nsocket = "ctl.sock"\n[tcp.pool]\ndestroy_timeout = "60s"\n')
@@ -532,6 +541,7 @@ def test_a_stop_queued_behind_a_flood_of_handoffs_is_not_dropped(start_server, t
 
 # -- B.8 a worker writing garbage on its channel ------------------------------------------------------------
 
+
 def clients_on_two_workers(address) -> tuple[tuple[Client, int], tuple[Client, int], list[Client]]:
     """Connect until two clients are served by different workers; return them and the extras."""
     by_pid: dict[int, Client] = {}
@@ -574,9 +584,9 @@ def test_a_worker_writing_garbage_on_its_channel_is_replaced(start_server):
 
 # -- B.9 a worker trampling the shared scoreboard -----------------------------------------------------------
 
+
 def test_a_worker_scribbling_on_the_scoreboard_does_not_kill_the_master(start_server, tmp_path):
-    config = servers_config("echo", app="faulty_apps:scribble_scoreboard",
-                            extra='[control]\nsocket = "ctl.sock"\n' + FAST_TICK)
+    config = servers_config("echo", app="faulty_apps:scribble_scoreboard", extra='[control]\nsocket = "ctl.sock"\n' + FAST_TICK)
     server = start(start_server, config, workers=2)
     path = str(tmp_path / "ctl.sock")
     wait_for(lambda: os.path.exists(path), what="the control socket")
@@ -604,6 +614,7 @@ def test_a_worker_scribbling_on_the_scoreboard_does_not_kill_the_master(start_se
 
 
 # -- B.10 the control socket of a live master ---------------------------------------------------------------
+
 
 def test_a_second_master_does_not_steal_a_live_control_socket(start_server, tmp_path):
     path = tmp_path / "ctl.sock"

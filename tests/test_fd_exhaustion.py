@@ -19,9 +19,11 @@ def worker_pid(server, worker_id: int) -> int:
 
 def unread_by_server(client: Client) -> int:
     """Bytes the client sent that wait in the server's receive queue (/proc/net/tcp)."""
+
     def hexaddr(addr: tuple[str, int]) -> str:
         packed = bytes(map(int, addr[0].split(".")))[::-1].hex().upper()
         return f"{packed}:{addr[1]:04X}"
+
     server_side = (hexaddr(client.sock.getpeername()), hexaddr(client.sock.getsockname()))
     with open("/proc/net/tcp", encoding="ascii") as fh:
         for line in fh.readlines()[1:]:

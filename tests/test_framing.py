@@ -15,7 +15,7 @@ def reference(stream: bytes, delimiter: bytes) -> tuple[list[bytes], bytes]:
     """Messages and leftover by the plain left-to-right definition."""
     messages, pos = [], 0
     while (i := stream.find(delimiter, pos)) >= 0:
-        messages.append(stream[pos:i + len(delimiter)])
+        messages.append(stream[pos : i + len(delimiter)])
         pos = i + len(delimiter)
     return messages, stream[pos:]
 

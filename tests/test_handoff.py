@@ -27,8 +27,7 @@ def parcel_fds(uuid: str, payload: bytes = b"") -> tuple[dict, tuple[int, ...], 
 def test_a_parcel_travels_with_its_socket_and_payload():
     master, worker = pair()
     client, server = socket.socketpair()
-    parcel = handoff.Parcel("u-1", "srv", "127.0.0.1:5", eof=True, pending_input=b"hel", unsent_output=b"out",
-                            connected=False)
+    parcel = handoff.Parcel("u-1", "srv", "127.0.0.1:5", eof=True, pending_input=b"hel", unsent_output=b"out", connected=False)
     fields, fds = handoff.pack(parcel, server.fileno())
     assert worker.send_with_fds(Kind.PARCEL, fields, fds)
     os.close(fds[1])

@@ -16,8 +16,9 @@ RUN_TIMEOUT = 100
 
 def test_quick_hostile_run_meets_every_target(tmp_path: Path) -> None:
     report_file = tmp_path / "hostile.json"
-    proc = subprocess.Popen([sys.executable, str(HOSTILE), "--quick", "--json", str(report_file)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(HOSTILE), "--quick", "--json", str(report_file)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         output, _ = proc.communicate(timeout=RUN_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -30,7 +31,17 @@ def test_quick_hostile_run_meets_every_target(tmp_path: Path) -> None:
         raise AssertionError(f"hostile.py --quick took more than {RUN_TIMEOUT} s; its output:\n{output}") from None
     assert proc.returncode == 0, f"hostile.py --quick exited {proc.returncode}; its output:\n{output}"
     report = json.loads(report_file.read_text())
-    assert [p["phase"] for p in report["phases"]] == ["baseline", "senders", "slowloris", "giant", "flood", "resets",
-                                                      "control", "hup", "kill", "idle"], output
+    assert [p["phase"] for p in report["phases"]] == [
+        "baseline",
+        "senders",
+        "slowloris",
+        "giant",
+        "flood",
+        "resets",
+        "control",
+        "hup",
+        "kill",
+        "idle",
+    ], output
     assert report["phases"][0]["answers"] > 500, output  # the well-behaved clients really ran
     assert [t["target"] for t in report["targets"] if not t["ok"]] == [], output

@@ -68,6 +68,7 @@ def local_address(client: Client) -> str:
 
 # -- A.1 a client that keeps sending and never reads ---------------------------------------
 
+
 def test_a_sender_that_never_reads_costs_bounded_memory_and_stalls_nobody(start_server):
     server = start(start_server, servers_config("echo"))
     (pid,) = server.worker_pids()
@@ -127,13 +128,15 @@ def test_a_sender_that_never_reads_costs_bounded_memory_and_stalls_nobody(start_
     assert sent[0] > MB, f"the flood sent only {sent[0]} bytes"  # past the 1 MiB high-water mark
     assert max(round_trips) < 2.0, f"slowest round trip beside the flood: {max(round_trips):.2f}s"
     grown = peak - baseline
-    assert grown <= 16 * MB, (f"the worker grew by {grown / MB:.1f} MB while a client sent "
-                              f"{sent[0] / MB:.1f} MB of requests without reading an answer")
+    assert grown <= 16 * MB, (
+        f"the worker grew by {grown / MB:.1f} MB while a client sent {sent[0] / MB:.1f} MB of requests without reading an answer"
+    )
     hog.close()
     other.close()
 
 
 # -- A.2 idle_timeout --------------------------------------------------------------------------
+
 
 def test_idle_timeout_closes_a_silent_connection_and_spares_an_active_one(start_server):
     server = start(start_server, servers_config("idler", idler='idle_timeout = "1s"'))
@@ -170,8 +173,7 @@ def test_idle_timeout_closes_a_silent_connection_and_spares_an_active_one(start_
 
 # -- A.3 read_timeout ---------------------------------------------------------------------------
 
-READ_TIMEOUT_SERVERS = servers_config("lines", "stream", lines='read_timeout = "1s"',
-                                      stream='delimiter = ""\nread_timeout = "1s"')
+READ_TIMEOUT_SERVERS = servers_config("lines", "stream", lines='read_timeout = "1s"', stream='delimiter = ""\nread_timeout = "1s"')
 
 
 def test_read_timeout_closes_a_connection_whose_message_never_completes(start_server):
@@ -214,6 +216,7 @@ def test_read_timeout_spares_messages_that_complete_in_time_and_stream_mode(star
 
 
 # -- A.4 write_timeout --------------------------------------------------------------------------
+
 
 def test_write_timeout_closes_a_client_that_never_reads(start_server):
     server = start(start_server, servers_config("big", big='write_timeout = "1s"'))
@@ -258,6 +261,7 @@ def test_write_timeout_spares_a_slow_but_steady_reader(start_server):
 
 # -- A.5 max_connections ----------------------------------------------------------------------
 
+
 def test_max_connections_makes_further_clients_wait_until_one_closes(start_server):
     server = start(start_server, servers_config("echo", extra="[tcp.pool]\nmax_connections = 2\n"))
     address = server.address("echo")
@@ -285,6 +289,7 @@ def test_max_connections_makes_further_clients_wait_until_one_closes(start_serve
 
 
 # -- A.6 log forging ---------------------------------------------------------------------------
+
 
 def assert_not_forged(server) -> None:
     server.wait_log("forged")  # the text reached the log, one way or another
@@ -325,6 +330,7 @@ def test_a_unix_peer_name_cannot_forge_a_log_line(start_server, tmp_path):
 
 # -- A.7 one endless message ----------------------------------------------------------------------
 
+
 def test_a_giant_unterminated_message_closes_the_connection_in_bounded_memory(start_server):
     server = start(start_server, servers_config("echo"))
     (pid,) = server.worker_pids()
@@ -340,7 +346,7 @@ def test_a_giant_unterminated_message_closes_the_connection_in_bounded_memory(st
     while sent < len(payload) and time.monotonic() < deadline:
         peak = max(peak, worker.memory_info().rss)
         try:
-            sent += client.sock.send(payload[sent:sent + 65536])
+            sent += client.sock.send(payload[sent : sent + 65536])
         except BlockingIOError:
             select.select([], [client.sock], [], 0.05)
         except (BrokenPipeError, ConnectionResetError):

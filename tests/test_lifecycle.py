@@ -23,9 +23,11 @@ def assert_kept(server, uuid: str) -> None:
 
 def keep_talking_until(client: Client, pids: set[int], condition, what: str) -> None:
     """Round trips on one connection until ``condition(pids)`` holds, collecting answering pids."""
+
     def step():
         pids.add(answering_pid(client))
         return condition(pids)
+
     wait_for(step, what=what)
 
 
@@ -80,7 +82,7 @@ def test_exec_ttl_logs_the_stuck_stack_kills_and_replaces(start_server):
         line = server.wait_log(r"an event ran longer than exec_ttl \(1s\); killing it")[0]
         assert stuck.read_to_eof() == b""  # that connection is lost
     start = server.lines.index(line)
-    stack = "\n".join(server.lines[start:start + 30])
+    stack = "\n".join(server.lines[start : start + 30])
     assert "recorder.py" in stack and "_data" in stack  # the frames of the stuck handler
     server.wait_log(r"worker 1 \(pid \d+\) was killed by SIGKILL \(an event ran longer")
     server.wait_log(r"worker 2 \(pid \d+\) ready")
@@ -190,8 +192,9 @@ def test_unsent_output_and_unread_input_move_with_the_connection(start_server, t
     answers = 12
     slow.send(b"big 1000000\r\n" * answers + b"pid\r\n")  # far more than the high-water mark
     wait_for(lambda: sum(e["body"] == "big 1000000\r\n" for e in server.events_of(uuid)) >= 1, what="a big answer")
-    result = subprocess.run([sys.executable, "-m", "prefork_tcp", "reset", "--pidfile", str(pidfile)],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "prefork_tcp", "reset", "--pidfile", str(pidfile)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stderr
     server.wait_log(r"retired \(reset\)")
     body = slow.read_exactly(answers * 1000002)
@@ -222,8 +225,9 @@ def test_a_retiring_worker_stuck_in_an_event_is_killed_after_destroy_timeout(sta
     with Client(server.address("echo")) as stuck:
         stuck.send(b"sleep 60\r\n")
         wait_for(lambda: any(e["body"] == "sleep 60\r\n" for e in server.events()), what="the stuck event")
-        subprocess.run([sys.executable, "-m", "prefork_tcp", "reset", "--pidfile", str(pidfile)],
-                       capture_output=True, timeout=60, check=True)
+        subprocess.run(
+            [sys.executable, "-m", "prefork_tcp", "reset", "--pidfile", str(pidfile)], capture_output=True, timeout=60, check=True
+        )
         server.wait_log(r"worker 1 \(pid \d+\) was killed by SIGKILL \(still retiring after destroy_timeout \(1s\)\)")
     with Client(server.address("echo")) as client:
         client.send(b"after\r\n")
@@ -232,8 +236,7 @@ def test_a_retiring_worker_stuck_in_an_event_is_killed_after_destroy_timeout(sta
 
 def test_an_old_worker_retires_only_after_its_replacement_is_ready(start_server):
     # A memory limit (not max_jobs, which is a budget and hands over at once) retires the worker.
-    extra = ('[tcp.pool]\nallocate_timeout = "2s"\n'
-             '[tcp.pool.supervisor]\nwatch_tick = "100ms"\nmax_worker_memory = 150\n')
+    extra = '[tcp.pool]\nallocate_timeout = "2s"\n[tcp.pool.supervisor]\nwatch_tick = "100ms"\nmax_worker_memory = 150\n'
     server = start_server(servers_config("echo", app="recorder:boot_half_second", extra=extra))
     time.sleep(2.5)  # both workers are now older than allocate_timeout
     with Client(server.address("echo")) as client:

@@ -61,6 +61,7 @@ def loop_with(count: int, high_water: int = 1 << 20) -> tuple[WorkerLoop, Channe
 def as_master(master: Channel, script) -> threading.Thread:
     """Run ``script(receive)`` in a thread, as the master would answer; ``receive()`` waits
     for the worker's next message."""
+
     def receive():
         poller = select.poll()
         poller.register(master.fileno(), select.POLLIN)

@@ -27,8 +27,7 @@ def test_term_delivers_close_to_every_connection_and_exits_zero(start_server):
     assert len(uuids) == 6
     for uuid in uuids:
         assert [e["event"] for e in events if e["uuid"] == uuid] == ["CONNECTED", "DATA", "CLOSE"]
-    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-                   for pid in workers)
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in workers)
 
 
 def test_term_lets_the_current_event_finish(start_server):
@@ -114,8 +113,7 @@ def test_titles_and_pidfile(start_server, tmp_path):
     server = start_server(servers_config("echo"), args=["--pidfile", str(pidfile)])
     wait_for(pidfile.exists, what="the pidfile")
     assert int(pidfile.read_text()) == server.proc.pid
-    wait_for(lambda: psutil.Process(server.proc.pid).cmdline()[0].startswith("prefork-tcp: master"),
-             what="the master's title")
+    wait_for(lambda: psutil.Process(server.proc.pid).cmdline()[0].startswith("prefork-tcp: master"), what="the master's title")
     assert " ".join(psutil.Process(server.proc.pid).cmdline()).strip() == "prefork-tcp: master [recorder:main]"
     titles = sorted(" ".join(psutil.Process(pid).cmdline()).strip() for pid in server.worker_pids())
     assert titles == ["prefork-tcp: worker 1 [recorder:main]", "prefork-tcp: worker 2 [recorder:main]"]
@@ -135,6 +133,7 @@ def test_the_master_never_accepts(start_server):
 
 def test_bind_failure_exits_1_and_names_the_server(start_server):
     import socket
+
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
     holder.listen()
@@ -159,8 +158,7 @@ def test_worker_not_ready_within_allocate_timeout_is_a_boot_failure(start_server
 
 def test_failing_replacements_are_retried_with_backoff_and_never_halt(start_server, tmp_path):
     marker = tmp_path / "fail"
-    server = start_server(servers_config("echo", app="recorder:fails_while_marked"), workers=1,
-                          env={"FAIL_MARKER": str(marker)})
+    server = start_server(servers_config("echo", app="recorder:fails_while_marked"), workers=1, env={"FAIL_MARKER": str(marker)})
     marker.touch()
     os.kill(server.worker_pids()[0], signal.SIGKILL)
     server.wait_log(r"failed to start \(1 in a row\); retrying in 0.5s")

@@ -35,8 +35,9 @@ def test_fields_read_by_name_and_never_written():
 
 def test_repr_copy_pickle_and_the_namedtuple_helpers():
     request = new_request(FIELDS)
-    assert repr(request) == ("Request(event=<TcpEvent.DATA: 'DATA'>, body=b'hi\\r\\n', server='srv', "
-                             "connection_uuid='u-1', remote_address='127.0.0.1:5')")
+    assert repr(request) == (
+        "Request(event=<TcpEvent.DATA: 'DATA'>, body=b'hi\\r\\n', server='srv', connection_uuid='u-1', remote_address='127.0.0.1:5')"
+    )
     for clone in (copy.copy(request), copy.deepcopy(request), pickle.loads(pickle.dumps(request))):
         assert clone == request and type(clone) is Request
     assert request._asdict()["connection_uuid"] == "u-1"

@@ -12,8 +12,13 @@ SOAK = TESTS.parent / "scripts" / "soak.py"
 
 
 def test_recycling_under_load_drops_no_connection_and_no_answer():
-    result = subprocess.run([sys.executable, str(SOAK), "--phase", "recycle", "--duration", "6",
-                             "--connections", "20", "--json"], capture_output=True, text=True, timeout=180, check=False)
+    result = subprocess.run(
+        [sys.executable, str(SOAK), "--phase", "recycle", "--duration", "6", "--connections", "20", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     (report,) = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert report["answered"] > 1000
@@ -23,8 +28,13 @@ def test_recycling_under_load_drops_no_connection_and_no_answer():
 
 
 def test_sigkill_loses_only_what_the_killed_workers_held():
-    result = subprocess.run([sys.executable, str(SOAK), "--phase", "kill", "--duration", "5",
-                             "--connections", "20", "--json"], capture_output=True, text=True, timeout=180, check=False)
+    result = subprocess.run(
+        [sys.executable, str(SOAK), "--phase", "kill", "--duration", "5", "--connections", "20", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     (report,) = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert report["workers_killed"] >= 2

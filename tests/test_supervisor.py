@@ -20,13 +20,14 @@ def row(**kw) -> Row:
     return Row(**{**base, **kw})
 
 
-def decide(limits: Limits, max_jobs: int = 0, rss_mb: float | None = None, busy_since: float = 0.0,
-           last_event: float = NOW - 1, **kw) -> Verdict | None:
+def decide(
+    limits: Limits, max_jobs: int = 0, rss_mb: float | None = None, busy_since: float = 0.0, last_event: float = NOW - 1, **kw
+) -> Verdict | None:
     return judge(row(**kw), Activity(busy_since, last_event), limits, NOW, max_jobs, rss_mb)
 
 
 def test_no_limits_no_verdict():
-    assert decide(Limits(), rss_mb=10 ** 6, events=10 ** 9, busy=10 ** 9, started=0.0, busy_since=1.0) is None
+    assert decide(Limits(), rss_mb=10**6, events=10**9, busy=10**9, started=0.0, busy_since=1.0) is None
 
 
 def test_exec_ttl_kills_a_stuck_event_even_while_retiring():
@@ -55,7 +56,7 @@ def test_ttl_idle_ttl_and_memory_retire():
 
 @pytest.mark.parametrize("state", [State.FREE, State.BOOTING])
 def test_workers_not_ready_are_left_to_allocate_timeout(state):
-    assert decide(Limits(max_jobs=1, exec_ttl=1), 1, state=state, busy=7, busy_since=1.0, events=10 ** 6) is None
+    assert decide(Limits(max_jobs=1, exec_ttl=1), 1, state=state, busy=7, busy_since=1.0, events=10**6) is None
 
 
 def test_busy_marks_are_needed_by_exec_ttl_and_idle_ttl_only():
@@ -80,7 +81,7 @@ def test_watch_times_what_it_observes():
     assert watch.observe(row(slot=1, busy=1, events=1), 9.0) == Activity(9.0, 9.0)  # slots are apart
 
 
-@given(st.integers(min_value=0, max_value=10 ** 7), st.integers(min_value=0))
+@given(st.integers(min_value=0, max_value=10**7), st.integers(min_value=0))
 def test_jitter_stays_within_fifteen_percent(max_jobs, seed):
     budget = jittered_max_jobs(max_jobs, random.Random(seed))
     assert max_jobs <= budget and budget * 100 <= max_jobs * 115  # integers: 1.15 * 180 < 207 in floats

@@ -12,9 +12,19 @@ from prefork_tcp.timeouts import Timeouts, expired, sweep_interval
 
 
 def conn(idle: float = 0.0, read: float = 0.0, write: float = 0.0, **state: object) -> SimpleNamespace:
-    marks = dict(timeouts=Timeouts(idle, read, write), open=True, reading=True,
-                 framer=SimpleNamespace(pending=0, started=0), out_size=0, active=True, idle_since=0.0,
-                 partial_seen=-1, partial_since=0.0, wrote=False, write_since=0.0)
+    marks = dict(
+        timeouts=Timeouts(idle, read, write),
+        open=True,
+        reading=True,
+        framer=SimpleNamespace(pending=0, started=0),
+        out_size=0,
+        active=True,
+        idle_since=0.0,
+        partial_seen=-1,
+        partial_since=0.0,
+        wrote=False,
+        write_since=0.0,
+    )
     marks.update(state)
     return SimpleNamespace(**marks)
 

@@ -30,13 +30,18 @@ def main(worker: TcpWorker) -> None:
                     worker.respond(b"Access denied\r\n", TcpResponse.RESPOND_CLOSE)
                 elif request.server == "server2":
                     # Send a response and wait for the next request.
-                    worker.respond(json.dumps({
-                        "remote_addr": request.remote_address,
-                        "server": request.server,
-                        "uuid": request.connection_uuid,
-                        "body": request.body.decode("utf-8", "replace"),
-                        "event": request.event.value,
-                    }) + "\r\n")
+                    worker.respond(
+                        json.dumps(
+                            {
+                                "remote_addr": request.remote_address,
+                                "server": request.server,
+                                "uuid": request.connection_uuid,
+                                "body": request.body.decode("utf-8", "replace"),
+                                "event": request.event.value,
+                            }
+                        )
+                        + "\r\n"
+                    )
                 else:
                     worker.read()
             # TcpEvent.CLOSE: nothing to answer.

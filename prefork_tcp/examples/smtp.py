@@ -78,8 +78,7 @@ class SmtpServer:
         if verb == b"EHLO":
             session.greeted = True
             session.reset()
-            return (b"250-" + self.hostname + b"\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
-                    b"250 SIZE " + str(MAX_MESSAGE).encode() + b"\r\n")
+            return b"250-" + self.hostname + b"\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE " + str(MAX_MESSAGE).encode() + b"\r\n"
         if verb == b"HELO":
             session.greeted = True
             session.reset()
