@@ -338,6 +338,8 @@ class EventLoop:
             self._drop(conn)
 
     def _recv(self, conn: Connection) -> None:
+        """Read a connection that is not plain (``pump()`` inlines the plain case; the
+        twins are kept in step by tests/test_loop.py)."""
         try:
             data = conn.sock.recv(conn.read_size)  # type: ignore[union-attr]  # an open connection has its socket
         except (BlockingIOError, InterruptedError):
