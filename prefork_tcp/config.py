@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import values as v
+from .framing import DEFAULT_DELIMITER, DEFAULT_MAX_SIZE, READ_SIZE
 from .sockets import BACKLOG, Address
 
 if sys.version_info >= (3, 11):
@@ -82,13 +83,15 @@ class ServerConfig:
         parse=v.address, emit=str, example=DEFAULT_ADDRESS, doc="tcp://host:port, host:port, [::1]:port or unix:///path"
     )
     delimiter: bytes = setting(
-        default=b"\r\n", parse=v.delimiter, emit=_emit_delimiter, doc='end of each message, kept in the body; "" = stream mode'
+        default=DEFAULT_DELIMITER, parse=v.delimiter, emit=_emit_delimiter, doc='end of each message, kept in the body; "" = stream mode'
     )
     max_message_size: int = setting(
-        default=1 << 20, parse=v.IntBetween(1, 1 << 30), doc="bytes a message may hold without its delimiter; more closes the connection"
+        default=DEFAULT_MAX_SIZE,
+        parse=v.IntBetween(1, 1 << 30),
+        doc="bytes a message may hold without its delimiter; more closes the connection",
     )
     read_buf_size: int = setting(
-        default=64 * 1024,
+        default=READ_SIZE,
         parse=v.MegabytesUpTo(16),
         emit=_emit_megabytes,
         doc="MB asked for by one read (RoadRunner's key; default 64 KiB)",

@@ -12,7 +12,7 @@ from select import EPOLLIN
 from typing import Union
 
 from .events import TcpEvent
-from .framing import Framer, StreamFramer
+from .framing import READ_SIZE, Framer, StreamFramer
 from .handoff import Parcel
 from .timeouts import NONE, Timeouts
 
@@ -67,7 +67,7 @@ class Connection:
         server: str,
         remote: str,
         framer: FramerT,
-        read_size: int = 65536,
+        read_size: int = READ_SIZE,
         high_water: int = HIGH_WATER,
         timeouts: Timeouts = NONE,
         now: float = 0.0,

@@ -6,6 +6,9 @@ from functools import cache
 
 #: The read size a framer assumes when it is not told (the default ``read_buf_size``).
 READ_SIZE = 64 * 1024
+#: A server's framing when its config says nothing: ``delimiter`` and ``max_message_size``.
+DEFAULT_DELIMITER = b"\r\n"
+DEFAULT_MAX_SIZE = 1 << 20
 
 
 class MessageTooLarge(Exception):

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from . import handoff, logs
 from .channel import EOF, ChannelError, Kind, Message, Truncated, close_all
 from .connection import Connection
-from .framing import make_framer
+from .framing import DEFAULT_DELIMITER, DEFAULT_MAX_SIZE, READ_SIZE, make_framer
 from .scoreboard import State
 from .timeouts import NONE as NO_TIMEOUTS
 from .worker import CONNECTED, DATA, EventLoop
@@ -271,8 +271,10 @@ class WorkerLoop(EventLoop):
             parcel.uuid,
             parcel.server,
             parcel.remote,
-            make_framer(server.delimiter, server.max_message_size, server.read_size) if server else make_framer(b"\r\n", 1 << 20),
-            server.read_size if server else 65536,
+            make_framer(server.delimiter, server.max_message_size, server.read_size)
+            if server
+            else make_framer(DEFAULT_DELIMITER, DEFAULT_MAX_SIZE),
+            server.read_size if server else READ_SIZE,
             self.high_water,
             server.timeouts if server else NO_TIMEOUTS,
             self.clock,

@@ -18,6 +18,7 @@ from .api import TcpWorker
 from .apploader import App, AppLoadError, load_app
 from .channel import Kind, encode
 from .config import Config
+from .connection import HIGH_WATER
 from .scoreboard import SlotWriter
 from .signals import SignalPipe
 from .sockets import Listener
@@ -76,7 +77,7 @@ def run(ctx: WorkerContext) -> int:
         ctx.channel,
         signals,
         drain_timeout=pool.destroy_timeout / 2,
-        high_water=1024 * 1024,
+        high_water=HIGH_WATER,
         slot=ctx.slot,
         max_jobs=ctx.max_jobs,
         mark_events=Limits.from_pool(pool).needs_busy,
