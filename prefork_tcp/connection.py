@@ -182,6 +182,35 @@ class Connection:
         pending = b"".join([body for _, event, body in held if event is _DATA] + self.unread) + self.framer.peek_partial()
         return Parcel(self.uuid, self.server, self.remote, self.eof, pending, b"".join(self.out), self.connected)
 
+    def watched(self, mask: int) -> None:
+        """The loop registered the socket for ``mask`` (0: not registered)."""
+        self.mask = mask
+        self.settle()
+
+    def closing_down(self) -> None:
+        """Finished: the socket stays until its output is flushed and the client's FIN read."""
+        self.closing = True
+        self.plain = False
+        if self.framer.pending:
+            self.framer.take_partial()  # never to be delivered: free it now
+
+    def discard_output(self) -> None:
+        """Drop the output not sent yet (the connection is being dropped or handed over)."""
+        self.out.clear()
+        self.out_size = 0
+
+    def detached(self) -> None:
+        """The socket was closed or handed over: nothing is watched, nothing is left to do."""
+        self.closing = False
+        self.discard_output()
+        self.watched(0)
+
+    def handed_over(self) -> None:
+        """The connection lives on in another worker: nothing more here, not even CLOSE."""
+        self.open = False
+        self.held = None
+        self.detached()
+
     def settle(self) -> None:
         """Bring ``plain`` up to date after ``mask``, ``held`` or ``closing`` changed."""
         self.plain = self.mask == EPOLLIN and not self.held and not self.closing

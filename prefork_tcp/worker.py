@@ -436,8 +436,7 @@ class EventLoop:
         for conn in new:
             conns[conn.fd] = conn
             register(conn.fd, EPOLLIN)
-            conn.mask = EPOLLIN
-            conn.plain = True
+            conn.watched(EPOLLIN)
             append((conn, CONNECTED, b""))
         self.slot.set_connections(len(conns))
 
@@ -448,10 +447,7 @@ class EventLoop:
         if not conn.finish():
             return
         self.events.append((conn, CLOSE, b""))
-        if conn.framer.pending:
-            conn.framer.take_partial()  # never to be delivered: free it now
-        conn.closing = True
-        conn.plain = False
+        conn.closing_down()
         if not conn.out_size:  # else it is on the flush list or waits for EPOLLOUT already
             self._close_gracefully(conn)
 
@@ -459,8 +455,7 @@ class EventLoop:
         """End a connection at once (reset, write error, quick stop), discarding output."""
         if conn.finish():
             self.events.append((conn, CLOSE, b""))
-        conn.out.clear()
-        conn.out_size = 0
+        conn.discard_output()
         self._close_socket(conn)
 
     def _close_gracefully(self, conn: Connection) -> None:
@@ -483,9 +478,6 @@ class EventLoop:
         if sock is None:
             return
         conn.sock = None
-        conn.closing = False
-        conn.out.clear()  # a closed connection has nothing to flush
-        conn.out_size = 0
         self.lingering.discard(conn)
         # No EPOLL_CTL_DEL: closing the last descriptor of the socket removes it from the
         # epoll set, one system call fewer per connection. Not so for an adopted socket,
@@ -493,8 +485,7 @@ class EventLoop:
         if conn.shared and conn.mask:
             self.epoll.unregister(conn.fd)
         self.conns.pop(conn.fd, None)
-        conn.mask = 0
-        conn.plain = False
+        conn.detached()  # a closed connection has nothing to flush
         sock.close()
         self._removed()
 
@@ -503,8 +494,7 @@ class EventLoop:
         self.conns.pop(conn.fd, None)
         if conn.mask:
             self.epoll.unregister(conn.fd)
-            conn.mask = 0
-            conn.plain = False
+            conn.watched(0)
         self._removed()
 
     def _update_mask(self, conn: Connection) -> None:
@@ -522,8 +512,7 @@ class EventLoop:
             self.epoll.unregister(conn.fd)
         else:
             self.epoll.modify(conn.fd, mask)
-        conn.mask = mask
-        conn.settle()
+        conn.watched(mask)
 
     def _expire(self) -> None:
         now = time.monotonic()

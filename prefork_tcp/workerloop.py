@@ -209,10 +209,7 @@ class WorkerLoop(EventLoop):
 
     def _handed_over(self, conn: Connection) -> None:
         """The connection lives on in another worker: nothing more here, not even CLOSE."""
-        conn.open = False
-        conn.held = None
-        conn.out.clear()
-        conn.out_size = 0
+        conn.handed_over()
         if conn.sock is not None:
             conn.sock.close()
             conn.sock = None
