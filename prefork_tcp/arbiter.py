@@ -329,7 +329,6 @@ class Arbiter:
     def _retiring_itself(self, handle: WorkerHandle, reason: str) -> None:
         """A worker hands its connections over without being asked: take it off the list
         of workers that adopt connections (its parcels follow this message)."""
-        handle.budget_low = True
         if not (handle.retiring or handle.stopping):
             handle.retiring = reason
             handle.retire_requested = time.monotonic()

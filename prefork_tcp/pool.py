@@ -48,8 +48,7 @@ class WorkerHandle:
     retire_sent: float = 0.0
     #: Why the master killed it ("" unless it did).
     killed: str = ""
-    #: It has handled three quarters of its max_jobs (or is leaving on its own): a
-    #: successor is started for it.
+    #: It has handled three quarters of its max_jobs: a successor is started for it.
     budget_low: bool = False
     #: Its application raised; it is handing its connections over and exiting.
     crashed: bool = False

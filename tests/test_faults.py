@@ -27,6 +27,14 @@ def assert_alive(server) -> None:
     assert server.proc.poll() is None, f"the master exited with code {server.proc.returncode}:\n{server.log}"
 
 
+def start_controlled(start_server, tmp_path: Path, extra: str = "", workers: int = 1):
+    """Start the echo server with a control socket; return it and the socket's path once it exists."""
+    server = start(start_server, servers_config("echo", extra='[control]\nsocket = "ctl.sock"\n' + extra), workers=workers)
+    path = str(tmp_path / "ctl.sock")
+    wait_for(lambda: os.path.exists(path), what="the control socket")
+    return server, path
+
+
 def closed_by_server(client: Client) -> bytes:
     """Read until the server closes the connection (EOF or reset); return what arrived."""
     try:
@@ -300,9 +308,7 @@ def abuse(server, path: str, payload: bytes, half_close: bool = True) -> None:
 
 
 def test_master_survives_malformed_control_requests(start_server, tmp_path):
-    server = start(start_server, servers_config("echo", extra='[control]\nsocket = "ctl.sock"\n'))
-    path = str(tmp_path / "ctl.sock")
-    wait_for(lambda: os.path.exists(path), what="the control socket")
+    server, path = start_controlled(start_server, tmp_path)
     monitor = Monitor(path)
     rng = random.Random(7)
     try:
@@ -330,9 +336,7 @@ def test_master_survives_malformed_control_requests(start_server, tmp_path):
 
 
 def test_a_trickling_control_client_blocks_neither_requests_nor_stop(start_server, tmp_path):
-    server = start(start_server, servers_config("echo", extra='[control]\nsocket = "ctl.sock"\n'))
-    path = str(tmp_path / "ctl.sock")
-    wait_for(lambda: os.path.exists(path), what="the control socket")
+    server, path = start_controlled(start_server, tmp_path)
     trickler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     trickler.connect(path)
     done = threading.Event()
@@ -402,9 +406,7 @@ def test_hup_with_a_config_of_the_wrong_shape_keeps_serving(start_server, tmp_pa
 
 
 def test_a_flood_of_ttin_is_bounded(start_server, tmp_path):
-    server = start(start_server, servers_config("echo", extra='[control]\nsocket = "ctl.sock"\n'))
-    path = str(tmp_path / "ctl.sock")
-    wait_for(lambda: os.path.exists(path), what="the control socket")
+    server, path = start_controlled(start_server, tmp_path)
     marker = len(server.lines)
 
     def bounded() -> None:
@@ -439,10 +441,7 @@ def test_a_flood_of_ttin_is_bounded(start_server, tmp_path):
 
 
 def test_commands_to_a_busy_worker_are_never_dropped(start_server, tmp_path):
-    config = servers_config("echo", extra='[control]\nsocket = "ctl.sock"\n[tcp.pool]\ndestroy_timeout = "60s"\n')
-    server = start(start_server, config, workers=2)
-    path = str(tmp_path / "ctl.sock")
-    wait_for(lambda: os.path.exists(path), what="the control socket")
+    server, path = start_controlled(start_server, tmp_path, '[tcp.pool]\ndestroy_timeout = "60s"\n', workers=2)
     address = server.address("echo")
     busy = Client(address, timeout=30)
     busy_uuid = uuid_of(busy)
@@ -496,10 +495,7 @@ def test_commands_to_a_busy_worker_are_never_dropped(start_server, tmp_path):
 
 def test_a_stop_queued_behind_a_flood_of_handoffs_is_not_dropped(start_server, tmp_path):
     """The same promise, with the channel filled by connections handed over to a busy worker."""
-    config = servers_config("echo", extra='[control]\nsocket = "ctl.sock"\n[tcp.pool]\ndestroy_timeout = "60s"\n')
-    server = start(start_server, config, workers=2)
-    path = str(tmp_path / "ctl.sock")
-    wait_for(lambda: os.path.exists(path), what="the control socket")
+    server, path = start_controlled(start_server, tmp_path, '[tcp.pool]\ndestroy_timeout = "60s"\n', workers=2)
     address = server.address("echo")
     ids = {row["pid"]: row["id"] for row in ask_workers(server, path)["workers"]}
     busy_pid = max(ids, key=ids.get)  # TTOU retires the other one, the oldest
