@@ -17,10 +17,10 @@ log = logging.getLogger("prefork_tcp.app")
 
 
 class Loop(Protocol):
-    """What ``TcpWorker`` needs of a worker's event loop (``workerloop.WorkerLoop``)."""
+    """What ``TcpWorker`` needs of a worker's event loop (``worker.Worker``)."""
 
     #: Connections answered since the loop last flushed; ``respond`` adds one when its
-    #: first answer is written (the loop's hot path, see ``WorkerLoop.pump``).
+    #: first answer is written (the loop's hot path, see ``EventLoop.pump``).
     dirty: list[Connection]
 
     def pump(self) -> Iterator[Event]: ...

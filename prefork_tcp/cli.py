@@ -20,7 +20,7 @@ from .daemon import daemonize
 from .fdlimit import raise_open_files
 from .sockets import BindError, Listener, bind
 from .values import IntBetween, OneOf
-from .workerproc import EXIT_APP_LOAD
+from .workerprocess import EXIT_APP_LOAD
 
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2

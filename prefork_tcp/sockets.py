@@ -63,7 +63,7 @@ def parse_address(text: str) -> Address:
             raise ValueError("expected host:port, tcp://host:port or unix:///path")
         if ":" in host:
             raise ValueError("write an IPv6 address in brackets: [addr]:port")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5) or not 0 <= int(port_text) <= 65535:
         raise ValueError("port must be a number from 0 to 65535")
     return Address("tcp", host=host or "0.0.0.0", port=int(port_text))
 

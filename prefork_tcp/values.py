@@ -22,7 +22,7 @@ _UNITS = {"ns": (1, 10**9), "us": (1, 10**6), "µs": (1, 10**6), "ms": (1, 1000)
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_APP_SPEC = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?$")
+_APP_SPEC = re.compile(r"\A[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?\Z")
 
 #: The longest duration any setting takes: a week.
 MAX_DURATION = "168h"

@@ -35,7 +35,7 @@ from prefork_tcp.connection import Connection  # noqa: E402
 from prefork_tcp.examples.ping import main as ping_main  # noqa: E402
 from prefork_tcp.framing import make_framer  # noqa: E402
 from prefork_tcp.signals import SignalPipe  # noqa: E402
-from prefork_tcp.workerloop import WorkerLoop  # noqa: E402
+from prefork_tcp.worker import Worker  # noqa: E402
 
 FIRST_FD = 100_000  # fake descriptors, far above any real one
 
@@ -69,7 +69,7 @@ def run(connections: int, rounds: int) -> tuple[float, int]:
     """Serve ``connections * rounds`` PINGs; return the CPU seconds it took and the events handled."""
     channel, master_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     # As the default config runs it: no exec_ttl, so no per-event scoreboard store.
-    loop = WorkerLoop([], channel, SignalPipe(()), drain_timeout=1.0, high_water=1 << 20, mark_events=False)
+    loop = Worker([], channel, SignalPipe(()), drain_timeout=1.0, high_water=1 << 20, mark_events=False)
     read_size = 65536
     for fd in range(FIRST_FD, FIRST_FD + connections):
         conn = Connection(

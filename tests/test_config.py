@@ -392,45 +392,6 @@ def test_cli_overrides_and_binds(tmp_path):
     assert [s.name for s in only_binds.servers] == ["x"]
 
 
-@pytest.mark.parametrize(
-    "text, seconds",
-    [
-        ("500ms", 0.5),
-        ("60s", 60),
-        ("1m30s", 90),
-        ("2h", 7200),
-        ("1.5s", 1.5),
-        ("0", 0),
-        ("0s", 0),
-        ("1h2m3s", 3723),
-        ("250us", 0.00025),
-        (30, 30),
-        (0.25, 0.25),
-    ],
-)
-def test_durations(text, seconds):
-    assert values.duration(text) == pytest.approx(seconds)
-
-
-@pytest.mark.parametrize(
-    "text",
-    ["", "s", "1", "1x", "-1s", "1s2", " 1 s", "1m 30s", True, None, -3, "1e400", "١s", float("inf"), float("nan"), 10**400, "169h", [1]],
-)
-def test_bad_durations(text):
-    with pytest.raises(ValueError):
-        values.duration(text)
-
-
-@given(st.floats(min_value=0, max_value=168 * 3600, allow_nan=False) | st.floats(min_value=0, max_value=1e-3))
-def test_formatted_durations_parse_back(seconds):
-    assert values.duration(values.format_duration(seconds)) == pytest.approx(seconds, abs=1e-9)
-
-
-def test_duration_units_land_exactly_on_the_bounds():
-    assert values.duration("3600000ms") == values.duration("60m") == values.duration("1h") == 3600.0
-    assert values.duration("604800s") == values.duration("168h") == 604800.0
-
-
 def test_printed_config_loads_back_to_the_same_config(tmp_path):
     text = (
         'app = "m:f"\numask = 0o027\n[tcp.servers.a]\naddr = "[::1]:9"\ndelimiter = "\\u0000\\r\\n"\n'
@@ -559,21 +520,6 @@ def test_every_flag_overriding_a_setting_names_a_declared_key():
     assert set(cli.OVERRIDING_FLAGS) == {"tcp.pool.num_workers", "tcp.pool.max_jobs", "pidfile", "log.level"}
     with pytest.raises(KeyError):
         cfg.declaration("tcp.pool.no_such_key")
-
-
-@pytest.mark.parametrize(
-    "parse, bounds",
-    [
-        (values.IntBetween(1, 256), "1 to 256"),
-        (values.DurationBetween("1s", "32767s", or_zero=True), "0 or 1s to 32767s"),
-        (values.duration, "0s to 168h"),
-        (values.MegabytesUpTo(16), "above 0, at most 16"),
-        (values.log_format, '"text" or "json"'),
-        (values.string, ""),
-    ],
-)
-def test_parsers_state_their_bounds(parse, bounds):
-    assert values.bounds(parse) == bounds
 
 
 def test_the_readme_example_loads_and_its_error_is_the_real_one(tmp_path):

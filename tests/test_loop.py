@@ -14,7 +14,7 @@ from prefork_tcp.connection import Connection
 from prefork_tcp.events import TcpEvent
 from prefork_tcp.framing import make_framer
 from prefork_tcp.signals import SignalPipe
-from prefork_tcp.workerloop import WorkerLoop
+from prefork_tcp.worker import Worker
 
 
 def test_an_answer_to_a_connection_dropped_meanwhile_is_discarded():
@@ -22,7 +22,7 @@ def test_an_answer_to_a_connection_dropped_meanwhile_is_discarded():
     # stop read while close_connection() waits for the master); its answer must go nowhere.
     channel, master_end = socket.socketpair()
     server_end, client_end = socket.socketpair()
-    loop = WorkerLoop([], channel, SignalPipe(()), drain_timeout=1.0, high_water=1 << 20)
+    loop = Worker([], channel, SignalPipe(()), drain_timeout=1.0, high_water=1 << 20)
     server_end.setblocking(False)
     conn = Connection(server_end, "u-1", "default", "", make_framer(b"\r\n", 1 << 20))
     loop.conns[conn.fd] = conn
@@ -41,10 +41,10 @@ def test_an_answer_to_a_connection_dropped_meanwhile_is_discarded():
     assert client_end.recv(100) == b""  # closed, nothing written
 
 
-def loop_with(count: int, high_water: int = 1 << 20) -> tuple[WorkerLoop, Channel, list[socket.socket]]:
+def loop_with(count: int, high_water: int = 1 << 20) -> tuple[Worker, Channel, list[socket.socket]]:
     """A worker loop holding ``count`` connections, with the master's end of its channel."""
     channel, master_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    loop = WorkerLoop([], channel, SignalPipe(()), drain_timeout=1.0, high_water=high_water)
+    loop = Worker([], channel, SignalPipe(()), drain_timeout=1.0, high_water=high_water)
     clients = []
     for i in range(count):
         server_end, client_end = socket.socketpair()
@@ -73,7 +73,7 @@ def as_master(master: Channel, script) -> threading.Thread:
     return thread
 
 
-def closes(loop: WorkerLoop) -> list[str]:
+def closes(loop: Worker) -> list[str]:
     return [conn.uuid for conn, event, _ in loop.events if event is TcpEvent.CLOSE]
 
 
@@ -105,7 +105,7 @@ def test_close_connection_acts_on_every_message_that_came_with_its_answer():
     loop, master, _clients = loop_with(0)
     # The answer and a command wait together, as when the master answered at once and
     # then decided to retire this worker: both are read in one batch.
-    master.send(Kind.CLOSE_RESULT, id=WorkerLoop._close_ids + 1, found=False)
+    master.send(Kind.CLOSE_RESULT, id=Worker._close_ids + 1, found=False)
     master.send(Kind.RETIRE)
     assert loop.close_connection("nobody") is False
     assert master.receive().kind is Kind.CLOSE_REQUEST
@@ -214,7 +214,7 @@ def run_script(chunks: list[bytes], fast: bool) -> tuple[list[tuple[str, bytes]]
     """The events an echo application sees for a connection that sends ``chunks`` then EOF,
     and what it is sent back; through the loop's inlined fast path or its slow twin."""
     channel, master_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    loop = WorkerLoop([], channel, SignalPipe(()), drain_timeout=1.0, high_water=1 << 20)
+    loop = Worker([], channel, SignalPipe(()), drain_timeout=1.0, high_water=1 << 20)
     sock = ScriptedSocket(100_000, chunks)
     conn = Connection(sock, "u-1", "default", "", make_framer(b"\r\n", 1 << 20))  # type: ignore[arg-type]
     loop.epoll = ScriptedEpoll(sock, channel.fileno())  # type: ignore[assignment]

@@ -23,7 +23,7 @@ from .scoreboard import SlotWriter
 from .signals import SignalPipe
 from .sockets import Listener
 from .supervisor import Limits
-from .workerloop import WorkerLoop
+from .worker import Worker
 
 log = logging.getLogger("prefork_tcp.worker")
 
@@ -72,7 +72,7 @@ def run(ctx: WorkerContext) -> int:
         except AppLoadError as exc:
             return _fail(ctx, EXIT_APP_LOAD, str(exc))
     pool = ctx.config.pool
-    loop = WorkerLoop(
+    loop = Worker(
         ctx.listeners,
         ctx.channel,
         signals,

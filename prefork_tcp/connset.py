@@ -1,0 +1,306 @@
+"""The connections one worker serves: their sockets in epoll, timeouts, closing, stopping.
+
+``ConnectionSet`` is the part of a worker's loop that is not about messages: it takes new
+connections from the ``Acceptor``, keeps each socket's epoll interest in step with its
+``Connection``, ends connections (CLOSE queued, output flushed, FIN, a short linger for
+the client's own FIN), closes those whose timeouts ran out, and stops the worker.
+``eventloop.EventLoop`` adds the messages: reading, framing, delivering, writing.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import signal
+import socket
+import time
+from collections import deque
+
+from . import timeouts as timeout_rules
+from .accepting import Acceptor
+from .connection import Connection, Event
+from .events import TcpEvent
+from .logs import Throttle, printable
+from .scoreboard import Scoreboard, SlotWriter, State
+from .signals import SignalPipe
+from .sockets import Listener, unsent_bytes
+from .ticker import Ticker
+
+log = logging.getLogger("prefork_tcp.worker")
+
+EPOLLIN = select.EPOLLIN
+EPOLLOUT = select.EPOLLOUT
+EPOLL_TROUBLE = select.EPOLLERR | select.EPOLLHUP
+CONNECTED = TcpEvent.CONNECTED
+CLOSE = TcpEvent.CLOSE
+
+#: How long a gracefully closed connection waits for the client's FIN after ours.
+LINGER = 2.0
+
+
+class ConnectionSet:
+    """A worker's connections and everything around them but their messages."""
+
+    def __init__(
+        self,
+        listeners: list[Listener],
+        signals: SignalPipe,
+        drain_timeout: float,
+        high_water: int,
+        slot: SlotWriter | None = None,
+        max_connections: int = 0,
+    ) -> None:
+        self.epoll = select.epoll()
+        #: Events to deliver, in order: (connection, event, body).
+        self.events: deque[Event] = deque()
+        self.conns: dict[int, Connection] = {}
+        #: Framing rules by server name, for connections adopted from other workers.
+        self.servers = {lst.name: lst for lst in listeners}
+        self.slot = slot or SlotWriter(Scoreboard(1), 0)
+        self.signals = signals
+        self.drain_timeout = drain_timeout
+        self.high_water = high_water
+        self.lingering: set[Connection] = set()
+        self.stopping = False
+        self.quick = False
+        self.stopped = False
+        self.stop_deadline = 0.0
+        #: Set whenever the loop has rare duties (``_attend``): stopping, lingering
+        #: closes, paused accepts, and what subclasses add.
+        self.attention = False
+        self.warnings = Throttle(log)
+        #: Listeners found readable in the last poll, accepted from in ``_attend``.
+        self.accept_ready: list[int] = []
+        self.acceptor = Acceptor(listeners, self.epoll, self.slot, max_connections, high_water, self.warnings)
+        self.epoll.register(signals.fileno(), EPOLLIN)
+        # Timeouts: a sweep every ``interval``, woken by a timerfd (no clock read per event).
+        self.clock = time.monotonic()
+        interval = timeout_rules.sweep_interval(lst.timeouts for lst in listeners)
+        self.ticker = Ticker(interval) if interval else None
+        if self.ticker is not None:
+            self.epoll.register(self.ticker.fileno(), EPOLLIN)
+        self.acceptor.sync()
+
+    # -- rare duties and descriptors other than connections --------------------------------
+
+    def _attend(self) -> float | None:
+        """The loop's rare duties before it waits; return the wait's timeout (None: stopped)."""
+        if self.accept_ready:
+            ready, self.accept_ready = self.accept_ready, []
+            for fd in ready:
+                if fd in self.acceptor.listeners:
+                    self._accept(fd)
+        if self.lingering or self.acceptor.resume_at:
+            self._expire()
+        if self.stopping and self._drained():
+            self._shut_down()  # CLOSE is queued for what is left: delivered before the loop ends
+            if not self.events:
+                return None
+        self.attention = bool(self.stopping or self.lingering or self.acceptor.resume_at)
+        return self._poll_timeout()
+
+    def _wake(self, fd: int, mask: int) -> None:
+        """A descriptor other than a connection is ready: a listener, signals, the ticker."""
+        if fd in self.acceptor.listeners:
+            # Accepted in ``_attend``, after the rest of this batch: a stop that came with it
+            # (the channel, a signal) is seen before a new connection is taken.
+            self.accept_ready.append(fd)
+            self.attention = True
+        elif fd == self.signals.fileno():
+            self._read_signals()
+        elif self.ticker is not None and fd == self.ticker.fileno():
+            self.ticker.drain()
+            self._sweep()
+
+    def _accept(self, fd: int) -> None:
+        new = self.acceptor.accept(fd, len(self.conns), self.clock)
+        if self.acceptor.resume_at:
+            self.attention = True
+        if not new:
+            return
+        conns, register, append = self.conns, self.epoll.register, self.events.append
+        for conn in new:
+            conns[conn.fd] = conn
+            register(conn.fd, EPOLLIN)
+            conn.watched(EPOLLIN)
+            append((conn, CONNECTED, b""))
+        self.slot.set_connections(len(conns))
+
+    def _removed(self) -> None:
+        """A connection left this worker: publish the count, accept again if it was full."""
+        count = len(self.conns)
+        self.slot.set_connections(count)
+        self.acceptor.removed(count)
+
+    # -- timeouts ---------------------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        """Close the connections whose idle, read or write timeout ran out."""
+        self.clock = now = time.monotonic()
+        expired = timeout_rules.expired
+        for conn in list(self.conns.values()):
+            if conn.sock is not None and conn.timeouts:
+                if conn.out_size:
+                    # Output waits here; the kernel's own queue may still be draining
+                    # (EPOLLOUT comes only once a third of its buffer is free): that is progress.
+                    queued = unsent_bytes(conn.sock)
+                    if queued < conn.kernel_queued:
+                        conn.active = conn.wrote = True
+                    conn.kernel_queued = queued
+                which = expired(conn, now)
+                if which is not None:
+                    self._timed_out(conn, which)
+
+    def _timed_out(self, conn: Connection, which: str) -> None:
+        limit = getattr(conn.timeouts, which.partition("_")[0])
+        log.warning(
+            "closing connection %s (server %s, remote %s): %s (%gs) ran out",
+            conn.uuid,
+            conn.server,
+            printable(conn.remote) or "-",
+            which,
+            limit,
+        )
+        if which == "write_timeout":
+            self._drop(conn)  # its output cannot be delivered
+        else:
+            self._finish(conn)
+
+    # -- ending connections ------------------------------------------------------------------
+
+    def close_by_uuid(self, uuid: str) -> bool:
+        """Close this worker's connection ``uuid`` (its CLOSE follows); False if it is not here."""
+        for conn in self.conns.values():
+            if conn.uuid == uuid and conn.open:
+                self._finish(conn)
+                return True
+        return False
+
+    def _finish(self, conn: Connection) -> None:
+        """End a connection gracefully: CLOSE is queued, output is flushed, then FIN."""
+        if not conn.finish():
+            return
+        self.events.append((conn, CLOSE, b""))
+        conn.closing_down()
+        if not conn.out_size:  # else it is on the flush list or waits for EPOLLOUT already
+            self._close_gracefully(conn)
+
+    def _drop(self, conn: Connection) -> None:
+        """End a connection at once (reset, write error, quick stop), discarding output."""
+        if conn.finish():
+            self.events.append((conn, CLOSE, b""))
+        conn.discard_output()
+        self._close_socket(conn)
+
+    def _close_gracefully(self, conn: Connection) -> None:
+        if conn.eof or self.stopping:
+            self._close_socket(conn)
+            return
+        # Send our FIN, then read until the client's so unread input can't turn it into RST.
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]  # an open connection has its socket
+        except OSError:
+            self._close_socket(conn)
+            return
+        conn.linger_until = time.monotonic() + LINGER
+        self.lingering.add(conn)
+        self.attention = True
+        self._set_mask(conn, EPOLLIN)
+
+    def _close_socket(self, conn: Connection) -> None:
+        sock = conn.sock
+        if sock is None:
+            return
+        conn.sock = None
+        self.lingering.discard(conn)
+        # No EPOLL_CTL_DEL: closing the last descriptor of the socket removes it from the
+        # epoll set, one system call fewer per connection. Not so for an adopted socket,
+        # which the master may still hold until it has our acknowledgement.
+        if conn.shared and conn.mask:
+            self.epoll.unregister(conn.fd)
+        self.conns.pop(conn.fd, None)
+        conn.detached()  # a closed connection has nothing to flush
+        sock.close()
+        self._removed()
+
+    def _forget(self, conn: Connection) -> None:
+        """Stop watching a connection's socket (it is being handed off)."""
+        self.conns.pop(conn.fd, None)
+        if conn.mask:
+            self.epoll.unregister(conn.fd)
+            conn.watched(0)
+        self._removed()
+
+    def _update_mask(self, conn: Connection) -> None:
+        mask = EPOLLIN if conn.wants_read else 0
+        if conn.out_size:
+            mask |= EPOLLOUT
+        self._set_mask(conn, mask)
+
+    def _set_mask(self, conn: Connection, mask: int) -> None:
+        if mask == conn.mask:
+            return
+        if not conn.mask:
+            self.epoll.register(conn.fd, mask)
+        elif not mask:
+            self.epoll.unregister(conn.fd)
+        else:
+            self.epoll.modify(conn.fd, mask)
+        conn.watched(mask)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        if self.lingering:
+            for conn in [c for c in self.lingering if c.linger_until <= now]:
+                self._close_socket(conn)
+        self.acceptor.expire(now)
+
+    def _poll_timeout(self) -> float:
+        deadlines = [c.linger_until for c in self.lingering]
+        if self.acceptor.resume_at:
+            deadlines.append(self.acceptor.resume_at)
+        if self.stopping:
+            deadlines.append(self.stop_deadline)
+        if not deadlines:
+            return -1
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    # -- stopping --------------------------------------------------------------------------
+
+    def _read_signals(self) -> None:
+        for signum in self.signals.drain():
+            if signum == signal.SIGTERM:
+                self.begin_stop(quick=False)
+            elif signum in (signal.SIGINT, signal.SIGQUIT):
+                self.begin_stop(quick=True)
+
+    def begin_stop(self, quick: bool) -> None:
+        """Stop accepting and end every connection; ``quick`` drops unsent output."""
+        if self.stopping and (self.quick or not quick):
+            return
+        if not self.stopping:
+            self.stop_deadline = time.monotonic() + self.drain_timeout
+            self._close_listeners()
+            self.slot.set_state(State.RETIRING)
+        self.stopping = True
+        self.attention = True
+        self.quick = quick
+        for conn in list(self.conns.values()):
+            if quick:
+                self._drop(conn)
+            elif conn.open:
+                self._finish(conn)
+        for conn in list(self.lingering):
+            self._close_socket(conn)
+
+    def _close_listeners(self) -> None:
+        """Stop accepting: this worker's copies of the listening sockets are closed."""
+        self.acceptor.close()
+
+    def _drained(self) -> bool:
+        return not self.conns or time.monotonic() >= self.stop_deadline
+
+    def _shut_down(self) -> None:
+        for conn in list(self.conns.values()):
+            self._drop(conn)
+        self.stopped = True

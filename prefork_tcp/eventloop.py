@@ -1,0 +1,349 @@
+"""A worker's event loop: read, frame, deliver events, write answers.
+
+``EventLoop`` adds the messages to ``connset.ConnectionSet``.  The application drives it:
+``TcpWorker.wait_request()`` takes the next event from ``pump()``, which hands out
+queued events and, only when none are left, flushes every answer written since the last
+poll (one ``send`` per connection) and waits in ``epoll``.
+
+``pump()`` is the worker's hot loop, a program within a program: it keeps what it
+touches per event in local variables and inlines the success paths of reading, framing
+and flushing.  Each inlined block names its slow twin (``_recv``, ``_send``,
+``_flush_dirty``), which handles everything else; the error handling is shared, and
+tests/test_loop.py drives the same bytes through both and requires the same events and
+output.  Connection state changes only through ``Connection`` methods.
+
+On its own, an ``EventLoop`` serves its listeners until a signal stops it;
+``worker.Worker`` adds the master: its commands, the handoff of connections, salvage.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from .connection import Connection, Event
+from .connset import EPOLL_TROUBLE, EPOLLIN, EPOLLOUT, ConnectionSet
+from .events import TcpEvent, TcpResponse
+from .framing import MessageTooLarge
+from .logs import printable
+from .scoreboard import SlotWriter, State
+from .signals import SignalPipe
+from .sockets import Listener
+from .unfinished import THRESHOLD as UNFINISHED_THRESHOLD
+from .unfinished import UnfinishedBytes
+from .unfinished import limit_for as unfinished_limit
+
+log = logging.getLogger("prefork_tcp.worker")
+
+DATA = TcpEvent.DATA
+_EOF = None  # queued after a half-closed connection's last DATA
+
+
+class EventLoop(ConnectionSet):
+    """The event loop of one worker; see the module docstring."""
+
+    def __init__(
+        self,
+        listeners: list[Listener],
+        signals: SignalPipe,
+        drain_timeout: float,
+        high_water: int,
+        slot: SlotWriter | None = None,
+        max_jobs: int = 0,
+        mark_events: bool = True,
+        max_connections: int = 0,
+    ) -> None:
+        super().__init__(listeners, signals, drain_timeout, high_water, slot, max_connections)
+        #: Connections answered since the last flush.
+        self.dirty: list[Connection] = []
+        #: This worker's budget of events (0: none); ``_on_budget`` runs at 3/4 and at the end.
+        self.max_jobs = max_jobs
+        self.budget_mark = -1 if max_jobs <= 0 else (max_jobs * 3 // 4 or max_jobs)
+        #: Whether each event's number goes into the scoreboard as it starts (``exec_ttl``
+        #: needs it); the count of events handled is published at every wait regardless.
+        self.mark_events = mark_events
+        #: Bytes held in unfinished messages, bounded for the whole worker.
+        self.unfinished: UnfinishedBytes[Connection] = UnfinishedBytes(unfinished_limit([lst.max_message_size for lst in listeners]))
+        self.ready = False
+        #: Stopped accepting and reading; connections are handed over once the events
+        #: already read are delivered (``_hand_off_all``), then the loop stops.
+        self.retiring = False
+
+    # -- what TcpWorker calls -------------------------------------------------------
+
+    def pump(self) -> Iterator[Event]:
+        """Yield the events to deliver, in order, waiting for them; return once stopped.
+
+        The worker's hot loop, written as one generator so that what it touches per
+        event lives in local variables: deliver queued events; when none are left, flush
+        every answer written since the last poll (one ``send`` per connection), wait in
+        ``epoll`` and turn what the sockets have into events: queued, or, for a read that
+        is one whole message while nothing is queued, handed out at once.  Rare duties
+        (retiring, stopping, lingering closes, paused accepts) are in ``_attend``.
+        """
+        self._on_ready()
+        events, dirty, conns, high_water = self.events, self.dirty, self.conns, self.high_water
+        popleft, append = events.popleft, events.append
+        activity, activity_index = self.slot.signed, self.slot.activity_index
+        budget_mark, mark_events = self.budget_mark, self.mark_events
+        handled = 0
+        conn: Connection | None
+        epoll_poll = self.epoll.poll
+        data_event, length = DATA, len  # locals: cheaper to load than globals
+        while True:
+            while events:
+                item = popleft()
+                conn, event, _ = item
+                if event is data_event:
+                    if not conn.open:
+                        continue
+                    if conn.held or conn.out_size >= high_water:
+                        self._hold(conn, item)  # a slow reader: wait until its output drains
+                        continue
+                elif event is _EOF:
+                    if conn.open and not conn.hold(item):
+                        self._finish(conn)
+                    continue
+                handled += 1
+                if mark_events:
+                    activity[activity_index] = handled  # the scoreboard: event number `handled` in progress
+                if handled == budget_mark:
+                    budget_mark = self._on_budget(handled)
+                yield item
+            if dirty:
+                for conn in dirty:
+                    out = conn.out
+                    if not out or conn.sock is None:  # sent already, or closed (an answer may come after)
+                        continue
+                    # Flush (``_send``, inlined): one send per connection.
+                    data = b"".join(out)  # a single chunk comes back as it is
+                    out.clear()
+                    conn.out_size = 0
+                    try:
+                        sent = conn.sock.send(data)
+                    except (BlockingIOError, InterruptedError):
+                        sent = 0
+                    except OSError:
+                        self._drop(conn)
+                        continue
+                    if sent != length(data) or not conn.plain:
+                        self._sent(conn, data, sent)
+                dirty.clear()
+                if events:  # flushing released events held back for a slow reader
+                    continue
+            timeout: float | None = -1
+            if self.attention:
+                timeout = self._attend()
+                if timeout is None:
+                    return
+                if events:
+                    continue
+            activity[activity_index] = -handled  # waiting, with this many events handled
+            for fd, mask in epoll_poll(timeout):
+                conn = conns.get(fd)
+                if conn is None:
+                    self._wake(fd, mask)
+                    continue
+                if not conn.plain:  # writing, closing or holding events back
+                    self._service(conn, mask)
+                    continue
+                # Reading only: data, EOF or an error to read (``_recv``, inlined).
+                try:
+                    data = conn.sock.recv(conn.read_size)  # type: ignore[union-attr]  # an open connection has its socket
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    self._drop(conn)
+                    continue
+                if not data:
+                    self._end_of_input(conn)
+                    self._update_mask(conn)
+                    continue
+                conn.active = True  # for idle_timeout (``timeouts.expired``)
+                # Exactly one whole message? ``Framer.probe`` is made so that this agrees
+                # with ``Framer.feed`` (tests/test_framing.py). partition(), not find():
+                # find() parses its arguments the slow way.
+                _, found, rest = data.partition(conn.framer.probe)
+                if found and not rest:
+                    if events:
+                        append((conn, data_event, data))
+                        continue
+                    # Nothing queued before it: deliver it now, as the queue would.
+                    handled += 1
+                    if mark_events:
+                        activity[activity_index] = handled
+                    if handled == budget_mark:
+                        budget_mark = self._on_budget(handled)
+                        if self.retiring:  # the budget is spent: nothing more is read
+                            yield conn, data_event, data
+                            break
+                    yield conn, data_event, data
+                    continue
+                # A method, not a comprehension here: a closure over ``conn`` would make it
+                # a cell variable, and every use of it in this loop slower.
+                self._received(conn, data)
+
+    # -- the worker's life: ready, budget, retiring --------------------------------------
+
+    def _on_ready(self) -> None:
+        """The application waits for its first event."""
+        self.ready = True
+        self.slot.set_state(State.SERVING)
+
+    def _on_budget(self, handled: int) -> int:
+        """``handled`` events reached a mark of the max_jobs budget; return the next mark.
+
+        At the end this worker stops accepting and reading and, once the events it has
+        read are delivered, hands every connection over (SPEC: max_jobs is a budget).
+        """
+        if handled < self.max_jobs:
+            return self.max_jobs
+        self.begin_retire()
+        return -1
+
+    def begin_retire(self) -> None:
+        """Stop accepting; once queued events are delivered, hand every open connection over."""
+        if self.retiring or self.stopping:
+            return
+        self.retiring = True
+        self.attention = True
+        self.slot.set_state(State.RETIRING)
+        self._close_listeners()
+
+    def _hand_off_all(self) -> None:
+        """Hand every open connection over. With no master to take them there is no one to
+        hand them to: the stop that follows finishes them, each with its CLOSE."""
+
+    def close_connection(self, uuid: str) -> bool:
+        """Close connection ``uuid``; return whether it existed (here: in this worker)."""
+        return self.close_by_uuid(uuid)
+
+    def answer(self, conn: Connection, response: TcpResponse, body: bytes) -> None:
+        """Carry out an answer other than ``RESPOND`` (which ``TcpWorker`` writes itself)."""
+        if response is TcpResponse.READ:
+            return
+        if response is TcpResponse.RESPOND_CLOSE and conn.write(body):
+            self.dirty.append(conn)
+        self._finish(conn)
+
+    def abandon(self, conn: Connection) -> None:
+        """Close a connection after an application error, writing nothing more for it."""
+        self._finish(conn)
+
+    def _attend(self) -> float | None:
+        """The rare duties (``ConnectionSet._attend``), a retirement's handoff first."""
+        if self.retiring and not self.stopping:
+            self._hand_off_all()
+            self.begin_stop(quick=False)
+        return super()._attend()
+
+    # -- reading and writing --------------------------------------------------------
+
+    def _hold(self, conn: Connection, item: Event) -> None:
+        """Hold back a slow reader's event and stop reading it until its output drains."""
+        conn.hold(item)
+        if conn.mask & EPOLLIN:
+            self._update_mask(conn)
+
+    def _service(self, conn: Connection, mask: int) -> None:
+        if conn.out_size and mask & (EPOLLOUT | EPOLL_TROUBLE):
+            self._send(conn)
+            if conn.sock is None:
+                return
+        if conn.mask & EPOLLIN and mask & (EPOLLIN | EPOLL_TROUBLE):
+            self._recv(conn)
+        elif mask & EPOLL_TROUBLE and not conn.out_size:
+            self._drop(conn)
+
+    def _recv(self, conn: Connection) -> None:
+        """Read a connection that is not plain (``pump()`` inlines the plain case; the
+        twins are kept in step by tests/test_loop.py)."""
+        try:
+            data = conn.sock.recv(conn.read_size)  # type: ignore[union-attr]  # an open connection has its socket
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        if conn.closing:  # lingering: discard until the client's FIN
+            if not data:
+                self._close_socket(conn)
+            return
+        if not data:
+            self._end_of_input(conn)
+            self._update_mask(conn)
+            return
+        conn.active = True
+        self._received(conn, data)
+
+    def _end_of_input(self, conn: Connection) -> None:
+        """The client half-closed: deliver the unfinished rest, then finish after its answers."""
+        conn.eof = True
+        rest = conn.framer.take_partial()
+        if rest:
+            self.events.append((conn, DATA, rest))
+        self.events.append((conn, _EOF, b""))
+
+    def _received(self, conn: Connection, data: bytes) -> None:
+        """Frame bytes read from a connection (or adopted with it) and queue its messages."""
+        try:
+            messages = conn.framer.feed(data)
+        except MessageTooLarge as exc:
+            self._too_large(conn, exc)
+            return
+        self.events.extend([(conn, DATA, m) for m in messages])
+        pending = conn.framer.pending
+        if pending >= UNFINISHED_THRESHOLD or conn in self.unfinished.sizes:
+            for victim in self.unfinished.note(conn, pending, _unfinished_of):
+                log.warning(
+                    "closing connection %s (server %s, remote %s): its unfinished message (%d KiB) is the "
+                    "largest while this worker holds more than %d MiB of them",
+                    victim.uuid,
+                    victim.server,
+                    printable(victim.remote) or "-",
+                    victim.framer.pending >> 10,
+                    self.unfinished.limit >> 20,
+                )
+                self._finish(victim)
+
+    def _too_large(self, conn: Connection, exc: MessageTooLarge) -> None:
+        log.warning("closing connection %s (server %s, remote %s): %s", conn.uuid, conn.server, printable(conn.remote) or "-", exc)
+        self._finish(conn)
+
+    def _send(self, conn: Connection) -> None:
+        """Hand a connection's queued output to the kernel (``pump()`` inlines this)."""
+        data = conn.take_output()
+        try:
+            sent = conn.sock.send(data)  # type: ignore[union-attr]  # an open connection has its socket
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._drop(conn)
+            return
+        self._sent(conn, data, sent)
+
+    def _flush_dirty(self) -> None:
+        """Send every answer written since the last flush (``pump()`` inlines this)."""
+        for conn in self.dirty:
+            if conn.out and conn.sock is not None:
+                self._send(conn)
+        self.dirty.clear()
+
+    def _sent(self, conn: Connection, data: bytes, sent: int) -> None:
+        """Act on a send: keep what the kernel did not take, release held events, close."""
+        if sent:
+            conn.active = conn.wrote = True  # progress, for idle_timeout and write_timeout
+        if sent < len(data):
+            conn.unsent(data[sent:])
+        if conn.held:
+            released = conn.release()
+            if released:
+                self.events.extend(released)
+        if conn.closing and not conn.out_size:
+            self._close_gracefully(conn)
+        else:
+            self._update_mask(conn)
+
+
+def _unfinished_of(conn: Connection) -> int:
+    return conn.framer.pending if conn.open and conn.sock is not None else 0
