@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .events import Request, TcpEvent, TcpResponse, new_request
 from .logs import printable
 
 if TYPE_CHECKING:
     from .connection import Connection, Event
+    from .gate import Gate
 
 log = logging.getLogger("prefork_tcp.app")
 
@@ -22,6 +23,8 @@ class Loop(Protocol):
     #: Connections answered since the loop last flushed; ``respond`` adds one when its
     #: first answer is written (the loop's hot path, see ``EventLoop.pump``).
     dirty: list[Connection]
+    #: Whether the application's thread or the watchdog has the loop (``gate.py``).
+    gate: Gate
 
     def pump(self) -> Iterator[Event]: ...
     def answer(self, conn: Connection, response: TcpResponse, body: bytes) -> None: ...
@@ -47,12 +50,13 @@ class TcpWorker:
     never constructs one itself.
     """
 
-    __slots__ = ("_conn", "_dirty", "_events", "_loop", "_pid", "_request", "_state")
+    __slots__ = ("_conn", "_dirty", "_events", "_gate", "_loop", "_pid", "_request", "_state")
 
     def __init__(self, loop: Loop) -> None:
         self._loop = loop
         self._events = loop.pump()
         self._dirty = loop.dirty
+        self._gate = loop.gate
         self._conn: Connection | None = None
         self._request: Request | None = None
         self._state = _IDLE
@@ -65,6 +69,8 @@ class TcpWorker:
         answered with ``CLOSE`` first.
         """
         if self._state == _AWAITING:
+            if self._gate.moving:  # the watchdog has the loop (gate.py): wait for it
+                self._gate.wait()
             self._loop.answer(self._conn, _CLOSE, b"")  # type: ignore[arg-type]  # set by wait_request()
         item = next(self._events, None)
         if item is None:
@@ -97,6 +103,8 @@ class TcpWorker:
             self._check_answerable()
             return
         self._state = _ANSWERED
+        if self._gate.moving:
+            self._gate.wait()
         self._loop.answer(self._conn, response, body)  # type: ignore[arg-type]  # set by wait_request()
 
     def read(self) -> None:
@@ -124,6 +132,8 @@ class TcpWorker:
         )
         if self._state == _AWAITING:
             self._state = _ANSWERED
+            if self._gate.moving:
+                self._gate.wait()
             self._loop.abandon(self._conn)  # type: ignore[arg-type]  # set by wait_request()
 
     def close_connection(self, uuid: str) -> bool:
@@ -134,11 +144,39 @@ class TcpWorker:
         """
         if not isinstance(uuid, str):
             raise TypeError(f"uuid must be a str, got {type(uuid).__name__}")
+        if self._gate.moving:
+            self._gate.wait()
         return self._loop.close_connection(uuid)
+
+    @property
+    def session(self) -> dict[str, Any]:
+        """The current request's connection's own dict, for the application's state.
+
+        The same object on every event of that connection, empty at CONNECTED, dropped
+        after CLOSE; it moves with the connection to another worker (pickled), so its
+        values must be picklable.
+        """
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("there is no request: call wait_request() first")
+        session = conn.session
+        if session is None:
+            session = conn.session = {}
+        return session
 
     def current_connection(self) -> Connection | None:
         """The connection of the request being handled (for the worker process, not the app)."""
         return self._conn
+
+    def current_request(self) -> Request | None:
+        """The request being handled (for the worker process, not the app)."""
+        return self._request
+
+    def hold_for(self, gate: Gate) -> None:
+        """The watchdog took the loop (``gate.py``; for the worker process, not the app):
+        the next ``wait_request`` waits until it lets go.  The event source is swapped for
+        one round, so the application's thread pays nothing per event for this."""
+        self._events = _after(gate, self, self._events)
 
     def _check_answerable(self) -> None:
         if self._state == _CLOSE_EVENT:
@@ -148,6 +186,15 @@ class TcpWorker:
             assert request is not None
             raise RuntimeError(f"request {request.event.value} of connection {request.connection_uuid} was already answered")
         raise RuntimeError("there is no request to answer: call wait_request() first")
+
+
+def _after(gate: Gate, worker: TcpWorker, events: Iterator[Event]) -> Iterator[Event]:
+    """Wait for the watchdog, put the loop's own event source back, and go on with it."""
+    gate.wait()
+    worker._events = events
+    item = next(events, None)
+    if item is not None:
+        yield item
 
 
 def _as_bytes(body: object) -> bytes:

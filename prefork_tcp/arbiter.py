@@ -45,6 +45,8 @@ _HANDLED_SIGNALS = (
 RELAY_RETRY = 0.02
 #: How long a close by uuid waits for the workers' answers.
 CLOSE_TIMEOUT = 5.0
+#: A worker that reported a slow event gets no handed-over connection for this long.
+SLOW_MEMORY = 2.0
 #: After a step of the main loop raised, the loop waits at least this long before the next round.
 FAULT_PAUSE = 0.1
 
@@ -196,6 +198,8 @@ class Arbiter(WorkerPool):
             handle.budget_low = True  # _spawn_missing starts its successor now
         elif kind is Kind.BUDGET_SPENT:
             self._retiring_itself(handle, f"handled its max_jobs ({handle.max_jobs} events)")
+        elif kind is Kind.SLOW:
+            handle.slow_until = time.monotonic() + SLOW_MEMORY
         elif kind is Kind.APP_FAILED:
             handle.crashed = True
             self._retiring_itself(handle, "its application failed")

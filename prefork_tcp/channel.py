@@ -1,7 +1,7 @@
 """The channel between the master and one worker: every message, and both ends of it.
 
 Each worker has one ``AF_UNIX`` ``SOCK_SEQPACKET`` socket pair to the master (made by
-``pool.fork_worker``).  One packet is one message: a type byte, then a JSON object for
+``workerhandle.fork_worker``).  One packet is one message: a type byte, then a JSON object for
 the types that carry fields; a parcel also carries file descriptors (SCM_RIGHTS).
 
 | kind | byte | sent by | fields | fds |
@@ -16,10 +16,11 @@ the types that carry fields; a parcel also carries file descriptors (SCM_RIGHTS)
 | BUDGET_LOW | ``L`` | worker | | three quarters of max_jobs handled: start a successor |
 | BUDGET_SPENT | ``J`` | worker | | max_jobs handled: handing every connection over now |
 | APP_FAILED | ``X`` | worker | | the application raised: handing the other connections over, then exit |
+| SLOW | ``W`` | worker | | an event runs longer than ``slow_event``: its other connections move; send none here for a while |
 | CLOSED | ``c`` | worker | id, found | the answer to CLOSE |
 | CLOSE_REQUEST | ``K`` | worker | id, uuid | close this uuid wherever it lives |
 | FAILED | ``E`` | worker | code, cause | why the worker could not start |
-| PARCEL | ``A`` | both | uuid, server, remote, eof, connected, input, output | socket (+ payload memfd) |
+| PARCEL | ``A`` | both | uuid, server, remote, eof, connected, input, output, session | socket (+ payload memfd) |
 | PARCEL_ACK | ``a`` | both | uuid, ok | a parcel was taken (ok) or must go elsewhere |
 
 Nothing is dropped: ``Channel.send`` queues what the socket cannot take yet, and the owner
@@ -71,10 +72,15 @@ class Kind(enum.Enum):
     BUDGET_LOW = (b"L", _WORKER, _NO_FIELDS)
     BUDGET_SPENT = (b"J", _WORKER, _NO_FIELDS)
     APP_FAILED = (b"X", _WORKER, _NO_FIELDS)
+    SLOW = (b"W", _WORKER, _NO_FIELDS)
     CLOSED = (b"c", _WORKER, {"id": int, "found": bool})
     CLOSE_REQUEST = (b"K", _WORKER, {"id": int, "uuid": str})
     FAILED = (b"E", _WORKER, {"code": int, "cause": str})
-    PARCEL = (b"A", _BOTH, {"uuid": str, "server": str, "remote": str, "eof": bool, "connected": bool, "input": int, "output": int})
+    PARCEL = (
+        b"A",
+        _BOTH,
+        {"uuid": str, "server": str, "remote": str, "eof": bool, "connected": bool, "input": int, "output": int, "session": int},
+    )
     PARCEL_ACK = (b"a", _BOTH, {"uuid": str, "ok": bool})
 
     def __init__(self, code: bytes, sender: str, fields: dict[str, type]) -> None:
@@ -175,7 +181,7 @@ def _decode(packet: bytes, fds: list[int], flags: int, sender: str) -> Message:
 def _fds_expected(message: Message) -> int:
     if message.kind is not Kind.PARCEL:
         return 0
-    return 2 if message["input"] or message["output"] else 1
+    return 2 if message["input"] or message["output"] or message["session"] else 1
 
 
 def close_all(fds: list[int] | tuple[int, ...]) -> None:

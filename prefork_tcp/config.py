@@ -58,18 +58,6 @@ def setting(
     return field(default=default, metadata=meta)
 
 
-def _emit_delimiter(value: bytes) -> str:
-    return value.decode("utf-8")
-
-
-def _emit_megabytes(value: int) -> float:
-    return value / (1024 * 1024)
-
-
-def _emit_umask(value: int) -> str:
-    return f"0o{value:03o}"
-
-
 def _default_workers() -> int:
     return min(os.cpu_count() or 1, MAX_WORKERS)
 
@@ -83,7 +71,7 @@ class ServerConfig:
         parse=v.address, emit=str, example=DEFAULT_ADDRESS, doc="tcp://host:port, host:port, [::1]:port or unix:///path"
     )
     delimiter: bytes = setting(
-        default=DEFAULT_DELIMITER, parse=v.delimiter, emit=_emit_delimiter, doc='end of each message, kept in the body; "" = stream mode'
+        default=DEFAULT_DELIMITER, parse=v.delimiter, emit=v.format_delimiter, doc='end of each message, kept in the body; "" = stream mode'
     )
     max_message_size: int = setting(
         default=DEFAULT_MAX_SIZE,
@@ -93,7 +81,7 @@ class ServerConfig:
     read_buf_size: int = setting(
         default=READ_SIZE,
         parse=v.MegabytesUpTo(16),
-        emit=_emit_megabytes,
+        emit=v.format_megabytes,
         doc="MB asked for by one read (RoadRunner's key; default 64 KiB)",
     )
     idle_timeout: float = setting(
@@ -150,6 +138,12 @@ class PoolConfig:
     destroy_timeout: float = setting(
         default=60.0, parse=_WORKER_TIMEOUT, emit=v.format_duration, doc="a stopping worker gets this long, then SIGKILL"
     )
+    slow_event: float = setting(
+        default=0.01,
+        parse=v.DurationBetween("2ms", "1h", or_zero=True),
+        emit=v.format_duration,
+        doc="an event running this long moves its worker's other connections to other workers; 0 = never",
+    )
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
 
 
@@ -193,7 +187,7 @@ class Config:
     proc_name: str = setting(default="prefork-tcp", parse=v.string, doc="first word of the process titles")
     user: str = setting(default="", parse=v.user, doc="user the workers run as (the master must be root)")
     group: str = setting(default="", parse=v.group, doc="group the workers run as")
-    umask: int = setting(default=0o022, parse=v.umask, emit=_emit_umask, doc="umask of the master and workers")
+    umask: int = setting(default=0o022, parse=v.umask, emit=v.format_umask, doc="umask of the master and workers")
     tcp: TcpConfig = field(default_factory=TcpConfig)
     log: LogConfig = field(default_factory=LogConfig)
     control: ControlConfig = field(default_factory=ControlConfig)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import _socket
 from select import EPOLLIN
-from typing import Union
+from typing import Any, Union
 
 from .events import TcpEvent
 from .framing import READ_SIZE, Framer, StreamFramer
-from .handoff import Parcel
+from .handoff import Parcel, pickle_session
 from .timeouts import NONE, Timeouts
 
 FramerT = Union[Framer, StreamFramer]
@@ -21,6 +21,7 @@ FramerT = Union[Framer, StreamFramer]
 #: a half-closed connection's input, never handed out) and the body.
 Event = tuple["Connection", Union[TcpEvent, None], bytes]
 _DATA = TcpEvent.DATA
+_CONNECTED = TcpEvent.CONNECTED
 
 #: Default bytes of unsent output above which the connection stops being read.
 HIGH_WATER = 1024 * 1024
@@ -51,6 +52,7 @@ class Connection:
         "read_size",
         "remote",
         "server",
+        "session",
         "shared",
         "sock",
         "timeouts",
@@ -105,9 +107,13 @@ class Connection:
         #: Adopted: another process may hold the socket's file too (the master, until it
         #: has our acknowledgement), so closing ours does not take it out of the epoll set.
         self.shared = False
-        #: Messages taken back from the event queue undelivered (the application failed):
-        #: they travel with the parcel, after the held ones.
+        #: Messages taken back from the event queue undelivered (the application failed,
+        #: or the connection moves while another event runs): they travel with the
+        #: parcel, after the held ones.
         self.unread: list[bytes] = []
+        #: ``TcpWorker.session``: the application's own state for this connection, made
+        #: on first use; it travels with the parcel.
+        self.session: dict[str, Any] | None = None
         # Timeouts (``timeouts.expired``): the loop raises ``active`` on every read and
         # ``wrote`` on every send that made progress; the sweep turns them into times.
         self.timeouts = timeouts
@@ -176,11 +182,28 @@ class Connection:
         Nothing is taken: the connection stays as it is until the parcel has safely
         arrived.  Held events become unread input again (their bodies keep their
         delimiters, so the new owner frames them into the same messages); output not
-        yet sent goes along.
+        yet sent goes along, and so does the session (pickled: ``handoff.SessionError``
+        when it cannot be).
         """
         held = self.held or []
         pending = b"".join([body for _, event, body in held if event is _DATA] + self.unread) + self.framer.peek_partial()
-        return Parcel(self.uuid, self.server, self.remote, self.eof, pending, b"".join(self.out), self.connected)
+        session = pickle_session(self.session) if self.session else b""
+        return Parcel(self.uuid, self.server, self.remote, self.eof, pending, b"".join(self.out), self.connected, session)
+
+    def take_back(self, events: list[Event]) -> None:
+        """This connection's events read but not delivered go back into it, to travel with
+        its parcel: an undelivered CONNECTED is delivered by the new owner, messages are
+        read again there (the end of input travels as ``eof``)."""
+        for _, event, body in events:
+            if event is _CONNECTED:
+                self.connected = False
+            elif event is _DATA:
+                self.unread.append(body)
+
+    def put_back(self) -> None:
+        """Undo ``take_back`` (the parcel did not go); the caller queues the events again."""
+        self.connected = True
+        self.unread.clear()
 
     def watched(self, mask: int) -> None:
         """The loop registered the socket for ``mask`` (0: not registered)."""

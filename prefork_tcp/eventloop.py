@@ -25,6 +25,7 @@ from .connection import Connection, Event
 from .connset import EPOLL_TROUBLE, EPOLLIN, EPOLLOUT, ConnectionSet
 from .events import TcpEvent, TcpResponse
 from .framing import MessageTooLarge
+from .gate import Gate
 from .logs import printable
 from .scoreboard import SlotWriter, State
 from .signals import SignalPipe
@@ -65,6 +66,8 @@ class EventLoop(ConnectionSet):
         #: Bytes held in unfinished messages, bounded for the whole worker.
         self.unfinished: UnfinishedBytes[Connection] = UnfinishedBytes(unfinished_limit([lst.max_message_size for lst in listeners]))
         self.ready = False
+        #: Whether the application's thread or the watchdog has the loop (``gate.py``).
+        self.gate = Gate()
         #: Stopped accepting and reading; connections are handed over once the events
         #: already read are delivered (``_hand_off_all``), then the loop stops.
         self.retiring = False

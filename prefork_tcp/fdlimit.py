@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 
 
@@ -26,3 +27,26 @@ def raise_open_files() -> tuple[int, int]:
             return soft, soft
         return soft, target
     return soft, soft
+
+
+#: Descriptor slots a worker's table is grown to before it starts a second thread.
+TABLE_SLOTS = 16384
+
+
+def grow_table(slots: int = TABLE_SLOTS) -> None:
+    """Grow this process's descriptor table to ``slots`` (or the open-files limit) now.
+
+    The kernel grows the table by doubling as descriptors are opened, and in a process
+    with more than one thread each growth waits for an RCU grace period: milliseconds in
+    which a worker serves nobody, several times over while a flood of connections comes
+    in.  Grown while the worker has one thread, it costs nothing and never shrinks.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    highest = min(slots, soft) - 1 if soft != resource.RLIM_INFINITY else slots - 1
+    if highest < 3:
+        return
+    try:
+        os.dup2(0, highest, inheritable=False)
+    except OSError:
+        return
+    os.close(highest)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import pickle
 import stat
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,37 @@ class Parcel:
     unsent_output: bytes = b""
     #: Whether CONNECTED was delivered (False: the new owner delivers it first).
     connected: bool = True
+    #: ``TcpWorker.session``, pickled (empty: no session).
+    session: bytes = b""
+
+
+class SessionError(ValueError):
+    """A connection's session cannot be pickled; ``key`` names the first value that fails."""
+
+    def __init__(self, key: str, cause: Exception) -> None:
+        super().__init__(f"its session cannot be pickled: key {key!r}: {type(cause).__name__}: {cause}")
+        self.key = key
+
+
+def pickle_session(session: dict[str, Any]) -> bytes:
+    """Return ``session`` pickled, or raise ``SessionError`` naming the key that fails."""
+    try:
+        return pickle.dumps(session, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        for key, value in session.items():
+            try:
+                pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+            except Exception as cause:
+                raise SessionError(str(key), cause) from None
+        raise SessionError("(the keys)", exc) from None
+
+
+def unpickle_session(data: bytes) -> dict[str, Any]:
+    """Return the session a parcel carries (raises what unpickling raises)."""
+    session = pickle.loads(data)
+    if not isinstance(session, dict):
+        raise ValueError(f"a session is a dict, not {type(session).__name__}")
+    return session
 
 
 def pack(parcel: Parcel, sock_fd: int) -> tuple[dict[str, Any], list[int]]:
@@ -51,12 +83,13 @@ def pack(parcel: Parcel, sock_fd: int) -> tuple[dict[str, Any], list[int]]:
         "connected": parcel.connected,
         "input": len(parcel.pending_input),
         "output": len(parcel.unsent_output),
+        "session": len(parcel.session),
     }
     fds = [sock_fd]
-    if parcel.pending_input or parcel.unsent_output:
+    if parcel.pending_input or parcel.unsent_output or parcel.session:
         payload = os.memfd_create("prefork-tcp-parcel", os.MFD_CLOEXEC)
         try:
-            _write_all(payload, parcel.pending_input + parcel.unsent_output)
+            _write_all(payload, parcel.pending_input + parcel.unsent_output + parcel.session)
         except BaseException:
             os.close(payload)
             raise
@@ -69,17 +102,22 @@ def unpack(fields: dict[str, Any], fds: tuple[int, ...]) -> Parcel:
 
     Reads and closes the payload fd; raises OSError or ValueError if the payload is short.
     """
-    pending = output = b""
+    pending = output = session = b""
     if len(fds) > 1:
         try:
-            size = fields["input"] + fields["output"]
+            size = _payload_size(fields)
             data = _read_all(fds[1], size)
         finally:
             os.close(fds[1])
         if len(data) != size:
             raise ValueError(f"parcel payload of {len(data)} bytes, expected {size}")
-        pending, output = data[: fields["input"]], data[fields["input"] :]
-    return Parcel(fields["uuid"], fields["server"], fields["remote"], fields["eof"], pending, output, fields["connected"])
+        output_end = fields["input"] + fields["output"]
+        pending, output, session = data[: fields["input"]], data[fields["input"] : output_end], data[output_end:]
+    return Parcel(fields["uuid"], fields["server"], fields["remote"], fields["eof"], pending, output, fields["connected"], session)
+
+
+def _payload_size(fields: dict[str, Any]) -> int:
+    return int(fields["input"] + fields["output"] + fields["session"])
 
 
 def check(fields: dict[str, Any], fds: tuple[int, ...]) -> str:
@@ -88,7 +126,7 @@ def check(fields: dict[str, Any], fds: tuple[int, ...]) -> str:
     try:
         if not stat.S_ISSOCK(os.fstat(fds[0]).st_mode):
             return "its descriptor is not a socket"
-        if len(fds) > 1 and os.fstat(fds[1]).st_size < fields["input"] + fields["output"]:
+        if len(fds) > 1 and os.fstat(fds[1]).st_size < _payload_size(fields):
             return "its payload is shorter than it says"
     except OSError as exc:
         return f"its descriptors cannot be inspected: {exc.strerror}"

@@ -146,6 +146,12 @@ class SlotWriter:
                 total += ints[base + CONNECTIONS]
         return serving > 1 and connections * serving > total * margin + serving
 
+    def others_serving(self) -> int:
+        """How many other workers are serving (and can take connections over)."""
+        ints = self.ints
+        used = min(ints[self.used_index], self.used_index // FIELDS)
+        return sum(1 for base in range(0, used * FIELDS, FIELDS) if base != self.base and ints[base + STATE] == State.SERVING)
+
     def set_state(self, state: State) -> None:
         self.ints[self.base + STATE] = state
 

@@ -145,6 +145,18 @@ def format_duration(seconds: float) -> str:
     return text
 
 
+def format_delimiter(value: bytes) -> str:
+    return value.decode("utf-8")
+
+
+def format_megabytes(value: int) -> float:
+    return value / (1024 * 1024)
+
+
+def format_umask(value: int) -> str:
+    return f"0o{value:03o}"
+
+
 def _decimal(number: float) -> str:
     """Return ``number`` with up to nine decimals and never an exponent, which durations cannot hold."""
     return f"{number:.9f}".rstrip("0").rstrip(".")

@@ -18,9 +18,9 @@ from typing import Any
 
 from . import handoff, logs
 from .channel import Kind, Message, close_all
-from .connection import Connection
+from .connection import Connection, Event
 from .connset import CONNECTED, EPOLL_TROUBLE, EPOLLIN, EPOLLOUT
-from .eventloop import DATA, EventLoop
+from .eventloop import EventLoop
 from .framing import DEFAULT_DELIMITER, DEFAULT_MAX_SIZE, READ_SIZE, make_framer
 from .masterlink import MasterLink
 from .scoreboard import SlotWriter
@@ -36,6 +36,8 @@ CLOSE_TIMEOUT = 10.0
 HANDOFF_WINDOW = 64
 #: How long to wait before sending again a parcel the master could not take.
 HANDOFF_RETRY = 0.05
+#: How long moving a slow event's neighbours may take; those left stay.
+MOVE_TIMEOUT = 1.0
 
 
 class Worker(EventLoop):
@@ -59,6 +61,9 @@ class Worker(EventLoop):
         self.master = MasterLink(channel, self.epoll, self.warnings, on_lost=self._orphan)
         #: The application failed: the loop hands everything over and delivers nothing.
         self.salvaging = False
+        #: The master's messages that came while connections moved away from a slow event,
+        #: acted on by the loop when it runs again.
+        self.deferred: list[Message] = []
 
     @property
     def orphaned(self) -> bool:
@@ -85,6 +90,13 @@ class Worker(EventLoop):
     def _read_channel(self) -> None:
         for message in self.master.messages():
             self._on_message(message)
+
+    def _attend(self) -> float | None:
+        if self.deferred:
+            deferred, self.deferred = self.deferred, []
+            for message in deferred:
+                self._on_message(message)
+        return super()._attend()
 
     def _on_ready(self) -> None:
         super()._on_ready()
@@ -142,18 +154,50 @@ class Worker(EventLoop):
     # -- retiring: handing connections over ------------------------------------------------
 
     def _hand_off_all(self) -> None:
-        """Hand every open connection to the master for another worker; no CLOSE is delivered.
+        """Hand every open connection over (retiring); no CLOSE is delivered for them. One
+        that cannot be handed over in time, or before a stop, is finished with its CLOSE."""
+        _, left = self._hand_off([c for c in self.conns.values() if c.open], self.drain_timeout)
+        for conn in left:
+            log.warning("could not hand over connection %s (server %s); closing it", conn.uuid, conn.server)
+            self._finish(conn)
 
-        A connection whose parcel is sent leaves ``conns`` (nothing here touches it: not a
-        stop, a timeout or a close by uuid) and is let go once the master acknowledges the
-        parcel; a refused one comes back. One that cannot be handed over before the
-        deadline, or before a stop, stays here and is finished with its CLOSE delivered.
+    def move_others(self, keep: Connection | None) -> int:
+        """An event of ``keep`` runs long: hand this worker's other connections over, so
+        that they are served elsewhere meanwhile; return how many left.
+
+        Runs in the watchdog thread while the application is inside that event and the
+        loop's lock is held (``watchdog.py``): nothing else touches the loop meanwhile.
+        The master's other messages wait for the loop (``deferred``); accepting pauses
+        until the loop runs again.
         """
-        waiting = deque(c for c in self.conns.values() if c.open)
+        if self.stopping or self.retiring or self.salvaging or self.orphaned or not self.slot.others_serving():
+            return 0
+        self.tell_master(Kind.SLOW)
+        self.acceptor.pause(0)  # resumes at the loop's next round
+        self.attention = True
+        others = [c for c in self.conns.values() if c is not keep and c.open and not c.closing]
+        if not others:
+            return 0
+        handed, _ = self._hand_off(others, MOVE_TIMEOUT, deferred=self.deferred)
+        return handed
+
+    def _hand_off(self, conns: list[Connection], timeout: float, deferred: list[Message] | None = None) -> tuple[int, list[Connection]]:
+        """Hand ``conns`` to the master for other workers; return how many went, and those
+        still here and open.
+
+        Their events read but not delivered go with them (``Connection.take_back``) and
+        come back into the queue if they stay.  A connection whose parcel is sent leaves
+        ``conns`` (nothing here touches it: not a stop, a timeout or a close by uuid) and
+        is let go once the master acknowledges the parcel; a refused one comes back.
+        The master's other messages are acted on at once, or kept in ``deferred``.
+        """
+        waiting = deque(conns)
         if not waiting:
-            return
+            return 0, []
+        queued = self._take_queued(set(conns))
         in_transit: dict[str, Connection] = {}
-        deadline = time.monotonic() + self.drain_timeout
+        handed = 0
+        deadline = time.monotonic() + timeout
         retry_at = 0.0
         while (waiting or in_transit) and not self.orphaned:
             now = time.monotonic()
@@ -166,9 +210,18 @@ class Worker(EventLoop):
                 if not conn.open:  # closed meanwhile (by uuid, a timeout): its CLOSE is queued
                     waiting.popleft()
                     continue
+                conn.take_back(queued.get(conn, []))
                 try:
                     fields, fds = handoff.pack(conn.parcel(), conn.fd)
+                except handoff.SessionError as exc:  # SPEC: closed, its CLOSE delivered here
+                    conn.put_back()
+                    waiting.popleft()
+                    log.warning("closing connection %s (server %s) instead of handing it over: %s", conn.uuid, conn.server, exc)
+                    self._requeue(conn, queued)
+                    self._finish(conn)
+                    continue
                 except OSError as exc:  # no descriptor or memory for its payload: the others first
+                    conn.put_back()
                     self.warnings.warn("handoff", "cannot hand over connection %s yet: %s", conn.uuid, exc.strerror)
                     waiting.rotate(-1)
                     unpackable += 1
@@ -181,6 +234,7 @@ class Worker(EventLoop):
                 finally:
                     close_all(fds[1:])
                 if not sent:
+                    conn.put_back()
                     blocked = True  # the channel is full: wait until the master reads
                     break
                 waiting.popleft()
@@ -191,14 +245,19 @@ class Worker(EventLoop):
                 timeout = min(timeout, max(0.0, retry_at - now))
             for message in self.master.wait(timeout, writable=blocked):
                 if message.kind is not Kind.PARCEL_ACK:
-                    self._on_message(message)
+                    if deferred is None:
+                        self._on_message(message)
+                    else:
+                        deferred.append(message)
                     continue
                 answered = in_transit.pop(message["uuid"], None)
                 if answered is None:
                     continue
                 if message["ok"]:
                     self._handed_over(answered)
-                else:  # it comes back here, to be sent again (or finished, if stopping)
+                    handed += 1
+                else:  # it comes back here, to be sent again (or to stay)
+                    answered.put_back()
                     self.conns[answered.fd] = answered
                     self._update_mask(answered)
                     self.slot.set_connections(len(self.conns))
@@ -206,10 +265,29 @@ class Worker(EventLoop):
                     retry_at = time.monotonic() + HANDOFF_RETRY
         for conn in in_transit.values():
             self._handed_over(conn)  # sent, answer lost: the master has it, or is gone
-        for conn in waiting:
-            if conn.open:
-                log.warning("could not hand over connection %s (server %s); closing it", conn.uuid, conn.server)
-                self._finish(conn)
+            handed += 1
+        left = [conn for conn in waiting if conn.open]
+        for conn in left:
+            self._requeue(conn, queued)
+        return handed, left
+
+    def _take_queued(self, conns: set[Connection]) -> dict[Connection, list[Event]]:
+        """Take the queued events of ``conns`` out of the queue, by connection, in order."""
+        queued: dict[Connection, list[Event]] = {}
+        if self.events:
+            kept: list[Event] = []
+            for item in self.events:
+                if item[0] in conns:
+                    queued.setdefault(item[0], []).append(item)
+                else:
+                    kept.append(item)
+            self.events.clear()
+            self.events.extend(kept)
+        return queued
+
+    def _requeue(self, conn: Connection, queued: dict[Connection, list[Event]]) -> None:
+        """A connection stays: its queued events go back into the queue, in order."""
+        self.events.extend(queued.pop(conn, []))
 
     def _handed_over(self, conn: Connection) -> None:
         """The connection lives on in another worker: nothing more here, not even CLOSE."""
@@ -231,12 +309,6 @@ class Worker(EventLoop):
         if current is not None and current.open:
             self._finish(current)
         self._flush_dirty()  # may release a slow reader's held events into the queue
-        for conn, event, body in self.events:
-            if event is CONNECTED:
-                conn.connected = False
-            elif event is DATA and conn.open:
-                conn.unread.append(body)
-        self.events.clear()
         self.begin_retire()
         if not self.stopping:
             self._hand_off_all()
@@ -281,6 +353,17 @@ class Worker(EventLoop):
             self.clock,
         )
         conn.shared = True
+        if parcel.session:
+            try:
+                conn.session = handoff.unpickle_session(parcel.session)
+            except Exception as exc:  # the application's classes changed (a reload?)
+                log.warning("connection %s (server %s): its session cannot be restored (%s); closing it", uuid, conn.server, exc)
+                self.conns[conn.fd] = conn
+                if not parcel.connected:
+                    self.events.append((conn, CONNECTED, b""))
+                self._finish(conn)
+                self._update_mask(conn)
+                return
         self.conns[conn.fd] = conn
         self.slot.set_connections(len(self.conns))
         log.debug("adopted connection %s (server %s)", conn.uuid, conn.server)

@@ -52,6 +52,8 @@ class WorkerHandle:
     budget_low: bool = False
     #: Its application raised; it is handing its connections over and exiting.
     crashed: bool = False
+    #: It ran a slow event lately (SLOW): no connection is handed to it before then.
+    slow_until: float = 0.0
     #: A close by uuid it asked for is still open (one at a time, however it floods).
     asking: bool = False
     #: The selector events its channel is registered for (0: no longer watched).

@@ -320,6 +320,8 @@ class WorkerPool:
             takers = [w for w in self.workers.values() if w.ready and w.watching and not (w.killed or w.crashed)]
         else:
             takers = [w for w in self.workers.values() if w.serving]
+            now = time.monotonic()
+            takers = [w for w in takers if w.slow_until <= now] or takers  # slow events: elsewhere if possible
         targets = [(w.pid, w.channel, self.board.row(w.slot).connections) for w in takers if not w.channel.pending]
         self.relay.deliver(targets)
 

@@ -19,10 +19,12 @@ from .apploader import App, AppLoadError, load_app
 from .channel import Kind, encode
 from .config import Config
 from .connection import HIGH_WATER
+from .fdlimit import grow_table
 from .scoreboard import SlotWriter
 from .signals import SignalPipe
 from .sockets import Listener
 from .supervisor import Limits
+from .watchdog import Watchdog
 from .worker import Worker
 
 log = logging.getLogger("prefork_tcp.worker")
@@ -84,9 +86,15 @@ def run(ctx: WorkerContext) -> int:
         max_connections=pool.max_connections,
     )
     worker = TcpWorker(loop)
+    watchdog = Watchdog(loop, worker, pool.slow_event, run.__code__) if pool.slow_event else None
+    if watchdog is not None:
+        grow_table()  # before a second thread exists (fdlimit.py)
+        watchdog.start()
     try:
         app(worker)
     except Exception:
+        if watchdog is not None:
+            watchdog.stop()
         if not loop.ready:
             return _fail(ctx, EXIT_BOOT_FAILED, f"application failed before its first request:\n{traceback.format_exc().rstrip()}")
         log.exception(
@@ -97,6 +105,8 @@ def run(ctx: WorkerContext) -> int:
         except Exception:
             log.exception("worker %d could not hand its connections over", ctx.worker_id)
         return EXIT_APP_FAILED
+    if watchdog is not None:
+        watchdog.stop()
     if not loop.ready:
         return _fail(ctx, EXIT_BOOT_FAILED, "application returned without waiting for a request")
     if not loop.stopped:

@@ -19,6 +19,7 @@ stdout (and in --markdown), the raw numbers (--json) and a bar chart (--chart, n
 matplotlib). Everything it starts is stopped; only 127.0.0.1 is used.
 
     python3 scripts/bench.py [--rounds 3] [--scale 1.0] [--chart bench.png]
+    python3 scripts/bench.py --only prefork_tcp --baseline ../checkout-of-main --no-unpinned
 
 Needs: redis-tools and redis-server (apt), uvloop, twisted, gevent (pip install
 '.[bench]'); a peer whose package is missing is skipped with a note.
@@ -306,7 +307,14 @@ def main() -> int:
     parser.add_argument("--markdown", help="also write the tables to this file")
     parser.add_argument("--json", help="write the raw samples to this file")
     parser.add_argument("--chart", help="write a bar chart PNG of the pinned layout here")
+    parser.add_argument(
+        "--baseline", help="also run prefork_tcp from this source tree (a checkout of another commit), to compare a change in one run"
+    )
     args = parser.parse_args()
+    if args.baseline:
+        SERVERS["prefork_tcp (baseline)"] = (["env", f"PYTHONPATH={Path(args.baseline).resolve()}", *prefork(1)], (), False)
+        if args.only:
+            args.only.append("prefork_tcp (baseline)")
     for tool in ("redis-benchmark", "taskset"):
         if not shutil.which(tool):
             print(f"bench: {tool} is needed (apt-get install redis-tools util-linux)", file=sys.stderr)

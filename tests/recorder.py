@@ -6,7 +6,9 @@ half a second before READ, others READ.
 DATA commands (the body without its delimiter): ``close``, ``bye`` (RESPOND_CLOSE),
 ``bigbye N``, ``error``, ``noanswer``, ``twice``, ``badtype``, ``str``, ``big N``, ``sleep S``, ``grow MB``, ``kill UUID``, ``pid``,
 ``uuid``, ``raise`` (a RuntimeError escapes the application), ``errormsg TEXT`` (``worker.error(TEXT)``
-with each ``\\n`` in TEXT turned into a newline); anything else is echoed.
+with each ``\\n`` in TEXT turned into a newline), ``burn S`` (compute for S seconds, holding the GIL),
+``set K V`` / ``get K`` (``worker.session``), ``unpicklable K`` (a session value that cannot
+be pickled); anything else is echoed.
 """
 
 from __future__ import annotations
@@ -88,6 +90,20 @@ def _data(worker: TcpWorker, request: Request, fh) -> None:
     elif command == b"sleep":
         time.sleep(float(arg))
         worker.respond(request.body)
+    elif command == b"burn":
+        deadline = time.perf_counter() + float(arg)
+        while time.perf_counter() < deadline:
+            sum(range(100))
+        worker.respond(request.body)
+    elif command == b"set":
+        key, _, value = arg.partition(b" ")
+        worker.session[key.decode()] = value.decode()
+        worker.respond(b"ok\r\n")
+    elif command == b"get":
+        worker.respond(f"{worker.session.get(arg.decode(), '-')}\r\n")
+    elif command == b"unpicklable":
+        worker.session[arg.decode()] = lambda: None
+        worker.respond(b"ok\r\n")
     elif command == b"grow":
         _hoard.append(b"\x01" * (int(arg) * 1024 * 1024))  # written, so it counts in RSS
         worker.respond(b"grown\r\n")

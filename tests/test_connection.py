@@ -9,6 +9,7 @@ import pytest
 from prefork_tcp import Request, TcpEvent, TcpResponse, TcpWorker
 from prefork_tcp.connection import Connection
 from prefork_tcp.framing import Framer
+from prefork_tcp.gate import Gate
 
 
 def make_conn(high_water: int = 100) -> Connection:
@@ -82,6 +83,7 @@ class RecordingLoop:
         self.answers: list[tuple[str, TcpResponse, bytes]] = []
         self.abandoned: list[str] = []
         self.dirty: list[Connection] = []
+        self.gate = Gate()
 
     def pump(self):
         yield from self.events

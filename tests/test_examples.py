@@ -8,6 +8,7 @@ import shutil
 import smtplib
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,28 @@ def test_smtplib_delivers_mail_with_dot_unstuffing(start_server, tmp_path):
     (saved,) = spool.iterdir()
     assert saved.read_bytes() == body.encode()
     wait_for(lambda: not list(spool.glob("*.tmp")), what="no temporary files")
+
+
+def test_an_smtp_transaction_survives_its_connection_moving(start_server, tmp_path):
+    """The session moves with the connection: a reset between RCPT and DATA loses nothing."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    pidfile = tmp_path / "smtp.pid"
+    server = start_server(args=[SMTP, "-b", "smtp=127.0.0.1:0", "--pidfile", str(pidfile)], env={"PREFORK_TCP_SMTP_SPOOL": str(spool)})
+    host, port = server.address("smtp")
+    body = "Subject: moved\r\n\r\nsent across a worker recycle\r\n"
+    with smtplib.SMTP(host, port, timeout=30) as client:
+        assert client.ehlo("tester")[0] == 250
+        assert client.mail("alice@example.org")[0] == 250
+        assert client.rcpt("bob@example.org")[0] == 250
+        subprocess.run([sys.executable, "-m", "prefork_tcp", "reset", "--pidfile", str(pidfile)], check=True, timeout=60)
+        server.wait_log(r"retired \(reset\)", count=2)
+        code, reply = client.data(body)
+        assert code == 250, reply
+    line = server.wait_log("received message")[0]
+    assert "from <alice@example.org> to <bob@example.org>" in line
+    (saved,) = spool.iterdir()
+    assert saved.read_bytes() == body.encode()
 
 
 def test_smtp_sequence_errors_and_unknown_commands(start_server, tmp_path):

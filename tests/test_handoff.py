@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
+
 from prefork_tcp import handoff
 from prefork_tcp.channel import Channel, Kind
 
@@ -22,6 +24,34 @@ def parcel_fds(uuid: str, payload: bytes = b"") -> tuple[dict, tuple[int, ...], 
     fields, fds = handoff.pack(handoff.Parcel(uuid, "srv", "r", pending_input=payload), os.dup(server_end.fileno()))
     server_end.close()
     return fields, tuple(fds), client_end
+
+
+@pytest.mark.parametrize("pending, output", [(b"", b""), (b"in", b""), (b"", b"out"), (b"in", b"out")])
+def test_a_session_travels_in_the_payload_whatever_else_does(pending, output):
+    master, worker = pair()
+    client, server = socket.socketpair()
+    session = handoff.pickle_session({"step": "rcpt", "to": [b"bob"]})
+    parcel = handoff.Parcel("u-1", "srv", "r", pending_input=pending, unsent_output=output, session=session)
+    fields, fds = handoff.pack(parcel, server.fileno())
+    assert worker.send_with_fds(Kind.PARCEL, fields, fds)
+    os.close(fds[1])
+    message = master.receive()
+    assert message is not None and len(message.fds) == 2
+    got = handoff.unpack(message.fields, message.fds)
+    assert got == parcel and handoff.unpickle_session(got.session) == {"step": "rcpt", "to": [b"bob"]}
+    for sock in (socket.socket(fileno=message.fds[0]), client, server):
+        sock.close()
+
+
+def test_a_session_that_cannot_be_pickled_names_its_key():
+    with pytest.raises(handoff.SessionError, match="key 'conn'") as info:
+        handoff.pickle_session({"fine": 1, "conn": socket.socket()})
+    assert info.value.key == "conn"
+
+
+def test_a_parcels_session_must_be_a_dict():
+    with pytest.raises(ValueError, match="a session is a dict"):
+        handoff.unpickle_session(handoff.pickle.dumps([1]))
 
 
 def test_a_parcel_travels_with_its_socket_and_payload():

@@ -150,7 +150,7 @@ def test_a_worker_whose_master_is_gone_stops_watching_the_channel():
 def test_a_parcel_from_a_worker_is_checked_before_the_master_keeps_it():
     server_end, client_end = socket.socketpair()
     read_end, write_end = os.pipe()
-    fields = {"input": 10, "output": 0}
+    fields = {"input": 10, "output": 0, "session": 0}
     assert handoff.check(fields, (read_end,)) == "its descriptor is not a socket"
     payload = os.memfd_create("short")
     os.write(payload, b"12345")

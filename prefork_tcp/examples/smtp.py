@@ -5,10 +5,10 @@ dot-unstuffing), RSET, NOOP, VRFY and QUIT; answers 5xx to anything else.  Each
 received message is logged as one line; when ``PREFORK_TCP_SMTP_SPOOL`` names a
 directory, the message is also saved there as ``<id>.eml``.
 
-Session state lives in this worker process, keyed by connection uuid: every event of a
-connection goes to the worker that owns it, and CLOSE comes exactly once to clean up.
-A connection handed over when its worker is recycled starts a fresh session in its new
-worker (an SMTP client then sees 503 for a command that needed the lost state).
+Each connection's SMTP state lives in ``worker.session``, which moves with the
+connection: a transaction goes on unharmed when its connection is handed to another
+worker (a recycle, a reload, another connection's slow event), and is dropped with the
+connection after CLOSE.
 """
 
 from __future__ import annotations
@@ -50,15 +50,13 @@ class SmtpServer:
     def __init__(self, hostname: str, spool: str | None) -> None:
         self.hostname = hostname.encode()
         self.spool = spool
-        self.sessions: dict[str, Session] = {}
 
     def handle(self, worker: TcpWorker, request: Request) -> None:
         if request.event is TcpEvent.CONNECTED:
-            self.sessions[request.connection_uuid] = Session()
+            worker.session["smtp"] = Session()
             worker.respond(b"220 " + self.hostname + b" ESMTP prefork_tcp\r\n")
         elif request.event is TcpEvent.DATA:
-            # A connection handed over by a recycled worker arrives without its session.
-            session = self.sessions.setdefault(request.connection_uuid, Session())
+            session: Session = worker.session["smtp"]
             if session.lines is not None:
                 reply = self.data_line(session, request)
             else:
@@ -69,8 +67,6 @@ class SmtpServer:
                 worker.respond(reply)
             else:
                 worker.read()
-        else:
-            self.sessions.pop(request.connection_uuid, None)
 
     def command(self, session: Session, line: bytes) -> bytes:
         verb, _, arg = line.partition(b" ")
