@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from prefork_tcp import config as cfg
 from prefork_tcp import values
-from prefork_tcp.sockets import Address, format_peer, parse_address
 
 
 def load_text(tmp_path, text: str, **kwargs) -> cfg.Config:
@@ -404,37 +403,6 @@ def test_printed_config_loads_back_to_the_same_config(tmp_path):
     config = load_text(tmp_path, text)
     again = load_text(tmp_path, cfg.to_toml(config))
     assert again == config
-
-
-@pytest.mark.parametrize(
-    "text, address",
-    [
-        ("tcp://127.0.0.1:8889", Address("tcp", "127.0.0.1", 8889)),
-        ("127.0.0.1:0", Address("tcp", "127.0.0.1", 0)),
-        ("[::1]:25", Address("tcp", "::1", 25)),
-        ("tcp://[::]:25", Address("tcp", "::", 25)),
-        (":25", Address("tcp", "0.0.0.0", 25)),
-        ("localhost:25", Address("tcp", "localhost", 25)),
-        ("unix:///run/app.sock", Address("unix", path="/run/app.sock")),
-    ],
-)
-def test_addresses(text, address):
-    assert parse_address(text) == address
-
-
-@pytest.mark.parametrize("text", ["", "host", "::1:25", "[::1]25", "unix://", "udp://x:1", "x:-1", "x:port"])
-def test_bad_addresses(text):
-    with pytest.raises(ValueError):
-        parse_address(text)
-
-
-def test_peer_names():
-    import socket
-
-    assert format_peer(socket.AF_INET, ("10.0.0.1", 5)) == "10.0.0.1:5"
-    assert format_peer(socket.AF_INET6, ("::1", 5, 0, 0)) == "[::1]:5"
-    assert format_peer(socket.AF_UNIX, "") == ""
-    assert format_peer(socket.AF_UNIX, b"\x00abstract") == "\x00abstract"
 
 
 def _generator():

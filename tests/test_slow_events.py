@@ -34,9 +34,18 @@ def nothing_to_read(client: Client) -> bool:
     return False
 
 
+def connections_by_pid(pidfile) -> dict[int, int]:
+    """The ``workers`` table's open connections per worker pid."""
+    result = subprocess.run(
+        [sys.executable, "-m", "prefork_tcp", "workers", "--pidfile", str(pidfile)], capture_output=True, text=True, timeout=60, check=True
+    )
+    return {int(row.split()[1]): int(row.split()[4]) for row in result.stdout.splitlines()[1:]}
+
+
 @pytest.mark.parametrize("kind", ["sleep", "burn"])  # waiting on I/O (GIL released), computing (GIL held)
-def test_a_slow_event_does_not_hold_up_its_workers_other_connections(start_server, kind):
-    server = start(start_server, servers_config("echo"), workers=2)  # the default slow_event
+def test_a_slow_event_does_not_hold_up_its_workers_other_connections(start_server, tmp_path, kind):
+    pidfile = tmp_path / "s.pid"
+    server = start(start_server, f'pidfile = "{pidfile}"\n' + servers_config("echo"), workers=2)  # the default slow_event
     slow, others, pid, clients = neighbours(server)
     uuids = [uuid_of(client) for client in others]
     slow.send(f"{kind} 3\r\n".encode())
@@ -45,6 +54,8 @@ def test_a_slow_event_does_not_hold_up_its_workers_other_connections(start_serve
         client.send(b"one\r\ntwo\r\n")
         assert client.line() == b"one\r\n" and client.line() == b"two\r\n"
         assert answering_pid(client) != pid  # served by the other worker now
+    counts = connections_by_pid(pidfile)  # the scoreboard follows the moves
+    assert counts[pid] == 1 and sum(counts.values()) == len(clients)
     assert nothing_to_read(slow)  # all of that happened while the slow event ran
     assert slow.line() == f"{kind} 3\r\n".encode()
     for client in clients:
