@@ -50,11 +50,13 @@ class TcpWorker:
     never constructs one itself.
     """
 
-    __slots__ = ("_conn", "_dirty", "_events", "_gate", "_loop", "_pid", "_request", "_state")
+    __slots__ = ("_conn", "_dirty", "_events", "_gate", "_loop", "_pid", "_pump", "_request", "_state")
 
     def __init__(self, loop: Loop) -> None:
         self._loop = loop
-        self._events = loop.pump()
+        #: The loop's events; ``_events`` is the same, except for one round after
+        #: ``hold_for``.
+        self._pump = self._events = loop.pump()
         self._dirty = loop.dirty
         self._gate = loop.gate
         self._conn: Connection | None = None
@@ -176,7 +178,7 @@ class TcpWorker:
         """The watchdog took the loop (``gate.py``; for the worker process, not the app):
         the next ``wait_request`` waits until it lets go.  The event source is swapped for
         one round, so the application's thread pays nothing per event for this."""
-        self._events = _after(gate, self, self._events)
+        self._events = _after(gate, self)
 
     def _check_answerable(self) -> None:
         if self._state == _CLOSE_EVENT:
@@ -188,11 +190,11 @@ class TcpWorker:
         raise RuntimeError("there is no request to answer: call wait_request() first")
 
 
-def _after(gate: Gate, worker: TcpWorker, events: Iterator[Event]) -> Iterator[Event]:
+def _after(gate: Gate, worker: TcpWorker) -> Iterator[Event]:
     """Wait for the watchdog, put the loop's own event source back, and go on with it."""
     gate.wait()
-    worker._events = events
-    item = next(events, None)
+    pump = worker._events = worker._pump
+    item = next(pump, None)
     if item is not None:
         yield item
 

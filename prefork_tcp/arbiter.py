@@ -234,6 +234,8 @@ class Arbiter(WorkerPool):
             return
         self.relay.add(message.fields, message.fds)
         handle.tell(Kind.PARCEL_ACK, uuid=uuid, ok=True)
+        if self.closes.settle_for(uuid):  # asked to close it while it left its worker
+            self.close_on_adoption.add(uuid)
 
     def _kill_garbage(self, handle: WorkerHandle, why: str) -> None:
         log.error("worker %d (pid %d) sent garbage on its channel (%s); killing it", handle.id, handle.pid, why)

@@ -48,6 +48,16 @@ class CloseRequests:
         if found or not request.waiting:
             self._settle(request_id)
 
+    def settle_for(self, uuid: str) -> bool:
+        """Connection ``uuid`` turned up on its way between workers: settle the requests
+        for it as found; return whether there were any (the master then closes it when a
+        worker adopts it)."""
+        ids = [request_id for request_id, request in self.pending.items() if request.uuid == uuid]
+        for request_id in ids:
+            self.pending[request_id].found = True
+            self._settle(request_id)
+        return bool(ids)
+
     def gone(self, pid: int) -> None:
         """A worker exited: it will not answer."""
         for request_id, request in list(self.pending.items()):

@@ -233,6 +233,11 @@ class EventLoop(ConnectionSet):
         """Close a connection after an application error, writing nothing more for it."""
         self._finish(conn)
 
+    def _forget(self, conn: Connection) -> None:
+        super()._forget(conn)
+        if conn in self.unfinished.sizes:  # handed over: its unfinished bytes went along
+            self.unfinished.note(conn, 0, _unfinished_of)
+
     def _attend(self) -> float | None:
         """The rare duties (``ConnectionSet._attend``), a retirement's handoff first."""
         if self.retiring and not self.stopping:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import resource
 
@@ -46,7 +47,7 @@ def grow_table(slots: int = TABLE_SLOTS) -> None:
     if highest < 3:
         return
     try:
-        os.dup2(0, highest, inheritable=False)
+        fd = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, highest)  # the lowest free one from there
     except OSError:
         return
-    os.close(highest)
+    os.close(fd)

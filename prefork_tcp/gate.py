@@ -11,8 +11,9 @@ order: it raises ``moving``, then looks at the application's thread's stack
 (``sys._current_frames``); if a frame of the loop or of ``TcpWorker`` is on it, that
 thread may be inside the loop, and the watchdog backs off.  Otherwise the thread is in
 the application's code, and every way back into the loop waits while ``moving`` is up:
-``TcpWorker.hold_for`` puts a waiting step in front of the next ``wait_request``, and the
-rarer ways in (an answer that closes, ``error``, ``close_connection``) look at the flag.
+``TcpWorker.hold_for`` puts a waiting step in front of the next ``wait_request`` (before
+the look at the stack), and the rarer ways in (an answer that closes, ``error``,
+``close_connection``) look at the flag.
 (A lock taken and released around every event cost 12% of a request, and a look at the
 flag on every event 1%; ``scripts/hotpath.py --callgrind``.)
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from types import CodeType, FrameType
 
 #: Modules whose code is the application's, not the loop's.
@@ -44,11 +46,17 @@ class Gate:
         while self.moving:
             self.done.wait()
 
-    def try_take(self, thread_id: int, entry: CodeType) -> bool:
+    def try_take(self, thread_id: int, entry: CodeType, hold: Callable[[], None]) -> bool:
         """Take the loop if thread ``thread_id`` is in the application's code, above the
-        frame of ``entry`` (the function that called the application)."""
+        frame of ``entry`` (the function that called the application).
+
+        In this order: the flag goes up, ``hold()`` makes the next ``wait_request`` wait
+        for it, and only then is the stack looked at, so that the thread cannot slip into
+        the loop between the look and the hold.
+        """
         self.done.clear()
         self.moving = True
+        hold()
         if in_loop(sys._current_frames().get(thread_id), entry):
             self.give_back()
             return False

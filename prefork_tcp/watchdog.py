@@ -38,6 +38,9 @@ log = logging.getLogger("prefork_tcp.worker")
 
 #: The switch interval while connections move (see the module docstring).
 MOVE_SWITCH_INTERVAL = 0.0002
+#: While one event goes on, the master is told again this often that the worker is slow
+#: (it remembers for ``arbiter.SLOW_MEMORY``), and anything handed to it meanwhile moves on.
+SLOW_AGAIN = 1.0
 
 
 class Watchdog(threading.Thread):
@@ -57,7 +60,7 @@ class Watchdog(threading.Thread):
 
     def run(self) -> None:
         seen: object = None  # the request seen last, and since when
-        since = time.monotonic()
+        since = told = time.monotonic()
         handled: object = None  # the last request whose neighbours were moved
         while not self.stopped.wait(self.slow_event / 2):
             request = self.worker.current_request()
@@ -65,25 +68,29 @@ class Watchdog(threading.Thread):
             if request is not seen:
                 seen, since = request, now
                 continue
-            if request is None or request is handled or now - since < self.slow_event:
+            if request is None or now - since < self.slow_event:
                 continue
-            handled = request
+            if request is handled and now - told < SLOW_AGAIN:
+                continue
             try:
-                self.move(request)
+                if self.move(request):  # else the loop ran: try again next time
+                    handled, told = request, now
             except Exception:  # a bug here must not end the worker
+                handled, told = request, now
                 log.exception("watchdog: moving connections away from a slow event failed")
 
-    def move(self, request: object) -> None:
-        """Move the other connections away, if the application is still inside ``request``."""
+    def move(self, request: object) -> bool:
+        """Move the other connections away if the application is still inside ``request``
+        (and, while it is, tell the master again that this worker is slow); return whether
+        the loop could be taken."""
         gate = self.loop.gate
-        if not gate.try_take(self.main_id, self.entry):
-            return  # the loop runs: the event is over, or it was a long round of the loop
-        self.worker.hold_for(gate)
+        if not gate.try_take(self.main_id, self.entry, lambda: self.worker.hold_for(gate)):
+            return False
         switch = sys.getswitchinterval()
         sys.setswitchinterval(MOVE_SWITCH_INTERVAL)
         try:
             if self.worker.current_request() is not request or self.stopped.is_set():
-                return
+                return True
             moved = self.loop.move_others(self.worker.current_connection())
         finally:
             sys.setswitchinterval(switch)
@@ -91,6 +98,7 @@ class Watchdog(threading.Thread):
         if moved:
             self.moved += moved
             log.info("an event has run for more than %gms: %d other connections moved to other workers", self.slow_event * 1000, moved)
+        return True
 
     def stop(self) -> None:
         """Stop acting (from the application's thread, out of the loop's code); returns once

@@ -13,15 +13,15 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections import deque
 from typing import Any
 
 from . import handoff, logs
 from .channel import Kind, Message, close_all
-from .connection import Connection, Event
+from .connection import Connection
 from .connset import CONNECTED, EPOLL_TROUBLE, EPOLLIN, EPOLLOUT
 from .eventloop import EventLoop
 from .framing import DEFAULT_DELIMITER, DEFAULT_MAX_SIZE, READ_SIZE, make_framer
+from .handover import hand_off
 from .masterlink import MasterLink
 from .scoreboard import SlotWriter
 from .signals import SignalPipe
@@ -32,10 +32,6 @@ log = logging.getLogger("prefork_tcp.worker")
 
 #: How long ``close_connection()`` waits for the other workers' answers.
 CLOSE_TIMEOUT = 10.0
-#: Parcels sent to the master and not yet acknowledged, at most (each holds descriptors).
-HANDOFF_WINDOW = 64
-#: How long to wait before sending again a parcel the master could not take.
-HANDOFF_RETRY = 0.05
 #: How long moving a slow event's neighbours may take; those left stay.
 MOVE_TIMEOUT = 1.0
 
@@ -64,6 +60,8 @@ class Worker(EventLoop):
         #: The master's messages that came while connections moved away from a slow event,
         #: acted on by the loop when it runs again.
         self.deferred: list[Message] = []
+        #: Connections are moving away from a slow event (the watchdog has the loop).
+        self.moving = False
 
     @property
     def orphaned(self) -> bool:
@@ -74,6 +72,9 @@ class Worker(EventLoop):
         self.master.tell(kind, **fields)
 
     def _orphan(self) -> None:
+        if self.moving:  # the loop stops once it runs again (_attend)
+            self.attention = True
+            return
         self.begin_stop(quick=False)
 
     # -- the master's messages --------------------------------------------------------------
@@ -92,6 +93,8 @@ class Worker(EventLoop):
             self._on_message(message)
 
     def _attend(self) -> float | None:
+        if self.orphaned and not self.stopping:
+            self.begin_stop(quick=False)
         if self.deferred:
             deferred, self.deferred = self.deferred, []
             for message in deferred:
@@ -156,7 +159,7 @@ class Worker(EventLoop):
     def _hand_off_all(self) -> None:
         """Hand every open connection over (retiring); no CLOSE is delivered for them. One
         that cannot be handed over in time, or before a stop, is finished with its CLOSE."""
-        _, left = self._hand_off([c for c in self.conns.values() if c.open], self.drain_timeout)
+        _, left = hand_off(self, [c for c in self.conns.values() if c.open], self.drain_timeout)
         for conn in left:
             log.warning("could not hand over connection %s (server %s); closing it", conn.uuid, conn.server)
             self._finish(conn)
@@ -166,135 +169,23 @@ class Worker(EventLoop):
         that they are served elsewhere meanwhile; return how many left.
 
         Runs in the watchdog thread while the application is inside that event and the
-        loop's lock is held (``watchdog.py``): nothing else touches the loop meanwhile.
-        The master's other messages wait for the loop (``deferred``); accepting pauses
+        watchdog has the loop (``gate.py``): nothing else touches the loop meanwhile.
+        The master's other messages, and the news that it is gone, wait for the loop
+        (a stop now would close the connection whose event still runs); accepting pauses
         until the loop runs again.
         """
         if self.stopping or self.retiring or self.salvaging or self.orphaned or not self.slot.others_serving():
             return 0
-        self.tell_master(Kind.SLOW)
-        self.acceptor.pause(0)  # resumes at the loop's next round
-        self.attention = True
-        others = [c for c in self.conns.values() if c is not keep and c.open and not c.closing]
-        if not others:
-            return 0
-        handed, _ = self._hand_off(others, MOVE_TIMEOUT, deferred=self.deferred)
+        self.moving = True
+        try:
+            self.tell_master(Kind.SLOW)
+            self.acceptor.pause(0)  # resumes at the loop's next round
+            self.attention = True
+            others = [c for c in self.conns.values() if c is not keep and c.open and not c.closing]
+            handed, _ = hand_off(self, others, MOVE_TIMEOUT, moving=True)
+        finally:
+            self.moving = False
         return handed
-
-    def _hand_off(self, conns: list[Connection], timeout: float, deferred: list[Message] | None = None) -> tuple[int, list[Connection]]:
-        """Hand ``conns`` to the master for other workers; return how many went, and those
-        still here and open.
-
-        Their events read but not delivered go with them (``Connection.take_back``) and
-        come back into the queue if they stay.  A connection whose parcel is sent leaves
-        ``conns`` (nothing here touches it: not a stop, a timeout or a close by uuid) and
-        is let go once the master acknowledges the parcel; a refused one comes back.
-        The master's other messages are acted on at once, or kept in ``deferred``.
-        """
-        waiting = deque(conns)
-        if not waiting:
-            return 0, []
-        queued = self._take_queued(set(conns))
-        in_transit: dict[str, Connection] = {}
-        handed = 0
-        deadline = time.monotonic() + timeout
-        retry_at = 0.0
-        while (waiting or in_transit) and not self.orphaned:
-            now = time.monotonic()
-            if now >= deadline or (self.stopping and not in_transit):
-                break
-            blocked = False
-            unpackable = 0
-            while waiting and len(in_transit) < HANDOFF_WINDOW and now >= retry_at and not self.stopping:
-                conn = waiting[0]
-                if not conn.open:  # closed meanwhile (by uuid, a timeout): its CLOSE is queued
-                    waiting.popleft()
-                    continue
-                conn.take_back(queued.get(conn, []))
-                try:
-                    fields, fds = handoff.pack(conn.parcel(), conn.fd)
-                except handoff.SessionError as exc:  # SPEC: closed, its CLOSE delivered here
-                    conn.put_back()
-                    waiting.popleft()
-                    log.warning("closing connection %s (server %s) instead of handing it over: %s", conn.uuid, conn.server, exc)
-                    self._requeue(conn, queued)
-                    self._finish(conn)
-                    continue
-                except OSError as exc:  # no descriptor or memory for its payload: the others first
-                    conn.put_back()
-                    self.warnings.warn("handoff", "cannot hand over connection %s yet: %s", conn.uuid, exc.strerror)
-                    waiting.rotate(-1)
-                    unpackable += 1
-                    if unpackable >= len(waiting):  # none can go now: descriptors free up as parcels leave
-                        retry_at = now + HANDOFF_RETRY
-                        break
-                    continue
-                try:
-                    sent = self.master.channel.send_with_fds(Kind.PARCEL, fields, fds)
-                finally:
-                    close_all(fds[1:])
-                if not sent:
-                    conn.put_back()
-                    blocked = True  # the channel is full: wait until the master reads
-                    break
-                waiting.popleft()
-                self._forget(conn)
-                in_transit[conn.uuid] = conn
-            timeout = deadline - now
-            if waiting and not blocked and len(in_transit) < HANDOFF_WINDOW and not self.stopping:
-                timeout = min(timeout, max(0.0, retry_at - now))
-            for message in self.master.wait(timeout, writable=blocked):
-                if message.kind is not Kind.PARCEL_ACK:
-                    if deferred is None:
-                        self._on_message(message)
-                    else:
-                        deferred.append(message)
-                    continue
-                answered = in_transit.pop(message["uuid"], None)
-                if answered is None:
-                    continue
-                if message["ok"]:
-                    self._handed_over(answered)
-                    handed += 1
-                else:  # it comes back here, to be sent again (or to stay)
-                    answered.put_back()
-                    self.conns[answered.fd] = answered
-                    self._update_mask(answered)
-                    self.slot.set_connections(len(self.conns))
-                    waiting.append(answered)
-                    retry_at = time.monotonic() + HANDOFF_RETRY
-        for conn in in_transit.values():
-            self._handed_over(conn)  # sent, answer lost: the master has it, or is gone
-            handed += 1
-        left = [conn for conn in waiting if conn.open]
-        for conn in left:
-            self._requeue(conn, queued)
-        return handed, left
-
-    def _take_queued(self, conns: set[Connection]) -> dict[Connection, list[Event]]:
-        """Take the queued events of ``conns`` out of the queue, by connection, in order."""
-        queued: dict[Connection, list[Event]] = {}
-        if self.events:
-            kept: list[Event] = []
-            for item in self.events:
-                if item[0] in conns:
-                    queued.setdefault(item[0], []).append(item)
-                else:
-                    kept.append(item)
-            self.events.clear()
-            self.events.extend(kept)
-        return queued
-
-    def _requeue(self, conn: Connection, queued: dict[Connection, list[Event]]) -> None:
-        """A connection stays: its queued events go back into the queue, in order."""
-        self.events.extend(queued.pop(conn, []))
-
-    def _handed_over(self, conn: Connection) -> None:
-        """The connection lives on in another worker: nothing more here, not even CLOSE."""
-        conn.handed_over()
-        if conn.sock is not None:
-            conn.sock.close()
-            conn.sock = None
 
     def salvage(self, current: Connection | None) -> None:
         """After the application raised: close the connection whose event raised, write the
@@ -306,6 +197,9 @@ class Worker(EventLoop):
         """
         self.tell_master(Kind.APP_FAILED)  # before any parcel: no connection is sent back here
         self.salvaging = True
+        deferred, self.deferred = self.deferred, []
+        for message in deferred:  # a close by uuid waits for its answer; parcels are refused
+            self._on_message(message)
         if current is not None and current.open:
             self._finish(current)
         self._flush_dirty()  # may release a slow reader's held events into the queue
@@ -359,10 +253,11 @@ class Worker(EventLoop):
             except Exception as exc:  # the application's classes changed (a reload?)
                 log.warning("connection %s (server %s): its session cannot be restored (%s); closing it", uuid, conn.server, exc)
                 self.conns[conn.fd] = conn
+                if parcel.unsent_output and conn.write(parcel.unsent_output):
+                    self.dirty.append(conn)
                 if not parcel.connected:
                     self.events.append((conn, CONNECTED, b""))
-                self._finish(conn)
-                self._update_mask(conn)
+                self._finish(conn)  # its output is flushed, then FIN
                 return
         self.conns[conn.fd] = conn
         self.slot.set_connections(len(self.conns))

@@ -9,6 +9,7 @@ import os
 import pwd
 import signal
 import socket
+import sys
 import traceback
 from dataclasses import dataclass
 
@@ -86,7 +87,9 @@ def run(ctx: WorkerContext) -> int:
         max_connections=pool.max_connections,
     )
     worker = TcpWorker(loop)
-    watchdog = Watchdog(loop, worker, pool.slow_event, run.__code__) if pool.slow_event else None
+    # The watchdog relies on the interpreter's lock (gate.py): not on a free-threaded build.
+    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+    watchdog = Watchdog(loop, worker, pool.slow_event, run.__code__) if pool.slow_event and gil else None
     if watchdog is not None:
         grow_table()  # before a second thread exists (fdlimit.py)
         watchdog.start()

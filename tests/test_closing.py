@@ -237,3 +237,13 @@ def test_every_request_settles_once_with_found_only_when_a_worker_found_it(ops):
     assert requests.pending == {} and all(len(results) == 1 for results in told.values())
     started = [rid for rid in ids if rid is not None]
     assert len(set(started)) == len(started)
+
+
+def test_a_connection_found_on_its_way_between_workers_settles_its_requests_as_found():
+    closes = CloseRequests()
+    results: list[bool] = []
+    closes.start("u-1", {1, 2}, 10.0, results.append)
+    closes.start("u-2", {1}, 10.0, results.append)
+    assert closes.settle_for("u-1") is True
+    assert results == [True] and len(closes.pending) == 1  # u-2 still waits
+    assert closes.settle_for("u-3") is False

@@ -31,7 +31,9 @@ def run_application(through=None) -> tuple[threading.Thread, threading.Event]:
 def test_the_watchdog_takes_the_loop_while_the_application_runs_its_own_code():
     gate = Gate()
     thread, release = run_application()
-    assert gate.try_take(thread.ident, application.__code__)
+    held = []
+    assert gate.try_take(thread.ident, application.__code__, lambda: held.append(gate.moving))
+    assert held == [True]  # the hold is in place, under the raised flag, before the look
     assert gate.moving and not gate.done.is_set()
     gate.give_back()
     assert not gate.moving and gate.done.is_set()
@@ -44,7 +46,7 @@ def test_the_watchdog_backs_off_while_a_frame_of_prefork_tcp_is_on_the_stack():
     other = Gate()
     other.moving = True  # the application's thread will wait in Gate.wait, a frame of the package
     thread, release = run_application(through=lambda wait: other.wait())
-    assert not gate.try_take(thread.ident, application.__code__)
+    assert not gate.try_take(thread.ident, application.__code__, lambda: None)
     assert not gate.moving and gate.done.is_set()  # backing off leaves no trace
     other.give_back()
     release.set()

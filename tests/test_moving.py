@@ -132,16 +132,29 @@ def test_the_masters_commands_during_a_move_wait_for_the_loop():
     assert loop.stopping and not loop.deferred
 
 
-def test_a_session_that_cannot_be_pickled_closes_its_connection_here(caplog):
+def test_a_connection_whose_session_cannot_be_pickled_stays_when_neighbours_move(caplog):
+    """A move is optional: such a connection stays, with its events, instead of being
+    closed (a recycle closes it: tests/test_slow_events.py)."""
     loop, master, (kept, c1, c2) = worker_with(3)
+    loop.events.extend([(c1, CONNECTED, b""), (c1, DATA, b"x\r\n")])
     c1.session = {"fine": 1, "handler": lambda: None}
     got: list = []
     thread = master_thread(master, lambda parcel: True, got)
     assert loop.move_others(kept) == 1
     thread.join(5)
     assert [p.uuid for p in got[1:]] == ["u-2"]
-    assert [(conn.uuid, event) for conn, event, _ in loop.events] == [("u-1", TcpEvent.CLOSE)]  # exactly once, here
+    assert set(loop.conns.values()) == {kept, c1} and c1.open
+    assert [(conn.uuid, event) for conn, event, _ in loop.events] == [("u-1", CONNECTED), ("u-1", DATA)]
     assert "key 'handler'" in caplog.text
+
+
+def test_the_master_gone_during_a_move_stops_the_worker_only_when_its_loop_runs():
+    loop, master, (kept, c1) = worker_with(2)
+    master.sock.close()  # the master dies: the move finds out
+    assert loop.move_others(kept) == 0
+    assert loop.orphaned and not loop.stopping and kept.open  # the event of `kept` still runs
+    loop._attend()
+    assert loop.stopping
 
 
 def test_nothing_moves_while_no_other_worker_serves():
