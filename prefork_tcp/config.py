@@ -142,7 +142,10 @@ class PoolConfig:
         default=0.01,
         parse=v.DurationBetween("2ms", "1h", or_zero=True),
         emit=v.format_duration,
-        doc="an event running this long moves its worker's other connections to other workers; 0 = never",
+        doc=(
+            "an event running this long moves its worker's other connections to other workers "
+            "(keep it above the application's usual event); 0 = never"
+        ),
     )
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
 

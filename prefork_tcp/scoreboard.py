@@ -33,6 +33,7 @@ class State(enum.IntEnum):
     BOOTING = 1
     SERVING = 2  # ready, taking connections (busy or not: see ACTIVITY)
     RETIRING = 3  # handing connections over, or stopping
+    SLOW = 4  # serving, inside an event that runs long: its other connections moved away
 
 
 _STATES = frozenset(int(state) for state in State)
@@ -147,7 +148,8 @@ class SlotWriter:
         return serving > 1 and connections * serving > total * margin + serving
 
     def others_serving(self) -> int:
-        """How many other workers are serving (and can take connections over)."""
+        """How many other workers are serving and not inside a slow event themselves (and
+        can take connections over)."""
         ints = self.ints
         used = min(ints[self.used_index], self.used_index // FIELDS)
         return sum(1 for base in range(0, used * FIELDS, FIELDS) if base != self.base and ints[base + STATE] == State.SERVING)

@@ -98,7 +98,7 @@ def judge(row: Row, activity: Activity, limits: Limits, now: float, max_jobs: in
     event is judged even for a retiring worker: a worker cannot hand its connections
     over while one of its events never ends.
     """
-    if row.state not in (State.SERVING, State.RETIRING):
+    if row.state not in (State.SERVING, State.SLOW, State.RETIRING):
         return None
     busy_since = activity.busy_since
     if limits.exec_ttl and busy_since and now - busy_since > limits.exec_ttl:

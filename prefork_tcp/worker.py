@@ -23,7 +23,7 @@ from .eventloop import EventLoop
 from .framing import DEFAULT_DELIMITER, DEFAULT_MAX_SIZE, READ_SIZE, make_framer
 from .handover import hand_off
 from .masterlink import MasterLink
-from .scoreboard import SlotWriter
+from .scoreboard import SlotWriter, State
 from .signals import SignalPipe
 from .sockets import Listener
 from .timeouts import NONE as NO_TIMEOUTS
@@ -95,6 +95,8 @@ class Worker(EventLoop):
     def _attend(self) -> float | None:
         if self.orphaned and not self.stopping:
             self.begin_stop(quick=False)
+        if self.ready and not (self.stopping or self.retiring):
+            self.slot.set_state(State.SERVING)  # after a slow event (move_others)
         if self.deferred:
             deferred, self.deferred = self.deferred, []
             for message in deferred:
@@ -178,6 +180,7 @@ class Worker(EventLoop):
             return 0
         self.moving = True
         try:
+            self.slot.set_state(State.SLOW)  # other slow workers do not move connections here
             self.tell_master(Kind.SLOW)
             self.acceptor.pause(0)  # resumes at the loop's next round
             self.attention = True

@@ -11,12 +11,14 @@ import select
 import socket
 import threading
 
+import pytest
+
 from prefork_tcp import handoff
 from prefork_tcp.channel import Channel, Kind
 from prefork_tcp.connection import Connection
 from prefork_tcp.events import TcpEvent
 from prefork_tcp.framing import make_framer
-from prefork_tcp.scoreboard import Scoreboard, SlotWriter, State
+from prefork_tcp.scoreboard import STATE, Scoreboard, SlotWriter, State
 from prefork_tcp.signals import SignalPipe
 from prefork_tcp.worker import Worker
 
@@ -24,15 +26,14 @@ CONNECTED, DATA = TcpEvent.CONNECTED, TcpEvent.DATA
 CLIENTS: list[socket.socket] = []
 
 
-def worker_with(count: int, others_serving: bool = True) -> tuple[Worker, Channel, list[Connection]]:
-    """A worker holding ``count`` connections, one other worker serving (or none)."""
+def worker_with(count: int, other: State = State.SERVING) -> tuple[Worker, Channel, list[Connection]]:
+    """A worker holding ``count`` connections, and one other worker in state ``other``."""
     board = Scoreboard(2)
     mine = board.claim(1, 0.0)
-    other = board.claim(2, 0.0)
-    if others_serving:
-        SlotWriter(board, other).set_state(State.SERVING)
+    SlotWriter(board, board.claim(2, 0.0)).set_state(other)
     channel, master_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     loop = Worker([], channel, SignalPipe(()), drain_timeout=1.0, high_water=1 << 20, slot=SlotWriter(board, mine))
+    loop.ready = True  # serving: its application waits for events
     conns = []
     for i in range(count):
         server_end, client_end = socket.socketpair()
@@ -89,6 +90,9 @@ def test_queued_events_travel_with_their_connections_and_the_kept_ones_stay_in_o
     thread = master_thread(master, lambda parcel: True, got)
     assert loop.move_others(kept) == 2
     thread.join(5)
+    assert loop.slot.ints[loop.slot.base + STATE] == State.SLOW  # the scoreboard says so, until the loop runs
+    loop._attend()
+    assert loop.slot.ints[loop.slot.base + STATE] == State.SERVING
     assert got[0] is Kind.SLOW  # before any parcel: nothing is sent back here
     parcels = {p.uuid: p for p in got[1:]}
     assert parcels["u-1"].connected is False and parcels["u-1"].pending_input == b"x1\r\nx2\r\n"
@@ -157,8 +161,9 @@ def test_the_master_gone_during_a_move_stops_the_worker_only_when_its_loop_runs(
     assert loop.stopping
 
 
-def test_nothing_moves_while_no_other_worker_serves():
-    loop, master, (kept, c1) = worker_with(2, others_serving=False)
+@pytest.mark.parametrize("other", [State.BOOTING, State.RETIRING, State.SLOW])
+def test_nothing_moves_while_no_other_worker_serves_without_a_slow_event_of_its_own(other):
+    loop, master, (kept, c1) = worker_with(2, other)
     assert loop.move_others(kept) == 0
     assert set(loop.conns.values()) == {kept, c1}
     master.sock.setblocking(False)

@@ -109,7 +109,7 @@ def test_whatever_a_worker_scribbles_a_row_is_in_bounds(stores, used):
 @pytest.mark.parametrize(
     "field, value, seen",
     [
-        (STATE, 4, State.FREE),
+        (STATE, max(State) + 1, State.FREE),
         (STATE, 1 << 63, State.FREE),
         (CONNECTIONS, (1 << 64) - 1, MAX_COUNT),
         (CONNECTIONS, MAX_COUNT + 1, MAX_COUNT),
