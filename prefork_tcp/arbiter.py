@@ -84,7 +84,7 @@ class Arbiter(WorkerPool):
                 return 1
             log.info("control socket at %s", path)
         for lst in self.listeners:
-            log.info("listening at %s (server %s)", lst.bound, lst.name)
+            log.info("listening at %s (server %s%s)", lst.bound, lst.name, ", from systemd" if lst.inherited else "")
         log.info("master %d starting %d workers for %s", os.getpid(), self.target, self.app_spec)
         steps = (
             self._spawn_missing,
@@ -127,6 +127,8 @@ class Arbiter(WorkerPool):
             timeout = min(timeout, RELAY_RETRY)
         if self.control is not None and self.control.deadline:
             timeout = min(timeout, max(0.0, self.control.deadline - now))
+        if self.systemd.watchdog_interval and not self.stopping:  # WATCHDOG=1 while the loop runs
+            timeout = min(timeout, max(0.0, self.systemd.tick(now) - now))
         if self.faulted:  # a step raised since the last wait: do not spin on it
             timeout = max(timeout, FAULT_PAUSE)
             self.faulted = False
@@ -296,6 +298,7 @@ class Arbiter(WorkerPool):
         """SIGHUP or ``reload``: re-read the config and replace every worker with overlap."""
         if self.stopping or self.reloader is None:
             return
+        self.systemd.reloading()  # READY=1 follows when the reload is over, done or not
         try:
             config, app_spec = self.reloader()
             listeners = self._rebind(config)
@@ -306,9 +309,11 @@ class Arbiter(WorkerPool):
                     raise ConfigError(f"log.file: cannot open {config.log.file!r}: {exc.strerror}") from None
         except ConfigError as exc:
             log.error("config not reloaded: %s; the current workers keep serving", exc)
+            self.systemd.ready(f"config not reloaded: {exc}")
             return
         except Exception:  # a bug in loading must not end the master either
             log.exception("config not reloaded; the current workers keep serving")
+            self.systemd.ready("config not reloaded (see the log)")
             return
         log.info("reloading %s", config.source or "the configuration")
         self.reload_backup = (self.config, self.app_spec, self.target)
@@ -324,9 +329,11 @@ class Arbiter(WorkerPool):
             self.control.close_all()
         for lst in self.listeners:
             lst.sock.close()
-            unlink_unix(lst.address)
+            if not lst.inherited:
+                unlink_unix(lst.address)
         if self.signals is not None:
             self.signals.close()
+        self.systemd.close()
         # The interpreter's exit would restore the default handlers: a second stop signal
         # during it would end the master "killed by SIGTERM" after a clean stop.
         for signum in _HANDLED_SIGNALS:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -11,7 +12,7 @@ from typing import Any, NoReturn
 import click
 
 from . import config as cfg
-from . import logs
+from . import logs, systemd
 from . import pidfile as pidfiles
 from .apploader import AppLoadError, load_app
 from .arbiter import Arbiter, Reloader
@@ -177,16 +178,31 @@ def _serve(config: cfg.Config, app_spec: str, preload: bool, daemon: bool, reloa
 
 
 def _bind_all(config: cfg.Config) -> list[Listener]:
-    """Bind every server before anything is forked; on any failure close what was bound."""
+    """Bind every server before anything is forked, or take the sockets systemd passed
+    (socket activation: ``systemd.py``); on any failure close what was bound."""
+    inherited: list[tuple[str, socket.socket]] = []
+    try:
+        inherited = systemd.inherited_sockets()
+        given = systemd.match([server.name for server in config.servers], inherited) if inherited else {}
+        for server in config.servers:
+            if server.name in given and (given[server.name].family == socket.AF_UNIX) != (server.addr.kind == "unix"):
+                raise ValueError(f"systemd passed server {server.name} ({server.addr}) a socket of another family")
+    except ValueError as exc:
+        for _, passed in inherited:
+            passed.close()
+        _fail(f"socket activation: {exc}", EXIT_USAGE)
+    systemd.clear_environment()
     listeners: list[Listener] = []
     for server in config.servers:
-        try:
-            sock = bind(server.addr, backlog=server.backlog)
-        except OSError as exc:
-            for lst in listeners:
-                lst.sock.close()
-            raise BindError(f"cannot listen on {server.addr} (server {server.name}): {exc.strerror or exc}") from None
-        listeners.append(Listener.for_server(server, sock))
+        sock = given.get(server.name)
+        if sock is None:  # not socket-activated: bind it here
+            try:
+                sock = bind(server.addr, backlog=server.backlog)
+            except OSError as exc:
+                for lst in listeners:
+                    lst.sock.close()
+                raise BindError(f"cannot listen on {server.addr} (server {server.name}): {exc.strerror or exc}") from None
+        listeners.append(Listener.for_server(server, sock, inherited=server.name in given))
     return listeners
 
 

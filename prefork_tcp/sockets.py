@@ -104,13 +104,23 @@ class Listener:
     timeouts: Timeouts = NO_TIMEOUTS
     #: TCP keepalive idle time of accepted sockets in seconds (0: off).
     keepalive: float = 0.0
+    #: Passed by systemd (socket activation): its unix socket file is systemd's, not ours.
+    inherited: bool = False
 
     @classmethod
-    def for_server(cls, server: ServerSettings, sock: socket.socket) -> Listener:
+    def for_server(cls, server: ServerSettings, sock: socket.socket, inherited: bool = False) -> Listener:
         """Return the listener of ``server`` on the bound socket ``sock``."""
         timeouts = Timeouts(server.idle_timeout, server.read_timeout if server.delimiter else 0.0, server.write_timeout)
         return cls(
-            server.name, server.addr, sock, server.delimiter, server.max_message_size, server.read_buf_size, timeouts, server.keepalive
+            server.name,
+            server.addr,
+            sock,
+            server.delimiter,
+            server.max_message_size,
+            server.read_buf_size,
+            timeouts,
+            server.keepalive,
+            inherited,
         )
 
     @property
@@ -213,7 +223,7 @@ def rebind(listeners: list[Listener], servers: Iterable[ServerSettings]) -> list
     by_name = {lst.name: lst for lst in listeners}
     if {(s.name, str(s.addr)) for s in servers} != {(lst.name, str(lst.address)) for lst in listeners}:
         raise ValueError("names and addresses cannot change on reload; restart the server")
-    return [Listener.for_server(s, by_name[s.name].sock) for s in servers]
+    return [Listener.for_server(s, by_name[s.name].sock, by_name[s.name].inherited) for s in servers]
 
 
 def unsent_bytes(sock: _socket.socket) -> int:

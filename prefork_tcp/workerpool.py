@@ -28,6 +28,7 @@ from .scoreboard import Scoreboard, SlotWriter
 from .signals import SignalPipe
 from .sockets import Listener, rebind
 from .supervisor import Backoff, Limits, Watch, jittered_max_jobs, judge
+from .systemd import Notifier
 from .workerhandle import WorkerHandle, describe_exit, fork_worker, rss_mb
 from .workerprocess import EXIT_APP_LOAD, EXIT_BOOT_FAILED, WorkerContext
 from .workerprocess import run as run_worker
@@ -81,6 +82,8 @@ class WorkerPool:
         self.quick = False
         self.stop_deadline = 0.0
         self.exit_code = 0
+        #: The service manager, if one watches (systemd.py).
+        self.systemd = Notifier()
 
     # -- spawning and reaping ------------------------------------------------------------
 
@@ -169,6 +172,7 @@ class WorkerPool:
         if not self.announced and serving >= self.target:
             self.announced = True
             log.info("serving: %d workers ready", self.target)
+            self.systemd.ready(self.status())
 
     def _reap(self) -> None:
         while True:
@@ -266,6 +270,8 @@ class WorkerPool:
         if now < self.next_check or self.stopping:
             return
         self.next_check = now + self.config.pool.supervisor.watch_tick
+        if self.announced and self.reload_backup is None:
+            self.systemd.set_status(self.status())
         for handle in list(self.workers.values()):
             if not handle.ready or handle.killed:
                 continue
@@ -310,6 +316,7 @@ class WorkerPool:
         if self.reload_backup is not None and not any(w.retiring and not w.retire_sent for w in self.workers.values()):
             self.reload_backup = None
             log.info("reload complete: %d workers of generation %d serving", serving, self.generation)
+            self.systemd.ready(self.status())
 
     def _relay(self) -> None:
         if not self.relay.waiting:
@@ -348,6 +355,13 @@ class WorkerPool:
             elif handle.retiring and not handle.retire_sent:
                 handle.retiring = ""
         self.generation += 1
+        self.systemd.ready("reload failed: the previous workers keep serving")
+
+    def status(self) -> str:
+        """One line for ``systemctl status``: workers serving, connections open."""
+        serving = [w for w in self.workers.values() if w.serving]
+        connections = sum(self.board.row(w.slot).connections for w in self.workers.values() if w.ready)
+        return f"{len(serving)} worker{'s' * (len(serving) != 1)} serving, {connections} connection{'s' * (connections != 1)}"
 
     def _rebind(self, config: Config) -> list[Listener]:
         try:
@@ -364,6 +378,7 @@ class WorkerPool:
             return
         log.info("stopping %s", "quickly" if quick else "gracefully")
         if not self.stopping:
+            self.systemd.stopping()
             self.stop_deadline = time.monotonic() + self.config.pool.destroy_timeout
             for lst in self.listeners:
                 lst.sock.close()

@@ -38,11 +38,17 @@ class Server:
     """One ``prefork-tcp serve`` process with its log captured line by line."""
 
     def __init__(
-        self, tmp_path: Path, config: str = "", args: list[str] | None = None, env: dict[str, str] | None = None, workers: int | None = 2
+        self,
+        tmp_path: Path,
+        config: str = "",
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        workers: int | None = 2,
+        prefix: list[str] | None = None,
     ) -> None:
         self.tmp_path = tmp_path
         self.events_file = tmp_path / "events.jsonl"
-        cmd = [sys.executable, "-m", "prefork_tcp", "serve"]
+        cmd = [*(prefix or []), sys.executable, "-m", "prefork_tcp", "serve"]
         if config:
             path = tmp_path / "server.toml"
             path.write_text(config)
