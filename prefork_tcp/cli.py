@@ -162,16 +162,22 @@ def _serve(config: cfg.Config, app_spec: str, preload: bool, daemon: bool, reloa
     except BindError as exc:
         log.error("%s", exc)
         return EXIT_RUNTIME
-    if daemon:
-        daemonize()
+    report = daemonize() if daemon else None
     if config.pidfile:
         try:
             pidfiles.write(config.pidfile)
         except (OSError, pidfiles.PidfileError) as exc:
             log.error("cannot write pidfile: %s", exc)
+            if report is not None:
+                report(EXIT_RUNTIME)
             return EXIT_RUNTIME
+    arbiter = Arbiter(config, app_spec, listeners, preloaded, reload)
+    arbiter.on_serving = report
     try:
-        return Arbiter(config, app_spec, listeners, preloaded, reload).run()
+        code = arbiter.run()
+        if report is not None:
+            report(code or EXIT_RUNTIME)  # it never served (a report once it did is ignored)
+        return code
     finally:
         if config.pidfile:
             pidfiles.remove(config.pidfile)

@@ -15,6 +15,7 @@ import selectors
 import signal
 import socket
 import time
+from collections.abc import Callable
 
 from setproctitle import setproctitle
 
@@ -84,6 +85,8 @@ class WorkerPool:
         self.exit_code = 0
         #: The service manager, if one watches (systemd.py).
         self.systemd = Notifier()
+        #: Told 0 once the workers serve (``--daemon``: the waiting parent exits with it).
+        self.on_serving: Callable[[int], None] | None = None
 
     # -- spawning and reaping ------------------------------------------------------------
 
@@ -173,6 +176,8 @@ class WorkerPool:
             self.announced = True
             log.info("serving: %d workers ready", self.target)
             self.systemd.ready(self.status())
+            if self.on_serving is not None:
+                self.on_serving(0)
 
     def _reap(self) -> None:
         while True:
