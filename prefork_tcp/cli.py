@@ -101,7 +101,7 @@ def _overriding(key_path: str, *names: str) -> Callable[[Callable[..., None]], C
 @_overriding("pidfile", "--pidfile")
 @_overriding("log.level", "--log-level")
 @click.option("--preload", is_flag=True, help="Import the application in the master before forking.")
-@click.option("--daemon", is_flag=True, help="Detach from the terminal after binding.")
+@click.option("--daemon", is_flag=True, help="Detach from the terminal; exit 0 once a worker serves, or with the error.")
 def serve(
     app: str | None,
     config_file: str | None,

@@ -11,7 +11,7 @@ def daemonize() -> Callable[[int], None]:
 
     The process that called this waits, and exits with the code the daemon reports through
     the function returned (1 if the daemon dies first): a caller such as an init script
-    learns whether the server came up (0 once its workers serve), not merely that a
+    learns whether the server came up (0 once a worker serves), not merely that a
     process was forked.  The working directory is kept, so relative paths in the config
     stay valid.
     """

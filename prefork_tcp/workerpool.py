@@ -85,7 +85,7 @@ class WorkerPool:
         self.exit_code = 0
         #: The service manager, if one watches (systemd.py).
         self.systemd = Notifier()
-        #: Told 0 once the workers serve (``--daemon``: the waiting parent exits with it).
+        #: Told 0 once a worker serves (``--daemon``: the waiting parent exits with it).
         self.on_serving: Callable[[int], None] | None = None
 
     # -- spawning and reaping ------------------------------------------------------------
@@ -176,8 +176,8 @@ class WorkerPool:
             self.announced = True
             log.info("serving: %d workers ready", self.target)
             self.systemd.ready(self.status())
-            if self.on_serving is not None:
-                self.on_serving(0)
+        if self.on_serving is not None:
+            self.on_serving(0)  # serving, though perhaps not all of them yet: started
 
     def _reap(self) -> None:
         while True:
