@@ -20,59 +20,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
+from serving import ServerProcess
+
 PING, PONG = b"PING\r\n", b"+PONG\r\n"
-
-
-class Server:
-    """``prefork-tcp serve`` with the slow example on a free port."""
-
-    def __init__(self, workdir: str, workers: int, pool_extra: str) -> None:
-        self.log_path = os.path.join(workdir, "server.log")
-        config = os.path.join(workdir, "hol.toml")
-        with open(config, "w") as fh:
-            fh.write(
-                'app = "prefork_tcp.examples.slow:main"\n[tcp.servers.slow]\naddr = "tcp://127.0.0.1:0"\n'
-                f"[tcp.pool]\nnum_workers = {workers}\n{pool_extra}\n"
-            )
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "prefork_tcp", "serve", "-c", config],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        self.port = self._wait_ready()
-
-    def _wait_ready(self) -> int:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            text = open(self.log_path).read()
-            port = re.search(r"listening at tcp://127\.0\.0\.1:(\d+)", text)
-            if port and "serving:" in text:
-                return int(port.group(1))
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise SystemExit(f"the server did not start:\n{open(self.log_path).read()}")
-
-    def stop(self) -> str:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-        return open(self.log_path).read()
 
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -166,7 +123,11 @@ def main() -> int:
     failed = False
     with tempfile.TemporaryDirectory(prefix="prefork-tcp-hol-") as workdir:
         for verb, slow in phases:
-            server = Server(workdir, args.workers, args.config_extra)
+            server = ServerProcess(
+                workdir,
+                'app = "prefork_tcp.examples.slow:main"\n[tcp.servers.slow]\naddr = "tcp://127.0.0.1:0"\n'
+                f"[tcp.pool]\nnum_workers = {args.workers}\n{args.config_extra}\n",
+            )
             try:
                 samples = asyncio.run(phase(server.port, args, verb, slow))
             finally:

@@ -35,6 +35,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+from serving import ServerProcess
+
 PING, PONG = b"PING\r\n", b"+PONG\r\n"
 
 
@@ -52,38 +54,16 @@ class Stats:
     actions: list[str] = field(default_factory=list)
 
 
-class Server:
+class Server(ServerProcess):
     """``prefork-tcp serve`` for the ping example, with a control socket, on a free port."""
 
     def __init__(self, workdir: str, workers: int, extra: str) -> None:
         self.control = os.path.join(workdir, "control.sock")
-        self.log_path = os.path.join(workdir, "server.log")
-        config = os.path.join(workdir, "soak.toml")
-        with open(config, "w") as fh:
-            fh.write(
-                f'app = "prefork_tcp.examples.ping:main"\n[control]\nsocket = "{self.control}"\n'
-                f'[tcp.servers.ping]\naddr = "tcp://127.0.0.1:0"\n[tcp.pool]\nnum_workers = {workers}\n{extra}'
-            )
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "prefork_tcp", "serve", "-c", config],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+        super().__init__(
+            workdir,
+            f'app = "prefork_tcp.examples.ping:main"\n[control]\nsocket = "{self.control}"\n'
+            f'[tcp.servers.ping]\naddr = "tcp://127.0.0.1:0"\n[tcp.pool]\nnum_workers = {workers}\n{extra}',
         )
-        self.port = self._wait_port()
-
-    def _wait_port(self) -> int:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            text = open(self.log_path).read()
-            match = re.search(r"listening at tcp://127\.0\.0\.1:(\d+)", text)
-            if match and "serving:" in text:
-                return int(match.group(1))
-            if self.proc.poll() is not None:
-                raise SystemExit(f"server exited:\n{text}")
-            time.sleep(0.05)
-        raise SystemExit("server did not start in 30s")
 
     def manage(self, *args: str) -> str:
         result = subprocess.run(
@@ -95,15 +75,6 @@ class Server:
         """Map the pid of each serving worker to its open connections."""
         rows = [row.split() for row in self.manage("workers").splitlines()[1:]]
         return {int(row[1]): int(row[4]) for row in rows if row[2] in ("serving", "idle", "busy")}
-
-    def stop(self) -> str:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
-        return open(self.log_path).read()
 
 
 async def client(port: int, depth: int, stop_at: float, stats: Stats) -> None:
