@@ -20,11 +20,13 @@ from . import handoff, logs
 from .apploader import App
 from .channel import ChannelError, Kind, Message, close_all
 from .config import MAX_WORKERS, Config, ConfigError
-from .control import ControlClient, ControlError, ControlPlane, socket_path
+from .control import ControlClient, ControlPlane
 from .signals import SignalPipe
 from .sockets import Listener, unlink_unix
+from .upgrade import Peer, Predecessor
+from .upgrading import Upgrading
 from .workerhandle import WorkerHandle, worker_row
-from .workerpool import TICK, WorkerPool
+from .workerpool import TICK
 from .workerprocess import EXIT_APP_LOAD, EXIT_BOOT_FAILED
 
 log = logging.getLogger("prefork_tcp.master")
@@ -53,13 +55,19 @@ FAULT_PAUSE = 0.1
 Reloader = Callable[[], "tuple[Config, str]"]
 
 
-class Arbiter(WorkerPool):
+class Arbiter(Upgrading):
     """Runs the master's main loop; ``run()`` returns the process exit code."""
 
     def __init__(
-        self, config: Config, app_spec: str, listeners: list[Listener], preloaded: App | None, reloader: Reloader | None = None
+        self,
+        config: Config,
+        app_spec: str,
+        listeners: list[Listener],
+        preloaded: App | None,
+        reloader: Reloader | None = None,
+        predecessor: Predecessor | None = None,
     ) -> None:
-        super().__init__(config, app_spec, listeners, preloaded)
+        super().__init__(config, app_spec, listeners, preloaded, predecessor)
         self.reloader = reloader
         #: Connections closed by uuid while their parcel waited in the relay.
         self.close_on_adoption: set[str] = set()
@@ -70,19 +78,15 @@ class Arbiter(WorkerPool):
     # -- main loop -----------------------------------------------------------------------
 
     def run(self) -> int:
-        """Serve until stopped; return 0 for a clean stop, 3 or 4 for a failed boot."""
+        """Serve until stopped or upgraded; return 0 for a clean stop or a finished upgrade,
+        3 or 4 for a failed boot."""
         self._set_title()
         self.signals = SignalPipe(_HANDLED_SIGNALS)
         self.selector.register(self.signals.fileno(), selectors.EVENT_READ, None)
-        path = socket_path(self.config.control.socket, self.config.pidfile)
-        if path:
-            try:
-                self.control = ControlPlane(path, self.selector)
-            except (OSError, ControlError) as exc:
-                log.error("cannot create the control socket: %s", exc)
-                self._cleanup()
-                return 1
-            log.info("control socket at %s", path)
+        # A new master takes the control socket once it is in charge (upgrading.py).
+        if self.predecessor is None and not self._open_control():
+            self._cleanup()
+            return 1
         for lst in self.listeners:
             log.info("listening at %s (server %s%s)", lst.bound, lst.name, ", from systemd" if lst.inherited else "")
         log.info("master %d starting %d workers for %s", os.getpid(), self.target, self.app_spec)
@@ -94,6 +98,7 @@ class Arbiter(WorkerPool):
             self._supervise,
             self._send_retirements,
             self._relay,
+            self._tend_upgrade,
             self._sync_channels,
         )
         try:
@@ -102,6 +107,8 @@ class Arbiter(WorkerPool):
                     self._guarded(step)
                 if self.stopping and not self.workers:
                     return self.exit_code
+                if self.upgraded():
+                    return 0
         finally:
             self._cleanup()
 
@@ -148,6 +155,11 @@ class Arbiter(WorkerPool):
                 self.control.serve(data, events, self)
             elif isinstance(data, ControlPlane):
                 data.accept(self)
+            elif isinstance(data, Peer):
+                if events & selectors.EVENT_WRITE:
+                    data.channel.flush()
+                if events & selectors.EVENT_READ:
+                    self._read_peer(data)
         if self.control is not None:
             self.control.tend(self)
 
@@ -168,7 +180,7 @@ class Arbiter(WorkerPool):
                 handle.tell(Kind.REOPEN_LOGS)
             log.info("SIGUSR1: log files reopened (the workers reopen theirs)")
         elif signum == signal.SIGUSR2:
-            log.warning("SIGUSR2 (re-exec) is not supported by this version; ignored")
+            self.upgrade()
 
     # -- the workers' messages -----------------------------------------------------------
 
@@ -298,6 +310,10 @@ class Arbiter(WorkerPool):
         """SIGHUP or ``reload``: re-read the config and replace every worker with overlap."""
         if self.stopping or self.reloader is None:
             return
+        busy = self.upgrade_busy()
+        if busy:
+            log.warning("not reloading: %s", busy)
+            return
         self.systemd.reloading()  # READY=1 follows when the reload is over, done or not
         try:
             config, app_spec = self.reloader()
@@ -325,11 +341,13 @@ class Arbiter(WorkerPool):
         for handle in self.workers.values():
             handle.signal(signal.SIGKILL)
         self.relay.close()
+        self._close_peers()
+        # After an upgrade the files are the new master's; a new master that failed leaves them to the old.
         if self.control is not None:
-            self.control.close_all()
+            self.control.close_all(unlink=self.owns_paths)
         for lst in self.listeners:
             lst.sock.close()
-            if not lst.inherited:
+            if not lst.inherited and self.owns_paths:
                 unlink_unix(lst.address)
         if self.signals is not None:
             self.signals.close()

@@ -1,8 +1,10 @@
-"""The channel between the master and one worker: every message, and both ends of it.
+"""The channel between the master and one worker, and between an old and a new master
+during an upgrade: every message, and both ends of it.
 
 Each worker has one ``AF_UNIX`` ``SOCK_SEQPACKET`` socket pair to the master (made by
-``workerhandle.fork_worker``).  One packet is one message: a type byte, then a JSON object for
-the types that carry fields; a parcel also carries file descriptors (SCM_RIGHTS).
+``workerhandle.fork_worker``), and a new master started by USR2 has one to the old master
+(``upgrade.py``).  One packet is one message: a type byte, then a JSON object for the types
+that carry fields; a parcel also carries file descriptors (SCM_RIGHTS).
 
 | kind | byte | sent by | fields | fds |
 |---|---|---|---|---|
@@ -19,9 +21,11 @@ the types that carry fields; a parcel also carries file descriptors (SCM_RIGHTS)
 | SLOW | ``W`` | worker | | an event runs longer than ``slow_event``: its other connections move; send none here for a while |
 | CLOSED | ``c`` | worker | id, found | the answer to CLOSE |
 | CLOSE_REQUEST | ``K`` | worker | id, uuid | close this uuid wherever it lives |
-| FAILED | ``E`` | worker | code, cause | why the worker could not start |
-| PARCEL | ``A`` | both | uuid, server, remote, eof, connected, input, output, session | socket (+ payload memfd) |
-| PARCEL_ACK | ``a`` | both | uuid, ok | a parcel was taken (ok) or must go elsewhere |
+| FAILED | ``E`` | worker, new master | code, cause | why it could not start |
+| SUCCESSOR_READY | ``U`` | new master | | its workers serve: hand every connection over |
+| HANDED_OVER | ``D`` | old master | | every connection was handed over: the new master is in charge |
+| PARCEL | ``A`` | master, worker, old master | uuid, server, remote, eof, connected, input, output, session | socket (+ payload memfd) |
+| PARCEL_ACK | ``a`` | master, worker, new master | uuid, ok | a parcel was taken (ok) or must go elsewhere |
 
 Nothing is dropped: ``Channel.send`` queues what the socket cannot take yet, and the owner
 watches the socket for writability while ``pending`` (the master in its selector, a
@@ -53,7 +57,7 @@ _ANCILLARY = socket.CMSG_SPACE(MAX_FDS * _INT_SIZE)
 #: Socket buffer asked for each end: room for a few hundred messages before queueing.
 BUFFER = 1 << 20
 
-_MASTER, _WORKER, _BOTH = "master", "worker", "both"
+MASTER, WORKER, OLD_MASTER, NEW_MASTER = "master", "worker", "old master", "new master"
 _NO_FIELDS: dict[str, type] = {}
 #: Send errors that mean the other end is gone (others, such as ENOBUFS, pass).
 _GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF})
@@ -62,30 +66,32 @@ _GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF})
 class Kind(enum.Enum):
     """Every message type: its byte, who sends it, and its fields with their types."""
 
-    STOP = (b"T", _MASTER, _NO_FIELDS)
-    QUIT = (b"Q", _MASTER, _NO_FIELDS)
-    RETIRE = (b"H", _MASTER, _NO_FIELDS)
-    REOPEN_LOGS = (b"O", _MASTER, _NO_FIELDS)
-    CLOSE = (b"C", _MASTER, {"id": int, "uuid": str})
-    CLOSE_RESULT = (b"k", _MASTER, {"id": int, "found": bool})
-    READY = (b"R", _WORKER, _NO_FIELDS)
-    BUDGET_LOW = (b"L", _WORKER, _NO_FIELDS)
-    BUDGET_SPENT = (b"J", _WORKER, _NO_FIELDS)
-    APP_FAILED = (b"X", _WORKER, _NO_FIELDS)
-    SLOW = (b"W", _WORKER, _NO_FIELDS)
-    CLOSED = (b"c", _WORKER, {"id": int, "found": bool})
-    CLOSE_REQUEST = (b"K", _WORKER, {"id": int, "uuid": str})
-    FAILED = (b"E", _WORKER, {"code": int, "cause": str})
+    STOP = (b"T", (MASTER,), _NO_FIELDS)
+    QUIT = (b"Q", (MASTER,), _NO_FIELDS)
+    RETIRE = (b"H", (MASTER,), _NO_FIELDS)
+    REOPEN_LOGS = (b"O", (MASTER,), _NO_FIELDS)
+    CLOSE = (b"C", (MASTER,), {"id": int, "uuid": str})
+    CLOSE_RESULT = (b"k", (MASTER,), {"id": int, "found": bool})
+    READY = (b"R", (WORKER,), _NO_FIELDS)
+    BUDGET_LOW = (b"L", (WORKER,), _NO_FIELDS)
+    BUDGET_SPENT = (b"J", (WORKER,), _NO_FIELDS)
+    APP_FAILED = (b"X", (WORKER,), _NO_FIELDS)
+    SLOW = (b"W", (WORKER,), _NO_FIELDS)
+    CLOSED = (b"c", (WORKER,), {"id": int, "found": bool})
+    CLOSE_REQUEST = (b"K", (WORKER,), {"id": int, "uuid": str})
+    FAILED = (b"E", (WORKER, NEW_MASTER), {"code": int, "cause": str})
+    SUCCESSOR_READY = (b"U", (NEW_MASTER,), _NO_FIELDS)
+    HANDED_OVER = (b"D", (OLD_MASTER,), _NO_FIELDS)
     PARCEL = (
         b"A",
-        _BOTH,
+        (MASTER, WORKER, OLD_MASTER),
         {"uuid": str, "server": str, "remote": str, "eof": bool, "connected": bool, "input": int, "output": int, "session": int},
     )
-    PARCEL_ACK = (b"a", _BOTH, {"uuid": str, "ok": bool})
+    PARCEL_ACK = (b"a", (MASTER, WORKER, NEW_MASTER), {"uuid": str, "ok": bool})
 
-    def __init__(self, code: bytes, sender: str, fields: dict[str, type]) -> None:
+    def __init__(self, code: bytes, senders: tuple[str, ...], fields: dict[str, type]) -> None:
         self.code = code
-        self.sender = sender
+        self.senders = senders
         self.fields = fields
 
 
@@ -130,7 +136,7 @@ def encode(kind: Kind, fields: dict[str, Any]) -> bytes:
 
 
 def decode(packet: bytes, fds: list[int], flags: int, sender: str) -> Message:
-    """Return the message in ``packet`` sent by ``sender`` ("master" or "worker").
+    """Return the message in ``packet`` sent by ``sender`` (MASTER, WORKER, OLD_MASTER, NEW_MASTER).
 
     Raises ``ChannelError`` (or ``Truncated``) after closing ``fds``.
     """
@@ -158,7 +164,7 @@ def _decode(packet: bytes, fds: list[int], flags: int, sender: str) -> Message:
     kind = _BY_CODE.get(packet[:1])
     if kind is None:
         raise ChannelError(f"unknown message type {packet[:1]!r}")
-    if kind.sender not in (sender, _BOTH):
+    if sender not in kind.senders:
         raise ChannelError(f"{kind.name} is not sent by the {sender}")
     body = packet[1:]
     if not kind.fields:
@@ -193,10 +199,11 @@ def close_all(fds: list[int] | tuple[int, ...]) -> None:
 
 
 class Channel:
-    """One end of a worker's channel, non-blocking: sends queue, receives validate."""
+    """One end of a channel, non-blocking: sends queue, receives validate."""
 
     def __init__(self, sock: socket.socket, peer: str) -> None:
-        """``peer`` is who is at the other end: "master" (in a worker) or "worker" (in the master)."""
+        """``peer`` is who is at the other end: MASTER (in a worker), WORKER (in the master),
+        NEW_MASTER or OLD_MASTER (between two masters during an upgrade)."""
         self.sock = sock
         self.peer = peer
         sock.setblocking(False)

@@ -12,19 +12,17 @@ from typing import Any, NoReturn
 import click
 
 from . import config as cfg
-from . import logs, systemd
+from . import logs, manage, systemd
 from . import pidfile as pidfiles
 from .apploader import AppLoadError, load_app
 from .arbiter import Arbiter, Reloader
-from .control import ControlError, request, socket_path
 from .daemon import daemonize
 from .fdlimit import raise_open_files
+from .manage import EXIT_RUNTIME, EXIT_USAGE, fail
 from .sockets import BindError, Listener, bind
+from .upgrade import FirstError, Predecessor
 from .values import IntBetween, OneOf
 from .workerprocess import EXIT_APP_LOAD
-
-EXIT_RUNTIME = 1
-EXIT_USAGE = 2
 
 log = logging.getLogger("prefork_tcp.master")
 
@@ -34,11 +32,6 @@ OVERRIDING_FLAGS: dict[str, tuple[str, ...]] = {}
 _CONFIG_HELP = "TOML config file (every key: docs/configuration.md, conf/prefork_tcp.toml)."
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"prefork-tcp: {message}", err=True)
-    sys.exit(code)
-
-
 def _load(config_file: str | None, overrides: dict[str, Any], binds: list[str], app: str | None) -> tuple[cfg.Config, str]:
     """Return the validated config and the app spec, or exit 2 with a one-line error."""
     if app is not None:
@@ -46,9 +39,9 @@ def _load(config_file: str | None, overrides: dict[str, Any], binds: list[str], 
     try:
         config = cfg.load(config_file, overrides, binds)
     except cfg.ConfigError as exc:
-        _fail(str(exc), EXIT_USAGE)
+        fail(str(exc), EXIT_USAGE)
     if not config.app:
-        _fail("no application: give APP (module:callable) or set `app` in the config file", EXIT_USAGE)
+        fail("no application: give APP (module:callable) or set `app` in the config file", EXIT_USAGE)
     return config, config.app
 
 
@@ -116,9 +109,45 @@ def serve(
     """Run the server: bind every server, fork the workers, serve until stopped.
 
     TERM stops gracefully (CLOSE is delivered to every connection), INT or QUIT stops
-    quickly. Exit codes: 0 clean stop, 1 runtime failure, 2 usage or config error,
-    3 workers failed to boot, 4 the application could not be imported.
+    quickly. USR2 (or `prefork-tcp upgrade`) starts a new master that takes over every
+    connection. Exit codes: 0 clean stop or upgraded, 1 runtime failure, 2 usage or config
+    error, 3 workers failed to boot, 4 the application could not be imported.
     """
+    try:
+        predecessor = Predecessor.from_environment()
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+    if predecessor is None:
+        _run_serve(app, config_file, binds, workers, max_jobs, pidfile, log_level, preload, daemon, None)
+        return
+    # Started by an upgrade: if this master fails before it is in charge, the old one hears why.
+    first_error = FirstError()
+    logging.getLogger("prefork_tcp").addHandler(first_error)
+    try:
+        _run_serve(app, config_file, binds, workers, max_jobs, pidfile, log_level, preload, False, predecessor)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if code and not predecessor.in_charge:
+            predecessor.report_failure(code, getattr(exc, "message", "") or first_error.message)
+        raise
+    except BaseException as exc:
+        if not predecessor.in_charge:
+            predecessor.report_failure(1, f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _run_serve(
+    app: str | None,
+    config_file: str | None,
+    binds: tuple[str, ...],
+    workers: int | None,
+    max_jobs: int | None,
+    pidfile: str | None,
+    log_level: str | None,
+    preload: bool,
+    daemon: bool,
+    predecessor: Predecessor | None,
+) -> NoReturn:
     overrides = {
         "tcp.pool.num_workers": workers,
         "tcp.pool.max_jobs": max_jobs,
@@ -134,14 +163,14 @@ def serve(
             raise cfg.ConfigError("app: no application configured")
         return fresh, fresh.app
 
-    sys.exit(_serve(config, app_spec, preload, daemon, reload))
+    sys.exit(_serve(config, app_spec, preload, daemon, reload, predecessor))
 
 
-def _serve(config: cfg.Config, app_spec: str, preload: bool, daemon: bool, reload: Reloader) -> int:
+def _serve(config: cfg.Config, app_spec: str, preload: bool, daemon: bool, reload: Reloader, predecessor: Predecessor | None) -> int:
     try:
         logs.setup(config.log)
     except OSError as exc:
-        _fail(f"log.file: cannot open {config.log.file!r}: {exc.strerror}", EXIT_USAGE)
+        fail(f"log.file: cannot open {config.log.file!r}: {exc.strerror}", EXIT_USAGE)
     os.umask(config.umask)
     before, after = raise_open_files()
     if after != before:
@@ -158,12 +187,12 @@ def _serve(config: cfg.Config, app_spec: str, preload: bool, daemon: bool, reloa
             log.error("%s", exc)
             return EXIT_APP_LOAD
     try:
-        listeners = _bind_all(config)
+        listeners = _bind_all(config, predecessor)
     except BindError as exc:
         log.error("%s", exc)
         return EXIT_RUNTIME
     report = daemonize() if daemon else None
-    if config.pidfile:
+    if config.pidfile and predecessor is None:  # a new master writes it once in charge
         try:
             pidfiles.write(config.pidfile)
         except (OSError, pidfiles.PidfileError) as exc:
@@ -171,7 +200,7 @@ def _serve(config: cfg.Config, app_spec: str, preload: bool, daemon: bool, reloa
             if report is not None:
                 report(EXIT_RUNTIME)
             return EXIT_RUNTIME
-    arbiter = Arbiter(config, app_spec, listeners, preloaded, reload)
+    arbiter = Arbiter(config, app_spec, listeners, preloaded, reload, predecessor)
     arbiter.on_serving = report
     try:
         code = arbiter.run()
@@ -179,13 +208,30 @@ def _serve(config: cfg.Config, app_spec: str, preload: bool, daemon: bool, reloa
             report(code or EXIT_RUNTIME)  # it never served (a report once it did is ignored)
         return code
     finally:
-        if config.pidfile:
+        if config.pidfile and arbiter.owns_paths:  # after an upgrade it is the new master's
             pidfiles.remove(config.pidfile)
 
 
-def _bind_all(config: cfg.Config) -> list[Listener]:
+def _bind_all(config: cfg.Config, predecessor: Predecessor | None = None) -> list[Listener]:
     """Bind every server before anything is forked, or take the sockets systemd passed
-    (socket activation: ``systemd.py``); on any failure close what was bound."""
+    (socket activation: ``systemd.py``) or the old master passed (an upgrade:
+    ``upgrade.py``); on any failure close what was bound."""
+    given = _passed_by_predecessor(config, predecessor) if predecessor is not None else _passed_by_systemd(config)
+    listeners: list[Listener] = []
+    for server in config.servers:
+        sock, systemd_owns = given.get(server.name, (None, False))
+        if sock is None:  # not passed: bind it here
+            try:
+                sock = bind(server.addr, backlog=server.backlog)
+            except OSError as exc:
+                for lst in listeners:
+                    lst.sock.close()
+                raise BindError(f"cannot listen on {server.addr} (server {server.name}): {exc.strerror or exc}") from None
+        listeners.append(Listener.for_server(server, sock, inherited=systemd_owns))
+    return listeners
+
+
+def _passed_by_systemd(config: cfg.Config) -> dict[str, tuple[socket.socket, bool]]:
     inherited: list[tuple[str, socket.socket]] = []
     try:
         inherited = systemd.inherited_sockets()
@@ -196,20 +242,22 @@ def _bind_all(config: cfg.Config) -> list[Listener]:
     except ValueError as exc:
         for _, passed in inherited:
             passed.close()
-        _fail(f"socket activation: {exc}", EXIT_USAGE)
+        fail(f"socket activation: {exc}", EXIT_USAGE)
     systemd.clear_environment()
-    listeners: list[Listener] = []
+    return {name: (sock, True) for name, sock in given.items()}
+
+
+def _passed_by_predecessor(config: cfg.Config, predecessor: Predecessor) -> dict[str, tuple[socket.socket, bool]]:
+    """The old master's sockets of the servers that kept their name and address."""
+    given = {}
     for server in config.servers:
-        sock = given.get(server.name)
-        if sock is None:  # not socket-activated: bind it here
-            try:
-                sock = bind(server.addr, backlog=server.backlog)
-            except OSError as exc:
-                for lst in listeners:
-                    lst.sock.close()
-                raise BindError(f"cannot listen on {server.addr} (server {server.name}): {exc.strerror or exc}") from None
-        listeners.append(Listener.for_server(server, sock, inherited=server.name in given))
-    return listeners
+        passed = predecessor.take_listener(server.name, str(server.addr))
+        if passed is not None:
+            given[server.name] = passed
+    dropped = predecessor.close_untaken()
+    if dropped:
+        log.info("no longer serving %s: the old master closes them", ", ".join(dropped))
+    return given
 
 
 @main.command()
@@ -226,126 +274,9 @@ def check(app: str | None, config_file: str | None) -> None:
     try:
         load_app(app_spec)
     except AppLoadError as exc:
-        _fail(str(exc), EXIT_APP_LOAD)
+        fail(str(exc), EXIT_APP_LOAD)
     click.echo(cfg.to_toml(config), nl=False)
 
 
-# -- management commands: they talk to a running master over its control socket ----------
-
-
-def _control_options(command: Callable[..., None]) -> Callable[..., None]:
-    for option in reversed(
-        [
-            click.option("--control", "control_socket", metavar="SOCKET", help="The master's control socket."),
-            click.option(
-                "-c",
-                "--config",
-                "config_file",
-                type=click.Path(dir_okay=False),
-                help="The server's config file (its [control] socket, or its pidfile).",
-            ),
-            click.option("--pidfile", metavar="F", help="The server's pidfile (the socket is F.sock)."),
-        ]
-    ):
-        command = option(command)
-    return command
-
-
-def _ask(control_socket: str | None, config_file: str | None, pidfile: str | None, command: str, **args: Any) -> dict[str, Any]:
-    """Send ``command`` to the master found by the options; exit with a one-line error if it fails."""
-    path = control_socket or ""
-    if not path and config_file:
-        try:
-            config = cfg.load(config_file)
-        except cfg.ConfigError as exc:
-            _fail(str(exc), EXIT_USAGE)
-        path = socket_path(config.control.socket, config.pidfile)
-        if not path:
-            _fail(f"{config_file} sets neither [control] socket nor pidfile: no way to reach the master", EXIT_USAGE)
-    if not path and pidfile:
-        path = socket_path("", pidfile)
-    if not path:
-        _fail("say where the master is: --control SOCKET, -c FILE or --pidfile F", EXIT_USAGE)
-    try:
-        return request(path, command, **args)
-    except ControlError as exc:
-        _fail(str(exc), EXIT_RUNTIME)
-
-
-@main.command()
-@_control_options
-def workers(control_socket: str | None, config_file: str | None, pidfile: str | None) -> None:
-    """Show the workers: id, pid, state, events handled, open connections, RSS, age."""
-    rows = _ask(control_socket, config_file, pidfile, "workers")["workers"]
-    header = ("ID", "PID", "STATE", "EVENTS", "CONNS", "RSS MB", "AGE")
-    lines = [header] + [
-        (
-            str(r["id"]),
-            str(r["pid"]),
-            r["state"],
-            str(r["events"]),
-            str(r["connections"]),
-            "-" if r["rss_mb"] is None else f"{r['rss_mb']:.1f}",
-            _age(r["age"]),
-        )
-        for r in rows
-    ]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for line in lines:
-        cells = (cell.ljust(w) if i == 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True)))
-        click.echo("  ".join(cells).rstrip())
-
-
-def _age(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s")
-
-
-@main.command()
-@_control_options
-def reset(control_socket: str | None, config_file: str | None, pidfile: str | None) -> None:
-    """Replace every worker; open connections move to the new workers."""
-    _ask(control_socket, config_file, pidfile, "reset")
-    click.echo("replacing every worker")
-
-
-@main.command()
-@_control_options
-def reload(control_socket: str | None, config_file: str | None, pidfile: str | None) -> None:
-    """Re-read the config and replace every worker, keeping connections (as SIGHUP)."""
-    _ask(control_socket, config_file, pidfile, "reload")
-    click.echo("reloading (the master logs the outcome)")
-
-
-@main.command()
-@click.option("--quick", is_flag=True, help="Quick stop (as SIGQUIT): drop unsent output.")
-@_control_options
-def stop(quick: bool, control_socket: str | None, config_file: str | None, pidfile: str | None) -> None:
-    """Stop the server: gracefully (as SIGTERM), or quickly with --quick."""
-    _ask(control_socket, config_file, pidfile, "stop", quick=quick)
-    click.echo("stopping")
-
-
-@main.command()
-@click.argument("uuid")
-@_control_options
-def close(uuid: str, control_socket: str | None, config_file: str | None, pidfile: str | None) -> None:
-    """Close the connection UUID, whichever worker owns it (its CLOSE is delivered). Exit 1 if there is none."""
-    if not _ask(control_socket, config_file, pidfile, "close", uuid=uuid)["found"]:
-        _fail(f"no connection with uuid {uuid}", EXIT_RUNTIME)
-    click.echo(f"closed {uuid}")
-
-
-@main.command("add-worker")
-@_control_options
-def add_worker(control_socket: str | None, config_file: str | None, pidfile: str | None) -> None:
-    """Start one worker more (as SIGTTIN)."""
-    click.echo(f"{_ask(control_socket, config_file, pidfile, 'add-worker')['workers']} workers")
-
-
-@main.command("remove-worker")
-@_control_options
-def remove_worker(control_socket: str | None, config_file: str | None, pidfile: str | None) -> None:
-    """Retire one worker (as SIGTTOU), never the last; its connections move to the others."""
-    click.echo(f"{_ask(control_socket, config_file, pidfile, 'remove-worker')['workers']} workers")
+for _command in manage.COMMANDS:
+    main.add_command(_command)

@@ -46,8 +46,13 @@ def socket_path(control_socket: str, pidfile: str) -> str:
 class ControlServer:
     """The master's end: a non-blocking listening socket; clients are ``ControlClient``."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, sock: socket.socket | None = None) -> None:
+        """Listen at ``path``, or on ``sock`` already listening there (passed on by an upgrade)."""
         self.path = path
+        if sock is not None:
+            self.sock = sock
+            sock.setblocking(False)
+            return
         _claim_path(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
@@ -73,12 +78,13 @@ class ControlServer:
             return None
         return ControlClient(client, now + REQUEST_TIMEOUT)
 
-    def close(self) -> None:
+    def close(self, unlink: bool = True) -> None:
         self.sock.close()
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        if unlink:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
 
 
 class ControlClient:
@@ -186,6 +192,8 @@ class Master(Protocol):
     def add_worker(self) -> None: ...
     def remove_worker(self) -> None: ...
     def close_connection(self, uuid: str, done: Callable[[bool], None], exclude: int = 0) -> None: ...
+    def upgrade(self) -> str: ...
+    def master_info(self) -> dict[str, object]: ...
 
 
 def answer(master: Master, client: ControlClient, request: dict[str, Any]) -> None:
@@ -209,6 +217,11 @@ def answer(master: Master, client: ControlClient, request: dict[str, Any]) -> No
     elif command == "remove-worker":
         master.remove_worker()
         client.reply({"ok": True, "workers": master.target})
+    elif command == "upgrade":
+        why = master.upgrade()
+        client.reply({"ok": False, "error": f"upgrade refused: {why}"} if why else {"ok": True, **master.master_info()})
+    elif command == "master":
+        client.reply({"ok": True, **master.master_info()})
     elif command == "close" and isinstance(request.get("uuid"), str):
         master.close_connection(request["uuid"], lambda found: client.reply({"ok": True, "found": found}))
     else:
@@ -252,8 +265,8 @@ class ControlPlane:
     """The control socket and its clients inside the master's selector: accepted, read,
     answered and written without blocking, each client dropped at its deadline."""
 
-    def __init__(self, path: str, selector: selectors.BaseSelector) -> None:
-        self.server = ControlServer(path)
+    def __init__(self, path: str, selector: selectors.BaseSelector, sock: socket.socket | None = None) -> None:
+        self.server = ControlServer(path, sock)
         self.selector = selector
         self.clients: dict[ControlClient, int] = {}  # client -> the events it is registered for
         self.resume = 0.0  # accepting paused until then (out of descriptors)
@@ -319,8 +332,9 @@ class ControlPlane:
         times = [c.deadline for c in self.clients] + ([self.resume] if self.resume else [])
         return min(times, default=0.0)
 
-    def close_all(self) -> None:
+    def close_all(self, unlink: bool = True) -> None:
+        """Close every client and the socket (``unlink``: remove its file too)."""
         for client in self.clients:
             client.close()
         self.clients.clear()
-        self.server.close()
+        self.server.close(unlink)

@@ -21,14 +21,15 @@ def read(path: str) -> int | None:
     return pid if 0 < pid < 2**31 else None  # kill(2) takes neither 0, -1 nor a pid beyond pid_t
 
 
-def write(path: str) -> None:
-    """Write this process's pid to ``path`` unless it names another live process.
+def write(path: str, replacing: int = 0) -> None:
+    """Write this process's pid to ``path`` unless it names another live process
+    (other than ``replacing``: the master this one takes over from).
 
     The pid goes to a fresh temporary file beside ``path`` (created with O_EXCL, so never
     through a symlink someone planted there), which then replaces ``path`` atomically.
     """
     pid = read(path)
-    if pid and pid != os.getpid() and _alive(pid):
+    if pid and pid not in (os.getpid(), replacing) and _alive(pid):
         raise PidfileError(f"{path}: process {pid} is still running")
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:

@@ -6,7 +6,8 @@ Both are small protocols, written here rather than depending on libsystemd:
   ``$NOTIFY_SOCKET`` (a leading ``@`` means the abstract namespace), newline-separated
   ``KEY=value`` lines.  The master sends ``READY=1`` once its workers serve,
   ``RELOADING=1`` with ``MONOTONIC_USEC`` and then ``READY=1`` around a reload (for
-  ``Type=notify-reload``), ``STOPPING=1``, ``STATUS=`` lines, and ``WATCHDOG=1`` every half
+  ``Type=notify-reload``), ``STOPPING=1``, ``STATUS=`` lines, ``MAINPID=`` when an upgrade
+  hands over to a new master (which then says ``READY=1``), and ``WATCHDOG=1`` every half
   of ``$WATCHDOG_USEC`` while its loop runs.  Without ``$NOTIFY_SOCKET`` nothing is sent.
 - **Socket activation**: ``$LISTEN_PID`` (this process), ``$LISTEN_FDS`` (descriptors from
   3 on) and ``$LISTEN_FDNAMES`` (colon-separated).  The sockets are matched to servers by
@@ -42,10 +43,12 @@ class Notifier:
         self.watchdog_interval = int(watchdog) / 2e6 if watchdog.isdigit() and int(watchdog) and for_us and self.sock else 0.0
         self.next_watchdog = 0.0
         self.status = ""
+        #: Say nothing (a new master during an upgrade: systemd hears from the main process only).
+        self.muted = False
 
     def send(self, *lines: str) -> bool:
-        """Send one notification; False if there is no service manager or it is gone."""
-        if self.sock is None:
+        """Send one notification; False if there is no service manager, it is gone, or muted."""
+        if self.sock is None or self.muted:
             return False
         try:
             self.sock.sendto("\n".join(lines).encode(), self.address)

@@ -1,8 +1,9 @@
 """The master's workers: forking them up to the target, reaping them, judging each exit,
 watching their limits, retiring them with overlap, stopping them.
 
-``WorkerPool`` is the master's state and its workers' lifecycle; ``arbiter.Arbiter``
-adds the main loop around it: signals, the workers' messages, the management commands.
+``WorkerPool`` is the master's state and its workers' lifecycle; ``upgrading.Upgrading``
+adds the upgrade (USR2), and ``arbiter.Arbiter`` the main loop around both: signals, the
+workers' messages, the management commands.
 A generation is the set of workers started from one configuration; a reload starts the
 next one and falls back to the previous configuration if its workers cannot start.
 """
@@ -122,16 +123,7 @@ class WorkerPool:
     ) -> None:  # pragma: no cover - runs in the child
         code = 1
         try:
-            self.selector.close()
-            for other in self.workers.values():
-                other.close()
-            self.relay.close()
-            if self.control is not None:
-                for client in self.control.clients:
-                    client.sock.close()
-                self.control.server.sock.close()
-            if self.signals is not None:
-                self.signals.close()
+            self._close_in_worker()
             code = run_worker(
                 WorkerContext(
                     worker_id,
@@ -152,6 +144,19 @@ class WorkerPool:
         finally:
             logging.shutdown()
             os._exit(code)
+
+    def _close_in_worker(self) -> None:  # pragma: no cover - runs in the child
+        """Close, in a freshly forked worker, the master's own descriptors."""
+        self.selector.close()
+        for other in self.workers.values():
+            other.close()
+        self.relay.close()
+        if self.control is not None:
+            for client in self.control.clients:
+                client.sock.close()
+            self.control.server.sock.close()
+        if self.signals is not None:
+            self.signals.close()
 
     def _sync_channels(self) -> None:
         """Watch a worker's channel for writability exactly while messages wait in its queue."""
@@ -174,10 +179,14 @@ class WorkerPool:
         serving = sum(w.serving for w in self.workers.values())
         if not self.announced and serving >= self.target:
             self.announced = True
-            log.info("serving: %d workers ready", self.target)
-            self.systemd.ready(self.status())
+            self._announce()
         if self.on_serving is not None:
             self.on_serving(0)  # serving, though perhaps not all of them yet: started
+
+    def _announce(self) -> None:
+        """Every worker of the first generation serves."""
+        log.info("serving: %d workers ready", self.target)
+        self.systemd.ready(self.status())
 
     def _reap(self) -> None:
         while True:
@@ -190,6 +199,11 @@ class WorkerPool:
             handle = self.workers.pop(pid, None)
             if handle is not None:
                 self._on_exit(handle, status)
+            else:
+                self._on_other_exit(pid, status)
+
+    def _on_other_exit(self, pid: int, status: int) -> None:
+        """A child that is not a worker ended (a new master started by an upgrade)."""
 
     def _on_exit(self, handle: WorkerHandle, status: int) -> None:
         self._unwatch(handle)

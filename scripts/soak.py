@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Soak test: clients keep PINGing the ping example while workers are recycled or killed.
 
-Two phases, each for --duration seconds against a fresh server on a free loopback port:
+Three phases, each for --duration seconds against a fresh server on a free loopback port:
 
 recycle  every graceful recycle at once: small max_jobs, a memory limit every worker
          exceeds (so each worker retires at every watch_tick), and on a timer SIGHUP,
          SIGTTIN, `prefork-tcp reset` and SIGTTOU. Target: no connection dropped, no wrong answer.
 kill     SIGKILL a random worker every second. Target: only the killed workers'
          connections are lost (dropped <= what they held), and the service goes on.
+upgrade  USR2 to the master in charge every --upgrade-every seconds: each time a new master
+         takes over every connection and the old one exits. Target: no connection
+         dropped, no wrong answer, no connection refused (clients and redis-benchmark).
 
 Exit status 1 when a target is missed.
 
@@ -16,7 +19,7 @@ flight); a dropped connection is counted and reconnected. With redis-benchmark i
 it runs alongside as extra load (-k 0: a new connection per request) and its summary is
 printed too. Only 127.0.0.1 is used, and everything stops by itself.
 
-    python3 scripts/soak.py [--duration 20] [--connections 50] [--workers 2] [--phase recycle|kill|both]
+    python3 scripts/soak.py [--duration 20] [--connections 50] [--workers 2] [--phase recycle|kill|upgrade|all]
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+import psutil
 from serving import ServerProcess
 
 PING, PONG = b"PING\r\n", b"+PONG\r\n"
@@ -51,6 +55,9 @@ class Stats:
     slowest: float = 0.0
     #: Connections the SIGKILLed workers held just before (kill phase).
     victims_held: int = 0
+    #: Upgrades that completed, and those that did not within 30 s (upgrade phase).
+    upgrades: int = 0
+    upgrades_failed: int = 0
     actions: list[str] = field(default_factory=list)
 
 
@@ -108,12 +115,39 @@ async def client(port: int, depth: int, stop_at: float, stats: Stats) -> None:
             writer.close()
 
 
-async def chaos(server: Server, phase: str, stop_at: float, stats: Stats) -> None:
+def upgrade(server: Server) -> bool:
+    """USR2 the master in charge; True once another master is in charge and the old one gone."""
+    old = server.master_pid()
+    os.kill(old, signal.SIGUSR2)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server.master_pid() != old and _zombie(old):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie nobody reaped yet counts)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def chaos(server: Server, phase: str, stop_at: float, stats: Stats, upgrade_every: float) -> None:
     loop = asyncio.get_running_loop()
     step = 0
     while loop.time() < stop_at - 1.5:  # the last moments stay calm so the counts settle
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(upgrade_every if phase == "upgrade" else 1.0)
         step += 1
+        if phase == "upgrade":
+            if await loop.run_in_executor(None, upgrade, server):
+                stats.upgrades += 1
+            else:
+                stats.upgrades_failed += 1
+            stats.actions.append("USR2")
+            continue
         if phase == "kill":
             workers = await loop.run_in_executor(None, server.serving_workers)
             if workers:
@@ -127,7 +161,7 @@ async def chaos(server: Server, phase: str, stop_at: float, stats: Stats) -> Non
             await loop.run_in_executor(None, server.manage, "reset")
             stats.actions.append("reset")
         elif action is not None:
-            server.proc.send_signal(action)
+            os.kill(server.master_pid(), action)
             stats.actions.append(signal.Signals(action).name)
 
 
@@ -153,7 +187,8 @@ def run_phase(phase: str, args: argparse.Namespace) -> dict[str, object]:
         async def main() -> None:
             stop_at = asyncio.get_running_loop().time() + args.duration
             await asyncio.gather(
-                chaos(server, phase, stop_at, stats), *(client(server.port, args.depth, stop_at, stats) for _ in range(args.connections))
+                chaos(server, phase, stop_at, stats, args.upgrade_every),
+                *(client(server.port, args.depth, stop_at, stats) for _ in range(args.connections)),
             )
 
         started = time.monotonic()
@@ -168,6 +203,8 @@ def run_phase(phase: str, args: argparse.Namespace) -> dict[str, object]:
                 bench_out = "redis-benchmark did not finish in time (killed)"
         log = server.stop()
     retired = len(re.findall(r"retired \(", log))
+    bench_lines = bench_out.strip().splitlines()
+    bench_errors = [line for line in bench_lines if re.search(r"error|refused|could not connect", line, re.IGNORECASE)]
     killed = len(re.findall(r"was killed by SIGKILL", log))
     return {
         "phase": phase,
@@ -184,7 +221,10 @@ def run_phase(phase: str, args: argparse.Namespace) -> dict[str, object]:
         "workers_killed": killed,
         "actions": len(stats.actions),
         "killed_workers_held": stats.victims_held,
-        "redis_benchmark": bench_out.strip().splitlines()[-1] if bench_out.strip() else "not installed",
+        "upgrades": stats.upgrades,
+        "upgrades_failed": stats.upgrades_failed,
+        "redis_benchmark": bench_lines[-1] if bench_lines else "not installed",
+        "redis_benchmark_errors": len(bench_errors),
         "server_errors": [line for line in log.splitlines() if "[ERROR]" in line][:5],
     }
 
@@ -195,10 +235,11 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=50, help="long-lived client connections (default 50)")
     parser.add_argument("--depth", type=int, default=4, help="PINGs in flight per connection (default 4)")
     parser.add_argument("--workers", type=int, default=2, help="server workers (default 2)")
-    parser.add_argument("--phase", choices=["recycle", "kill", "both"], default="both")
+    parser.add_argument("--phase", choices=["recycle", "kill", "upgrade", "both", "all"], default="all", help="both: recycle and kill")
+    parser.add_argument("--upgrade-every", type=float, default=3.0, help="seconds between upgrades (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per phase")
     args = parser.parse_args()
-    phases = ["recycle", "kill"] if args.phase == "both" else [args.phase]
+    phases = {"both": ["recycle", "kill"], "all": ["recycle", "kill", "upgrade"]}.get(args.phase, [args.phase])
     failed = False
     for phase in phases:
         result = run_phase(phase, args)
@@ -209,6 +250,16 @@ def main() -> int:
             for key, value in result.items():
                 print(f"{key:>22}: {value}")
         if phase == "recycle" and (result["dropped"] or result["wrong_answers"] or result["stalled"]):
+            failed = True
+        if phase == "upgrade" and (
+            result["dropped"]
+            or result["wrong_answers"]
+            or result["stalled"]
+            or result["connect_errors"]
+            or result["redis_benchmark_errors"]
+            or result["upgrades_failed"]
+            or not result["upgrades"]
+        ):
             failed = True
         if phase == "kill" and (
             result["wrong_answers"] or result["stalled"] or not result["answered"] or result["dropped"] > result["killed_workers_held"]

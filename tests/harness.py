@@ -66,6 +66,8 @@ class Server:
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, cwd=tmp_path
         )
         self.lines: list[str] = []
+        #: The master in charge once an upgrade replaced the one started here (0: that one).
+        self.master = 0
         self._reader = threading.Thread(target=self._read_log, daemon=True)
         self._reader.start()
 
@@ -109,11 +111,31 @@ class Server:
         host, _, port = text[len("tcp://") :].rpartition(":")
         return host.strip("[]"), int(port)
 
+    def master_pid(self) -> int:
+        return self.master or self.proc.pid
+
     def worker_pids(self) -> list[int]:
         try:
-            return sorted(child.pid for child in psutil.Process(self.proc.pid).children())
+            return sorted(child.pid for child in psutil.Process(self.master_pid()).children() if child.pid != self.upgrading())
         except psutil.NoSuchProcess:
             return []
+
+    def upgrading(self) -> int:
+        """The pid of a new master the master in charge started and is still handing over to (0: none)."""
+        started = re.findall(r"\[(\d+)\] \[INFO\] upgrade: started new master (\d+)", self.log)
+        mine = [int(new) for old, new in started if int(old) == self.master_pid()]
+        return mine[-1] if mine and not gone(mine[-1]) else 0
+
+    def upgrade(self, timeout: float = DEADLINE) -> int:
+        """USR2 the master in charge; wait until the new one is in charge and the old one gone; return the new pid."""
+        old = self.master_pid()
+        done = len(re.findall(r"upgrade complete: master \d+ in charge", self.log))
+        os.kill(old, signal.SIGUSR2)
+        line = self.wait_log(r"upgrade complete: master \d+ in charge", count=done + 1, timeout=timeout)[-1]
+        new = int(re.findall(r"upgrade complete: master (\d+) in charge", line)[0])
+        wait_for(lambda: gone(old), timeout, f"old master {old} to exit")
+        self.master = new
+        return new
 
     def events(self) -> list[dict[str, Any]]:
         """Every event the recorder app saw, in the order written."""
@@ -132,9 +154,20 @@ class Server:
     # -- controlling --------------------------------------------------------------------
 
     def send_signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
+        if self.master:
+            os.kill(self.master, signum)
+        else:
+            self.proc.send_signal(signum)
 
-    def stop(self, signum: int = signal.SIGTERM, timeout: float = DEADLINE) -> int:
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = DEADLINE) -> int | None:
+        """Stop the master in charge; return its exit code (None for a master an upgrade
+        started: it is not this process's child)."""
+        if self.master:
+            if not gone(self.master):
+                os.kill(self.master, signum)
+            wait_for(lambda: gone(self.master), timeout, f"master {self.master} to exit")
+            self._reader.join(5)
+            return None
         if self.proc.poll() is None:
             self.proc.send_signal(signum)
         try:
@@ -143,14 +176,39 @@ class Server:
             self._reader.join(5)
 
     def kill(self) -> None:
+        for master in {self.master_pid(), self.upgrading()} - {0}:
+            if gone(master):
+                continue
+            for pid in _children(master):
+                _kill(pid)
+            _kill(master)
         if self.proc.poll() is None:
-            for pid in self.worker_pids():
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            for pid in _children(self.proc.pid):
+                _kill(pid)
             self.proc.kill()
             self.proc.wait(10)
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (a zombie nobody reaped yet counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 class Client:

@@ -25,6 +25,7 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+_PARCEL_BODY = b'{"uuid":"u","server":"s","remote":"r","eof":false,"connected":true,"input":0,"output":0,"session":0}'
 _VALUES = {int: st.integers(0, 1 << 61), str: st.text(max_size=50), bool: st.booleans()}
 
 
@@ -33,7 +34,7 @@ _VALUES = {int: st.integers(0, 1 << 61), str: st.text(max_size=50), bool: st.boo
 def test_every_message_survives_encode_and_decode(data):
     kind = data.draw(st.sampled_from([k for k in Kind if k is not Kind.PARCEL]))
     fields = {name: data.draw(_VALUES[typ]) for name, typ in kind.fields.items()}
-    sender = "worker" if kind.sender == "worker" else "master"
+    sender = data.draw(st.sampled_from(kind.senders))
     message = decode(encode(kind, fields), [], 0, sender)
     assert message.kind is kind and message.fields == fields
 
@@ -45,6 +46,9 @@ def test_every_message_survives_encode_and_decode(data):
         (b"", "worker", "unknown message type"),
         (b"T", "worker", "not sent by the worker"),  # STOP comes from the master only
         (b"R", "master", "not sent by the master"),
+        (b"U", "old master", "not sent by the old master"),  # SUCCESSOR_READY comes from the new one
+        (b"D", "worker", "not sent by the worker"),  # HANDED_OVER: from the old master only
+        (b"A" + _PARCEL_BODY, "new master", "not sent by the new master"),  # parcels go from old to new
         (b"Rx", "worker", "takes no body"),
         (b"c{not json", "worker", "unreadable body"),
         (b"c" + b"[" * 100_000 + b"]" * 100_000, "worker", "unreadable body"),  # RecursionError

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import TESTS, wait_for
+from harness import TESTS, gone, wait_for
 
 SCRIPT = Path(__file__).parent.parent / "conf" / "init.d" / "prefork-tcp"
 
@@ -89,6 +89,35 @@ def test_restart_replaces_the_master(script):
     assert script.pid() != pid and not _alive(pid)
     wait_for(lambda: script.log.read_text().count("serving:") >= 2, what="the new workers")
     assert script.echo(b"x\r\n") == b"x\r\n"
+
+
+def test_upgrade_hands_every_connection_to_a_new_master_or_fails_leaving_the_old_one(script):
+    assert script("upgrade").returncode == 7  # not running
+    assert script("start").returncode == 0
+    old = script.pid()
+    wait_for(lambda: "serving:" in script.log.read_text(), what="the workers")
+    with socket.socket(socket.AF_UNIX) as held:
+        held.settimeout(30)
+        held.connect(script.address)
+        held.sendall(b"uuid\r\n")
+        uuid = held.recv(100)
+        result = script("upgrade")
+        assert result.returncode == 0, result.stdout + result.stderr
+        new = script.pid()
+        assert result.stdout.strip() == f"prefork-tcp: upgraded (pid {old} -> {new})"
+        wait_for(lambda: gone(old), what="the old master to exit")
+        held.sendall(b"uuid\r\n")
+        assert held.recv(100) == uuid  # the same connection, now served by the new master's workers
+        assert script("status").stdout.strip() == f"prefork-tcp: running (pid {new})"
+        config = Path(script.defaults.read_text().split('"')[1])
+        config.write_text(config.read_text().replace("num_workers = 2", "num_workers = -1"))
+        failed = script("upgrade")
+        assert failed.returncode == 1 and "upgrade failed: the new master" in failed.stdout, failed.stdout + failed.stderr
+        assert f"master {new} keeps serving" in failed.stdout and script.pid() == new
+        held.sendall(b"still\r\n")
+        assert held.recv(100) == b"still\r\n"
+    assert script("stop").returncode == 0
+    wait_for(lambda: gone(new), what="the new master to stop")
 
 
 def test_a_broken_config_fails_start_as_not_configured(script):

@@ -1,4 +1,4 @@
-"""A short run of scripts/soak.py: graceful recycling under load drops nothing."""
+"""Short runs of scripts/soak.py: graceful recycling and upgrades under load drop nothing."""
 
 from __future__ import annotations
 
@@ -40,3 +40,19 @@ def test_sigkill_loses_only_what_the_killed_workers_held():
     assert report["workers_killed"] >= 2
     assert report["dropped"] <= report["killed_workers_held"]
     assert report["answered"] > 1000 and report["wrong_answers"] == 0
+
+
+def test_upgrades_under_load_drop_refuse_and_garble_nothing():
+    result = subprocess.run(
+        [sys.executable, str(SOAK), "--phase", "upgrade", "--duration", "7", "--upgrade-every", "1.5", "--connections", "20", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (report,) = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert report["upgrades"] >= 2 and report["upgrades_failed"] == 0
+    assert (report["dropped"], report["wrong_answers"], report["stalled"], report["connect_errors"]) == (0, 0, 0, 0)
+    assert report["connections_opened"] == 20 and report["answered"] > 1000
+    assert report["redis_benchmark_errors"] == 0
