@@ -105,10 +105,10 @@ class Arbiter(Upgrading):
             while True:
                 for step in steps:
                     self._guarded(step)
-                if self.stopping and not self.workers:
-                    return self.exit_code
                 if self.upgraded():
                     return 0
+                if self.stopping and not self.workers and not self.waiting_for_successor():
+                    return self.exit_code
         finally:
             self._cleanup()
 
@@ -272,7 +272,9 @@ class Arbiter(Upgrading):
 
     def close_connection(self, uuid: str, done: Callable[[bool], None], exclude: int = 0) -> None:
         """Ask every worker to close connection ``uuid``; ``done(found)`` once they answered."""
-        if self.relay.holds(uuid):  # on its way between workers: closed as soon as one adopts it
+        if self.relay.holds(uuid) and not (self.successor and self.successor.taking):
+            # On its way between workers: closed as soon as one adopts it (not one on its way
+            # to a new master: this master reaches only what it still holds).
             self.close_on_adoption.add(uuid)
             done(True)
             return
@@ -313,6 +315,8 @@ class Arbiter(Upgrading):
         busy = self.upgrade_busy()
         if busy:
             log.warning("not reloading: %s", busy)
+            self.systemd.reloading()  # a reload job of Type=notify-reload ends at once
+            self.systemd.ready(f"not reloaded: {busy}")
             return
         self.systemd.reloading()  # READY=1 follows when the reload is over, done or not
         try:

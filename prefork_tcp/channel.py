@@ -282,7 +282,10 @@ class Channel:
         Raises ``ChannelError`` for a message that does not match the table.
         """
         try:
-            packet, ancillary, flags, _ = self.sock.recvmsg(MAX_MESSAGE, _ANCILLARY)
+            # Close-on-exec, like every descriptor Python opens: a program the application
+            # runs, or a new master started by an upgrade, must not inherit a connection.
+            packet, ancillary, flags, _ = self.sock.recvmsg(MAX_MESSAGE, _ANCILLARY, socket.MSG_CMSG_CLOEXEC)
+            flags &= ~socket.MSG_CMSG_CLOEXEC  # Linux echoes it back
         except (BlockingIOError, InterruptedError):
             return None
         except OSError:

@@ -117,14 +117,37 @@ def serve(
         predecessor = Predecessor.from_environment()
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
+    overrides = {
+        "tcp.pool.num_workers": workers,
+        "tcp.pool.max_jobs": max_jobs,
+        "pidfile": pidfile,
+        "log.level": log_level,
+    }
+
+    def run() -> NoReturn:
+        config, app_spec = _load(config_file, overrides, list(binds), app)
+
+        def reload() -> tuple[cfg.Config, str]:
+            """Read the config again for SIGHUP, with the same command-line overrides."""
+            fresh = cfg.load(config_file, {**overrides, "app": app}, list(binds))
+            if not fresh.app:
+                raise cfg.ConfigError("app: no application configured")
+            return fresh, fresh.app
+
+        sys.exit(_serve(config, app_spec, preload, daemon and predecessor is None, reload, predecessor))
+
     if predecessor is None:
-        _run_serve(app, config_file, binds, workers, max_jobs, pidfile, log_level, preload, daemon, None)
-        return
-    # Started by an upgrade: if this master fails before it is in charge, the old one hears why.
+        run()
+    _telling_predecessor(predecessor, run)
+
+
+def _telling_predecessor(predecessor: Predecessor, run: Callable[[], NoReturn]) -> NoReturn:
+    """Run a master started by an upgrade: if it fails before it is in charge, the old
+    master hears why (the first error logged, or the command line's own error)."""
     first_error = FirstError()
     logging.getLogger("prefork_tcp").addHandler(first_error)
     try:
-        _run_serve(app, config_file, binds, workers, max_jobs, pidfile, log_level, preload, False, predecessor)
+        run()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if code and not predecessor.in_charge:
@@ -134,36 +157,6 @@ def serve(
         if not predecessor.in_charge:
             predecessor.report_failure(1, f"{type(exc).__name__}: {exc}")
         raise
-
-
-def _run_serve(
-    app: str | None,
-    config_file: str | None,
-    binds: tuple[str, ...],
-    workers: int | None,
-    max_jobs: int | None,
-    pidfile: str | None,
-    log_level: str | None,
-    preload: bool,
-    daemon: bool,
-    predecessor: Predecessor | None,
-) -> NoReturn:
-    overrides = {
-        "tcp.pool.num_workers": workers,
-        "tcp.pool.max_jobs": max_jobs,
-        "pidfile": pidfile,
-        "log.level": log_level,
-    }
-    config, app_spec = _load(config_file, overrides, list(binds), app)
-
-    def reload() -> tuple[cfg.Config, str]:
-        """Read the config again for SIGHUP, with the same command-line overrides."""
-        fresh = cfg.load(config_file, {**overrides, "app": app}, list(binds))
-        if not fresh.app:
-            raise cfg.ConfigError("app: no application configured")
-        return fresh, fresh.app
-
-    sys.exit(_serve(config, app_spec, preload, daemon, reload, predecessor))
 
 
 def _serve(config: cfg.Config, app_spec: str, preload: bool, daemon: bool, reload: Reloader, predecessor: Predecessor | None) -> int:
@@ -204,8 +197,8 @@ def _serve(config: cfg.Config, app_spec: str, preload: bool, daemon: bool, reloa
     arbiter.on_serving = report
     try:
         code = arbiter.run()
-        if report is not None:
-            report(code or EXIT_RUNTIME)  # it never served (a report once it did is ignored)
+        if report is not None:  # it never served, or handed over before it did (a report once it did is ignored)
+            report(0 if arbiter.upgraded() else code or EXIT_RUNTIME)
         return code
     finally:
         if config.pidfile and arbiter.owns_paths:  # after an upgrade it is the new master's
@@ -256,7 +249,7 @@ def _passed_by_predecessor(config: cfg.Config, predecessor: Predecessor) -> dict
             given[server.name] = passed
     dropped = predecessor.close_untaken()
     if dropped:
-        log.info("no longer serving %s: the old master closes them", ", ".join(dropped))
+        log.info("servers no longer configured: %s (they close when the old master exits)", ", ".join(dropped))
     return given
 
 

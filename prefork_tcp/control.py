@@ -219,7 +219,7 @@ def answer(master: Master, client: ControlClient, request: dict[str, Any]) -> No
         client.reply({"ok": True, "workers": master.target})
     elif command == "upgrade":
         why = master.upgrade()
-        client.reply({"ok": False, "error": f"upgrade refused: {why}"} if why else {"ok": True, **master.master_info()})
+        client.reply({"ok": False, "error": why} if why else {"ok": True, **master.master_info()})
     elif command == "master":
         client.reply({"ok": True, **master.master_info()})
     elif command == "close" and isinstance(request.get("uuid"), str):
@@ -228,10 +228,10 @@ def answer(master: Master, client: ControlClient, request: dict[str, Any]) -> No
         client.reply({"ok": False, "error": f"unknown command {command!r}"})
 
 
-def request(path: str, command: str, **args: Any) -> dict[str, Any]:
+def request(path: str, command: str, timeout: float = CLIENT_TIMEOUT, **args: Any) -> dict[str, Any]:
     """Send one command to the master at ``path`` and return its reply; raises ControlError."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(CLIENT_TIMEOUT)
+    sock.settimeout(timeout)
     try:
         sock.connect(path)
         sock.sendall(json.dumps({"command": command, **args}).encode() + b"\n")

@@ -179,16 +179,17 @@ def upgrade(wait: float, control_socket: str | None, config_file: str | None, pi
         click.echo(f"upgrading: new master {new} takes over from master {old}")
         return
     deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
+    while (left := deadline - time.monotonic()) > 0:
         try:
-            state = request(path, "master")
+            state = request(path, "master", timeout=max(0.1, min(left, 5.0)))
         except ControlError:  # between the two masters
             state = {}
         if state.get("pid") == new:
             click.echo(f"upgraded: master {new} serves every connection (was {old})")
             return
         if state.get("pid") == old and state.get("upgrading") != new:
-            fail(f"upgrade failed: {state.get('upgrade_failure') or 'see the log'}; master {old} keeps serving", EXIT_RUNTIME)
+            outcome = "is stopping" if state.get("stopping") else "keeps serving"
+            fail(f"upgrade failed: {state.get('upgrade_failure') or 'see the log'}; master {old} {outcome}", EXIT_RUNTIME)
         time.sleep(0.1)
     fail(f"master {new} did not take over within {wait:g}s; the log says why", EXIT_RUNTIME)
 

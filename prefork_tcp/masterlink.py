@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .channel import EOF, Channel, ChannelError, Kind, Message, Truncated
+from .channel import EOF, MASTER, Channel, ChannelError, Kind, Message, Truncated
 from .logs import Throttle
 
 log = logging.getLogger("prefork_tcp.worker")
@@ -24,7 +24,7 @@ class MasterLink:
     """The worker's end of the channel, watched in the worker's epoll set."""
 
     def __init__(self, sock: socket.socket, epoll: select.epoll, warnings: Throttle, on_lost: Callable[[], None]) -> None:
-        self.channel = Channel(sock, peer="master")
+        self.channel = Channel(sock, peer=MASTER)
         self.epoll = epoll
         self.warnings = warnings
         #: Called once when the master is found gone.

@@ -1,21 +1,22 @@
 """USR2: a new master takes over every listening socket and every open connection.
 
 The old master starts the installed program again with its original arguments
-(``program()``), and passes it, in ``$PREFORK_TCP_UPGRADE`` (``encode`` / ``decode``), the
-descriptors it inherits: every listening socket (with its server's name and configured
-address), the control socket, and one end of a channel between the two masters
-(``channel.py``: SUCCESSOR_READY, HANDED_OVER, FAILED, PARCEL, PARCEL_ACK).
+(``program()``), in the directory it started in (``working_directory()``), and passes it,
+in ``$PREFORK_TCP_UPGRADE`` (``encode`` / ``decode``), the descriptors it inherits: every
+listening socket (with its server's name and configured address), the control socket,
+and one end of a channel between the two masters (``channel.py``: SUCCESSOR_READY,
+HANDED_OVER, FAILED, PARCEL, PARCEL_ACK).  No other descriptor is inherited.
 
 1. The new master reads its configuration, uses each passed socket whose server kept its
-   name and address (and binds what is new), forks its workers, and once they all serve
-   says SUCCESSOR_READY.
+   name and address (or, failing that, its address), binds what is new, forks its
+   workers, and once they all serve says SUCCESSOR_READY.
 2. The old master tells its workers to hand every connection over (RETIRE), as in a
    recycle, and relays the parcels to the new master instead of to workers of its own;
    the new master acknowledges each one once it holds its descriptors and relays it to
    one of its workers.
-3. Once the old master has no worker and no parcel left, it says HANDED_OVER, tells
-   systemd ``MAINPID=`` the new master, and exits; the new master writes the pidfile,
-   takes the control socket and speaks to systemd from then on.
+3. Once the old master has no worker and no parcel left, it tells systemd ``MAINPID=``
+   the new master, says HANDED_OVER, and exits; the new master writes the pidfile, takes
+   the control socket and speaks to systemd from then on.
 
 A new master that cannot start says why (FAILED) and exits; the old one logs the reason
 and serves on.  The master side of this lives in ``upgrading.py``.
@@ -27,16 +28,20 @@ import json
 import logging
 import os
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from .channel import EOF, NEW_MASTER, OLD_MASTER, Channel, Kind, Message, Truncated
-from .sockets import Listener
+from .channel import EOF, NEW_MASTER, OLD_MASTER, Channel, Kind, Message, Truncated, close_all
+from .sockets import Listener, parse_address
 
 #: The environment variable that tells a new master it takes over from its parent.
 ENV = "PREFORK_TCP_UPGRADE"
+#: The version of what is passed and said between the two masters; a new master refuses another.
+VERSION = 1
 #: Descriptors above this are not ones a master passes (a sanity bound for ``decode``).
 _MAX_FD = 1 << 20
 #: How long a failing new master tries to tell the old one why.
@@ -72,6 +77,7 @@ class Inheritance:
 def encode(inheritance: Inheritance) -> str:
     return json.dumps(
         {
+            "version": VERSION,
             "master": inheritance.master,
             "channel": inheritance.channel,
             "control": list(inheritance.control) if inheritance.control else None,
@@ -86,10 +92,16 @@ def decode(text: str, parent: int) -> Inheritance:
     it is not what a master writes, or when it was written by a process other than ``parent``."""
     try:
         data = json.loads(text)
+        if data.get("version") != VERSION:
+            raise ValueError(f"{ENV}: version {data.get('version')!r}, this program speaks version {VERSION}")
         master, channel = data["master"], data["channel"]
         control = data["control"]
         listeners = tuple(PassedSocket(name, address, fd, systemd) for name, address, fd, systemd in data["listeners"])
-    except (ValueError, TypeError, KeyError) as exc:
+    except ValueError as exc:
+        if str(exc).startswith(ENV):
+            raise
+        raise ValueError(f"{ENV} is not what a master passes ({type(exc).__name__})") from None
+    except (TypeError, KeyError, AttributeError) as exc:
         raise ValueError(f"{ENV} is not what a master passes ({type(exc).__name__})") from None
     fds = [channel, *(p.fd for p in listeners)]
     if control is not None:
@@ -100,6 +112,11 @@ def decode(text: str, parent: int) -> Inheritance:
         raise ValueError(f"{ENV}: descriptors must be distinct numbers from 3 on")
     if not all(isinstance(p.name, str) and isinstance(p.address, str) and type(p.systemd) is bool for p in listeners):
         raise ValueError(f"{ENV}: a listener is not [name, address, descriptor, systemd]")
+    for passed in listeners:
+        try:
+            parse_address(passed.address)
+        except ValueError as exc:
+            raise ValueError(f"{ENV}: listener {passed.name!r}: {exc}") from None
     if type(master) is not int or master != parent:
         raise ValueError(f"{ENV} was set by process {master}, not by this process's parent ({parent})")
     return Inheritance(master, channel, listeners, (control[0], control[1]) if control else None)
@@ -108,6 +125,19 @@ def decode(text: str, parent: int) -> Inheritance:
 def program() -> list[str]:
     """The command line that started this process: the same interpreter, options and arguments."""
     return [sys.executable, *sys.orig_argv[1:]]
+
+
+def working_directory() -> str:
+    """This process's working directory, by the path it was entered through when that is
+    known (``$PWD``): a new master started there sees a release switched by symlink."""
+    cwd = os.getcwd()
+    pwd = os.environ.get("PWD", "")
+    try:
+        if pwd and os.path.samefile(pwd, cwd):
+            return pwd
+    except OSError:
+        pass
+    return cwd
 
 
 @dataclass(eq=False)
@@ -140,20 +170,33 @@ class Peer:
 class Successor(Peer):
     """The old master's view of the new master it started."""
 
+    process: subprocess.Popen[bytes] | None = None
     started: float = field(default_factory=time.monotonic)
-    #: The new master's workers serve: the old master's workers hand their connections over.
-    handing_over: bool = False
+    #: When its workers served and the old master's began handing their connections over (0: not yet).
+    handing_over: float = 0.0
     #: HANDED_OVER was sent: the old master exits once the channel has flushed it.
     handed_over: bool = False
     #: Why the new master says it failed (FAILED), if it did.
     cause: str = ""
-    #: When the old master gave up waiting and told it to stop (0: not yet).
-    abandoned: float = 0.0
+    #: The old master gave up on it (it did not serve in time, broke the channel) and told it to stop.
+    abandoned: bool = False
+    #: When it is killed if it has not exited by then (0: not planned).
+    kill_at: float = 0.0
+    #: It has exited (its last messages are being read).
+    exited: bool = False
+    #: When its end of the channel closed (0: open): it exits, or something is wrong with it.
+    closed_at: float = 0.0
+
+    @property
+    def taking(self) -> bool:
+        """Whether connections go to it now: it serves, and nothing went wrong."""
+        return bool(self.handing_over) and not (self.abandoned or self.exited or self.closed_at or self.channel.broken)
 
 
-def spawn(listeners: list[Listener], control: tuple[str, socket.socket] | None) -> Successor:
-    """Start the installed program as a new master that inherits ``listeners`` and the
-    control socket; return it. Raises OSError when it cannot be started."""
+def spawn(listeners: list[Listener], control: tuple[str, socket.socket] | None, directory: str) -> Successor:
+    """Start the installed program in ``directory`` as a new master that inherits
+    ``listeners`` and the control socket, and no other descriptor; return it. Raises
+    OSError when it cannot be started."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     inheritance = Inheritance(
         os.getpid(),
@@ -164,19 +207,17 @@ def spawn(listeners: list[Listener], control: tuple[str, socket.socket] | None) 
     fds = [theirs.fileno(), *(p.fd for p in inheritance.listeners), *([inheritance.control[1]] if inheritance.control else [])]
     environ = dict(os.environ)
     environ.pop("WATCHDOG_PID", None)  # systemd's watchdog follows MAINPID to the new master
+    environ["PWD"] = directory
     environ[ENV] = encode(inheritance)
     try:
-        for fd in fds:
-            os.set_inheritable(fd, True)
-        pid = os.posix_spawn(sys.executable, program(), environ)
+        # Its exit is reaped by the master's loop (waitpid(-1)), never through this object.
+        process = subprocess.Popen(program(), cwd=directory, env=environ, pass_fds=fds, close_fds=True)
     except BaseException:
         ours.close()
         raise
     finally:
-        for fd in fds[1:]:
-            os.set_inheritable(fd, False)
         theirs.close()
-    return Successor(pid, Channel(ours, NEW_MASTER))
+    return Successor(process.pid, Channel(ours, NEW_MASTER), process=process)
 
 
 @dataclass(eq=False)
@@ -186,6 +227,11 @@ class Predecessor(Peer):
     #: Passed listening sockets not taken yet: (name, address) -> (socket, from systemd).
     listeners: dict[tuple[str, str], tuple[socket.socket, bool]] = field(default_factory=dict)
     control: tuple[str, socket.socket] | None = None
+    #: Addresses of passed sockets no server took (a unix socket file there is removed once in charge).
+    dropped: list[str] = field(default_factory=list)
+    #: Parcels taken whose acknowledgement still waits in the channel's queue: not passed on
+    #: yet (if this master died now, the old one would still have them, and nobody else).
+    unconfirmed: list[tuple[dict[str, Any], tuple[int, ...]]] = field(default_factory=list)
     #: This master took charge: the old one is gone or going.
     in_charge: bool = False
 
@@ -206,27 +252,44 @@ class Predecessor(Peer):
         return cls(inheritance.master, Channel(_adopt(inheritance.channel), OLD_MASTER), 0, listeners, control)
 
     def take_listener(self, name: str, address: str) -> tuple[socket.socket, bool] | None:
-        """The passed socket of server ``name`` if it still listens at ``address``, and
-        whether systemd owns it."""
-        return self.listeners.pop((name, address), None)
+        """The passed socket of server ``name`` if it still listens at ``address``, else one
+        that listens at ``address`` for a server renamed since (not for port 0: any port
+        would do, so a renamed server gets a new one); and whether systemd owns it."""
+        taken = self.listeners.pop((name, address), None)
+        where = parse_address(address)
+        if taken is None and (where.kind == "unix" or where.port != 0):
+            renamed = next((key for key in self.listeners if key[1] == address), None)
+            taken = self.listeners.pop(renamed) if renamed else None
+        return taken
 
     def close_untaken(self) -> list[str]:
-        """Close the passed sockets no server took (the old master keeps its own); return their names."""
+        """Close the passed sockets no server took (the old master keeps its own until it
+        exits); return their names. Their unix socket files are this master's to remove
+        once it is in charge (``dropped``)."""
         names = [name for name, _ in self.listeners]
-        for sock, _ in self.listeners.values():
+        for (_, address), (sock, systemd) in self.listeners.items():
             sock.close()
+            if not systemd:
+                self.dropped.append(address)
         self.listeners.clear()
         return names
 
+    def confirmed(self) -> list[tuple[dict[str, Any], tuple[int, ...]]]:
+        """Take the parcels whose acknowledgements have left (the channel's queue is empty)."""
+        taken, self.unconfirmed = self.unconfirmed, []
+        return taken
+
     def report_failure(self, code: int, cause: str) -> None:
         """Tell the old master why this one exits (waits up to 2 s for the channel)."""
-        self.channel.send(Kind.FAILED, code=code & 0xFF, cause=cause[-4000:])
+        self.channel.send(Kind.FAILED, code=code & 0xFF, cause=cause[:4000])
         deadline = time.monotonic() + _REPORT_TIMEOUT
         while not self.channel.flush() and time.monotonic() < deadline:
             time.sleep(0.01)
 
     def close(self) -> None:
         self.channel.close()
+        for _, fds in self.confirmed():
+            close_all(fds)
         if self.control is not None:
             self.control[1].close()
         self.close_untaken()

@@ -2,10 +2,14 @@
 
 As the **old master** it starts its successor (``upgrade.spawn``), waits for it to serve,
 has its own workers hand every connection over and relays their parcels to the
-successor instead of to workers of its own, then exits.  As the **new master** it says
-when its workers serve, takes the parcels its predecessor relays, and once the
-predecessor has handed everything over (or is gone) it takes charge: the pidfile, the
-control socket, systemd.  ``upgrade.py`` has the protocol; ``arbiter.Arbiter`` the loop.
+successor instead of to workers of its own, then exits.  Anything wrong with the
+successor (it exits, breaks the channel, does not serve or take the connections in time)
+ends the upgrade: the successor is stopped and this master serves on.
+
+As the **new master** it says when its workers serve, takes the parcels its predecessor
+relays, and once the predecessor has handed everything over (or died) it takes charge:
+the pidfile, the control socket, systemd.  ``upgrade.py`` has the protocol;
+``arbiter.Arbiter`` the loop.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import selectors
 import shlex
 import signal
 import socket
+import subprocess
 import time
 
 from . import handoff
@@ -24,15 +29,19 @@ from .apploader import App
 from .channel import EOF, ChannelError, Kind, Message, close_all
 from .config import Config
 from .control import ControlError, ControlPlane, socket_path
-from .sockets import Listener
-from .upgrade import Peer, Predecessor, Successor, program, spawn
+from .sockets import Listener, parse_address, unlink_unix
+from .upgrade import Peer, Predecessor, Successor, program, spawn, working_directory
 from .workerhandle import describe_exit
 from .workerpool import WorkerPool
 
 log = logging.getLogger("prefork_tcp.master")
 
-#: After a stop was asked of a new master that failed to take over, when it is killed.
+#: A successor told to stop is killed this long after its own stop deadline.
 KILL_AFTER = 10.0
+#: The handover may take the old workers' destroy_timeout plus this long.
+HANDOVER_GRACE = 30.0
+#: A successor that closed its channel is given this long to exit before it is stopped.
+CLOSED_GRACE = 2.0
 #: What a new master's exit code means (``cli``'s exit codes).
 EXIT_MEANINGS = {1: "runtime failure", 2: "usage or config error", 3: "workers failed to boot", 4: "application could not be imported"}
 
@@ -50,14 +59,14 @@ class Upgrading(WorkerPool):
         self.predecessor = predecessor
         #: Why the last upgrade failed ("" if it did not).
         self.upgrade_failure = ""
+        #: Where this master started: its successor starts there too.
+        self.directory = working_directory()
+        #: Whether the pidfile and the unix socket files (servers', control) are this master's
+        #: to remove at exit: not a new master's before it is in charge, nor an old master's after.
+        self.owns_paths = predecessor is None
         if predecessor is not None:
             self.systemd.muted = True  # systemd hears from the master in charge only
             self._watch_peer(predecessor)
-
-    @property
-    def owns_paths(self) -> bool:
-        """Whether the unix socket files (servers', control) are this master's to remove at exit."""
-        return self.predecessor is None and not (self.successor is not None and self.successor.handed_over)
 
     def upgrade_busy(self) -> str:
         """Why an upgrade or a reload cannot start now ("" if it can)."""
@@ -68,12 +77,14 @@ class Upgrading(WorkerPool):
         return ""
 
     def master_info(self) -> dict[str, object]:
-        """The ``master`` command's answer: who is in charge and how the last upgrade went."""
+        """The ``master`` command's answer: who is in charge and how the last upgrade goes."""
         successor = self.successor
+        going = successor is not None and not (successor.abandoned or successor.exited or self.stopping)
         return {
             "pid": os.getpid(),
-            "upgrading": successor.pid if successor is not None and not successor.abandoned else 0,
+            "upgrading": successor.pid if going and successor is not None else 0,
             "upgrade_failure": self.upgrade_failure,
+            "stopping": self.stopping,
         }
 
     # -- the old master ------------------------------------------------------------------
@@ -85,14 +96,14 @@ class Upgrading(WorkerPool):
             why = "a reload is in progress"
         if why:
             log.warning("upgrade refused: %s", why)
-            return why
+            return f"upgrade refused: {why}"
         control = (self.control.server.path, self.control.server.sock) if self.control is not None else None
         try:
-            successor = spawn(self.listeners, control)
-        except OSError as exc:
-            self.upgrade_failure = f"cannot start {shlex.join(program())}: {exc.strerror or exc}"
+            successor = spawn(self.listeners, control, self.directory)
+        except (OSError, subprocess.SubprocessError) as exc:
+            self.upgrade_failure = f"cannot start {shlex.join(program())} in {self.directory}: {getattr(exc, 'strerror', None) or exc}"
             log.error("upgrade failed: %s; this master keeps serving", self.upgrade_failure)
-            return self.upgrade_failure
+            return f"upgrade failed: {self.upgrade_failure}"
         self.successor = successor
         self.upgrade_failure = ""
         self._watch_peer(successor)
@@ -102,102 +113,126 @@ class Upgrading(WorkerPool):
 
     def _from_successor(self, successor: Successor, message: Message) -> None:
         kind = message.kind
-        if message is EOF:
-            self._unwatch_peer(successor)  # its exit is reaped in _on_other_exit
+        if message is EOF:  # it is exiting (reaped soon), or _tend_upgrade gives up on it
+            self._unwatch_peer(successor)
+            successor.closed_at = successor.closed_at or time.monotonic()
         elif kind is Kind.PARCEL_ACK:
             self.relay.acknowledged(successor.pid, message["uuid"], message["ok"])
-        elif kind is Kind.SUCCESSOR_READY and not successor.abandoned and not successor.handing_over:
-            self._hand_over(successor)
+        elif kind is Kind.SUCCESSOR_READY:
+            if not (successor.handing_over or successor.abandoned or successor.exited or self.stopping):
+                self._hand_over(successor)
         elif kind is Kind.FAILED:
             successor.cause = message["cause"]
 
     def _hand_over(self, successor: Successor) -> None:
         """The successor serves: every worker hands its connections over, and none is started."""
-        successor.handing_over = True
+        successor.handing_over = time.monotonic()
         log.info("new master %d serves: handing every connection over to it", successor.pid)
         self.systemd.set_status(f"upgrading: handing every connection over to master {successor.pid}")
-        now = time.monotonic()
         for handle in self.workers.values():
-            if handle.killed or handle.stopping:
-                continue
-            if not handle.ready:  # still booting: it has no connection
-                handle.stopping = True
-                handle.signal(signal.SIGTERM)
-            elif not handle.retire_sent:
+            if not (handle.killed or handle.stopping or handle.retire_sent):  # a booting one acts on it once booted
                 handle.retiring = handle.retiring or "upgrade"
-                handle.retire_requested = handle.retire_requested or now
-                handle.retire_sent = now
+                handle.retire_requested = handle.retire_requested or successor.handing_over
+                handle.retire_sent = successor.handing_over
                 handle.tell(Kind.RETIRE)
 
     def _tend_upgrade(self) -> None:
-        """A step of the main loop: finish the handover, or give up on a successor that never serves."""
+        """A step of the main loop: finish the handover, or give up on a successor that
+        does not serve or take the connections in time; kill one that does not stop."""
         successor = self.successor
-        if successor is None or successor.handed_over:
+        if successor is None:
+            if self.predecessor is not None and self.predecessor.unconfirmed and not self.predecessor.channel.pending:
+                for fields, fds in self.predecessor.confirmed():
+                    self.relay.add(fields, fds)
             return
         now = time.monotonic()
-        if successor.handing_over and not self.workers and not len(self.relay):
+        if successor.kill_at and now >= successor.kill_at:
+            log.warning("new master %d did not stop in time; killing it", successor.pid)
+            os.kill(successor.pid, signal.SIGKILL)
+            successor.kill_at = now + KILL_AFTER
+        if successor.handed_over or successor.abandoned or successor.exited or self.stopping:
+            return
+        if successor.closed_at and now - successor.closed_at > CLOSED_GRACE:
+            self._abandon(successor, "closed its channel and did not exit")
+        elif successor.taking and not self.workers and not len(self.relay):
             # systemd first: by the time the successor speaks to it, it is the main process.
-            self.systemd.send(f"MAINPID={successor.pid}", f"STATUS=upgraded: master {successor.pid} serves")
+            watchdog = ("WATCHDOG=1",) if self.systemd.watchdog_interval else ()
+            self.systemd.send(f"MAINPID={successor.pid}", *watchdog, f"STATUS=upgraded: master {successor.pid} serves")
             successor.channel.send(Kind.HANDED_OVER)
             successor.handed_over = True
+            self.owns_paths = False
             log.info("every connection handed over to master %d; exiting", successor.pid)
-        elif not successor.handing_over and not successor.abandoned:
-            allowed = 2 * self.config.pool.allocate_timeout + 10.0
-            if now - successor.started > allowed:
-                self._abandon(successor, f"did not serve within {allowed:g}s")
-        elif successor.abandoned and now - successor.abandoned > KILL_AFTER:
-            os.kill(successor.pid, signal.SIGKILL)
-            successor.abandoned = now  # once per KILL_AFTER at most, until it is reaped
+        elif successor.handing_over:
+            allowed = self.config.pool.destroy_timeout + HANDOVER_GRACE
+            if successor.channel.broken:
+                self._abandon(successor, "broke the channel during the handover")
+            elif now - successor.handing_over > allowed:
+                self._abandon(successor, f"did not take every connection within {allowed:g}s")
+        elif now - successor.started > 2 * self.config.pool.allocate_timeout + 10.0:
+            self._abandon(successor, f"did not serve within {2 * self.config.pool.allocate_timeout + 10.0:g}s")
 
     def upgraded(self) -> bool:
         """Whether this master has handed everything over and told its successor so."""
         return self.successor is not None and self.successor.handed_over and not self.successor.channel.pending
 
+    def waiting_for_successor(self) -> bool:
+        """Whether a successor that is not in charge is still running (a stop waits for it)."""
+        return self.successor is not None and not self.successor.handed_over
+
     def _abandon(self, successor: Successor, why: str) -> None:
+        """End the upgrade: stop the successor (gracefully: it may hold connections already)."""
         self.upgrade_failure = f"the new master (pid {successor.pid}) {why}"
         log.error("upgrade failed: %s; stopping it, this master keeps serving", self.upgrade_failure)
-        successor.abandoned = time.monotonic()
-        os.kill(successor.pid, signal.SIGQUIT)
+        successor.abandoned = True
+        successor.kill_at = time.monotonic() + self.config.pool.destroy_timeout + KILL_AFTER
+        os.kill(successor.pid, signal.SIGTERM)
 
     def _on_other_exit(self, pid: int, status: int) -> None:
         successor = self.successor
         if successor is None or pid != successor.pid:
             return
-        self._read_peer(successor)  # why it failed, if it said so, comes first
+        successor.exited = True
+        if successor.process is not None:
+            successor.process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by subprocess
+        self._read_peer(successor)  # what it said last (acknowledgements, why it failed) comes first
         self._unwatch_peer(successor)
         successor.channel.close()
         self.relay.gone(pid)  # parcels it did not take wait for workers of this master again
         self.successor = None
         if successor.handed_over:
+            if not self.upgraded():
+                log.error("new master %d ended as it took over; this master serves again", pid)
+                self.owns_paths = True
             return
-        if not successor.abandoned:
-            how = describe_exit(status)
+        if not (successor.abandoned or self.stopping):
             code = os.waitstatus_to_exitcode(status)
             meaning = f" ({EXIT_MEANINGS[code]})" if code in EXIT_MEANINGS else ""
             cause = f": {successor.cause}" if successor.cause else ""
-            self.upgrade_failure = f"the new master (pid {pid}) {how}{meaning}{cause}"
+            self.upgrade_failure = f"the new master (pid {pid}) {describe_exit(status)}{meaning}{cause}"
             log.error("upgrade failed: %s; this master keeps serving", self.upgrade_failure)
         if successor.handing_over:
             log.warning("the new master ended during the handover: what it had not taken stays with this master")
         self.systemd.set_status(self.status())
 
     def _spawn_missing(self) -> None:
-        if self.successor is None or not self.successor.handing_over:
+        if self.successor is None or not self.successor.taking:
             super()._spawn_missing()
 
     def _relay(self) -> None:
         successor = self.successor
-        if successor is None or not successor.handing_over:
+        if successor is None or not successor.taking:
             super()._relay()
         elif self.relay.waiting and not successor.channel.pending:
             self.relay.deliver([(successor.pid, successor.channel, 0)])
 
     def stop(self, quick: bool) -> None:
         successor = self.successor
-        if successor is not None and not successor.handed_over and not self.stopping:
-            log.info("stopping the new master %d too", successor.pid)
-            self.upgrade_failure = "the server was stopped during the upgrade"
-            successor.abandoned = time.monotonic()
+        if successor is not None and not successor.exited and (not self.stopping or quick):
+            # In charge or about to be, the successor is the server now; before that, it goes too.
+            if not successor.handed_over:
+                log.info("stopping the new master %d too", successor.pid)
+                self.upgrade_failure = self.upgrade_failure or "the server was stopped during the upgrade"
+                successor.kill_at = time.monotonic() + self.config.pool.destroy_timeout + KILL_AFTER
             os.kill(successor.pid, signal.SIGQUIT if quick else signal.SIGTERM)
         super().stop(quick)
 
@@ -214,42 +249,62 @@ class Upgrading(WorkerPool):
     def _from_predecessor(self, predecessor: Predecessor, message: Message) -> None:
         kind = message.kind
         if message is EOF:
-            log.warning("master %d is gone before handing everything over; taking charge", predecessor.pid)
-            self._take_charge(predecessor)
+            if self.stopping:  # it stops too (or told this one to): nothing to take charge of
+                self._let_go(predecessor)
+            else:
+                log.warning("master %d is gone before handing everything over; taking charge", predecessor.pid)
+                self._take_charge(predecessor)
         elif kind is Kind.HANDED_OVER:
             self._take_charge(predecessor)
         elif kind is Kind.PARCEL:
             uuid = message["uuid"]
+            if self.stopping:  # the old master keeps the connection
+                close_all(message.fds)
+                predecessor.channel.send(Kind.PARCEL_ACK, uuid=uuid, ok=False)
+                return
             problem = "handed over twice" if self.relay.holds(uuid) else handoff.check(message.fields, message.fds)
             if problem:
                 close_all(message.fds)
                 log.error("connection %s from master %d: %s; dropped", uuid, predecessor.pid, problem)
             else:
-                self.relay.add(message.fields, message.fds)
+                # Passed on only once the old master can read the acknowledgement: should this
+                # master die before, the old one still has the connection, and nobody else does.
+                predecessor.unconfirmed.append((message.fields, message.fds))
             predecessor.channel.send(Kind.PARCEL_ACK, uuid=uuid, ok=True)
+            if not predecessor.channel.pending:
+                for fields, fds in predecessor.confirmed():
+                    self.relay.add(fields, fds)
 
-    def _take_charge(self, predecessor: Predecessor) -> None:
-        """The predecessor handed everything over (or is gone): this master is the one in charge."""
+    def _let_go(self, predecessor: Predecessor) -> None:
         self.predecessor = None
-        predecessor.in_charge = True
         self._unwatch_peer(predecessor)
         predecessor.channel.close()
+
+    def _take_charge(self, predecessor: Predecessor) -> None:
+        """The predecessor handed everything over (or died): this master is the one in charge."""
+        for fields, fds in predecessor.confirmed():
+            self.relay.add(fields, fds)
+        self._let_go(predecessor)
+        predecessor.in_charge = True
+        self.owns_paths = True
         if self.config.pidfile:
             try:
                 pidfiles.write(self.config.pidfile, replacing=predecessor.pid)
             except (OSError, pidfiles.PidfileError) as exc:
                 log.error("cannot write pidfile: %s", exc)
         inherited, predecessor.control = predecessor.control, None
-        if self.control is None:
-            self._open_control(inherited)
-        elif inherited is not None:
-            inherited[1].close()
+        self._open_control(inherited)
+        for address in predecessor.dropped:  # servers no longer configured: their files go
+            unlink_unix(parse_address(address))
         self.systemd.muted = False
-        self.systemd.ready(self.status())
+        self.systemd.next_watchdog = 0.0  # the next round says WATCHDOG=1: the old master's last may be old
+        if not self.stopping:
+            self.systemd.ready(self.status())
         log.info("upgrade complete: master %d in charge", os.getpid())
 
     def _open_control(self, inherited: tuple[str, socket.socket] | None = None) -> bool:
-        """Listen on the control socket (the one passed on, if its path did not change)."""
+        """Listen on the control socket: at start, or when a new master takes charge (then
+        on the one passed on, unless the config moved it)."""
         path = socket_path(self.config.control.socket, self.config.pidfile)
         sock = None
         if inherited is not None:
@@ -282,9 +337,12 @@ class Upgrading(WorkerPool):
         except ChannelError as exc:
             log.error("master %d sent garbage on the upgrade channel: %s", peer.pid, exc)
             if isinstance(peer, Successor) and peer is self.successor and not peer.abandoned:
+                self._unwatch_peer(peer)
                 self._abandon(peer, "sent garbage")
             elif isinstance(peer, Predecessor) and peer is self.predecessor:
-                self._take_charge(peer)
+                self._let_go(peer)  # the old master serves on; this one goes, and says why
+                self.exit_code = 1
+                self.stop(quick=False)
 
     def _watch_peer(self, peer: Peer) -> None:
         self.selector.register(peer.channel.sock, selectors.EVENT_READ, peer)

@@ -14,7 +14,7 @@ from typing import Any
 
 import psutil
 
-from .channel import EOF, Channel, Kind, Message, Truncated
+from .channel import EOF, WORKER, Channel, Kind, Message, Truncated
 from .scoreboard import Row, Scoreboard
 
 log = logging.getLogger("prefork_tcp.master")
@@ -165,7 +165,7 @@ def fork_worker(
     os.close(stack_w)
     os.set_blocking(stack_r, False)
     board.set_pid(slot, pid)
-    return WorkerHandle(worker_id, pid, Channel(parent_end, peer="worker"), now, slot, max_jobs, stack_r, generation)
+    return WorkerHandle(worker_id, pid, Channel(parent_end, peer=WORKER), now, slot, max_jobs, stack_r, generation)
 
 
 def worker_row(handle: WorkerHandle, row: Row, now: float, busy_known: bool) -> dict[str, object]:

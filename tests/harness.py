@@ -45,6 +45,7 @@ class Server:
         env: dict[str, str] | None = None,
         workers: int | None = 2,
         prefix: list[str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.tmp_path = tmp_path
         self.events_file = tmp_path / "events.jsonl"
@@ -63,7 +64,7 @@ class Server:
             **(env or {}),
         }
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, cwd=tmp_path
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, cwd=cwd or tmp_path
         )
         self.lines: list[str] = []
         #: The master in charge once an upgrade replaced the one started here (0: that one).

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prefork_tcp import handoff
-from prefork_tcp.channel import EOF, Channel, ChannelError, Kind, Truncated, decode, encode
+from prefork_tcp.channel import EOF, Channel, ChannelError, Kind, Truncated, close_all, decode, encode
 
 
 def pair() -> tuple[Channel, Channel]:
@@ -109,6 +109,21 @@ def test_a_closed_peer_is_eof_and_a_broken_channel_stops_queueing():
     assert master.receive() is EOF
     master.send(Kind.STOP)
     assert master.broken and not master.pending
+
+
+def test_descriptors_received_are_close_on_exec():
+    """A program the application runs, or a new master an upgrade starts, inherits no connection."""
+    master, worker = pair()
+    client, server = socket.socketpair()
+    fields, fds = handoff.pack(handoff.Parcel("u-1", "srv", "r", pending_input=b"x"), server.fileno())
+    assert master.send_with_fds(Kind.PARCEL, fields, fds)
+    message = worker.receive()
+    assert message is not None and message.kind is Kind.PARCEL and len(message.fds) == 2
+    assert not any(os.get_inheritable(fd) for fd in message.fds)
+    close_all(message.fds)
+    close_all(fds[1:])
+    for sock in (client, server):
+        sock.close()
 
 
 def test_a_parcel_whose_descriptors_do_not_fit_is_truncated_and_leaks_nothing():

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from harness import Client, answering_pid, gone, kinds, servers_config, uuid_of, wait_for
+from harness import Client, answering_pid, kinds, servers_config, uuid_of, wait_for
 from hypothesis import given
 from hypothesis import strategies as st
-from test_systemd import messages, notify_socket
+from test_systemd import _connects, activate, free_port, messages, needs_activate, notify_socket
 
 from prefork_tcp import upgrade
 from prefork_tcp.upgrade import Inheritance, PassedSocket
@@ -126,27 +126,64 @@ def test_a_second_upgrade_is_refused_while_one_runs_and_a_stop_ends_both_masters
     server.send_signal(signal.SIGUSR2)
     server.wait_log(rf"upgrade refused: an upgrade is in progress \(new master {successor}\)")
     result = manage("upgrade", "--pidfile", str(tmp_path / "master.pid"), "--wait", "0")
-    assert result.returncode == 1 and "upgrade refused: an upgrade is in progress" in result.stderr
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"prefork-tcp: upgrade refused: an upgrade is in progress (new master {successor})"
     assert manage("reload", "--pidfile", str(tmp_path / "master.pid")).returncode == 0
     server.wait_log(r"not reloading: an upgrade is in progress")
     assert server.stop() == 0
-    wait_for(lambda: gone(successor), what="the new master to stop with the old one")
+    assert not psutil.pid_exists(successor)  # the old master waited for it, and reaped it
     server.wait_log(r"stopping the new master \d+ too")
+    assert not (tmp_path / "master.pid").exists() and not (tmp_path / "master.pid.sock").exists()
 
 
-def test_servers_added_to_the_config_are_bound_by_the_new_master_and_removed_ones_closed(start_server, tmp_path):
-    server = start_server(pidfile_config(tmp_path, "echo", "gone"))
+def test_the_new_master_binds_added_servers_keeps_renamed_ones_and_drops_removed_ones(start_server, tmp_path):
+    path = tmp_path / "lines.sock"
+    unix = f'[tcp.servers.{{}}]\naddr = "unix://{path}"\n'
+    server = start_server(pidfile_config(tmp_path, "echo", "gone", extra=unix.format("lines")))
     kept = server.address("echo")
-    with Client(kept) as client:
-        uuid = uuid_of(client)
-        (tmp_path / "server.toml").write_text(pidfile_config(tmp_path, "echo", "added"))
+    with Client(kept) as client, Client(str(path)) as local:
+        uuids = uuid_of(client), uuid_of(local)
+        # "lines" renamed at the same address: the new master takes its socket (binding would fail)
+        (tmp_path / "server.toml").write_text(pidfile_config(tmp_path, "echo", "added", extra=unix.format("renamed")))
         server.upgrade()
-        assert uuid_of(client) == uuid
-    assert server.address("echo") == kept
-    with Client(server.address("added")) as added:
-        added.send(b"hi\r\n")
-        assert added.line() == b"hi\r\n"
-    server.wait_log(r"no longer serving gone: the old master closes them")
+        assert (uuid_of(client), uuid_of(local)) == uuids
+    assert server.address("echo") == kept and server.address("renamed") == str(path)
+    for address in (server.address("added"), str(path)):
+        with Client(address) as fresh:
+            fresh.send(b"hi\r\n")
+            assert fresh.line() == b"hi\r\n"
+    server.wait_log(r"servers no longer configured: gone \(they close when the old master exits\)")
+    assert server.stop() is None and not path.exists()
+
+
+RELEASE = """from prefork_tcp import TcpEvent
+
+
+def main(worker):
+    while (request := worker.wait_request()) is not None:
+        if request.event is TcpEvent.DATA:
+            worker.respond(b"{version}\\r\\n")
+        elif request.event is TcpEvent.CONNECTED:
+            worker.read()
+"""
+
+
+def test_an_upgrade_runs_the_release_a_symlinked_directory_points_to_now(start_server, tmp_path):
+    for version in ("one", "two"):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "release.py").write_text(RELEASE.format(version=version))
+    current = tmp_path / "current"
+    current.symlink_to(tmp_path / "one")
+    config = pidfile_config(tmp_path, "echo").replace("recorder:main", "release:main")
+    server = start_server(config, cwd=current, env={"PWD": str(current)})
+    with Client(server.address("echo")) as client:
+        client.send(b"version\r\n")
+        assert client.line() == b"one\r\n"
+        current.unlink()
+        current.symlink_to(tmp_path / "two")  # a deploy: the new release, switched by symlink
+        server.upgrade()
+        client.send(b"version\r\n")
+        assert client.line() == b"two\r\n"  # the same connection, served by the new code
 
 
 def test_an_upgrade_under_systemd_moves_the_main_pid_to_the_new_master(start_server, tmp_path):
@@ -160,6 +197,19 @@ def test_an_upgrade_under_systemd_moves_the_main_pid_to_the_new_master(start_ser
     handover = [m for m in seen if "MAINPID" in m]
     assert handover == [{"MAINPID": str(new), "STATUS": f"upgraded: master {new} serves"}]
     assert seen.index(handover[0]) < len(seen) - 1  # READY=1 from the new master comes after it
+
+
+@needs_activate
+def test_sockets_systemd_passed_stay_systemds_through_an_upgrade(start_server, tmp_path):
+    port = free_port()
+    server = start_server(pidfile_config(tmp_path, "echo"), prefix=activate({"echo": port}, tmp_path), ready=False)
+    wait_for(lambda: _connects(port), what="systemd-socket-activate listening")
+    server.wait_ready()
+    with Client(("127.0.0.1", port)) as client:
+        uuid = uuid_of(client)
+        server.upgrade()
+        assert uuid_of(client) == uuid
+    assert len(server.wait_log(rf"listening at tcp://127\.0\.0\.1:{port} \(server echo, from systemd\)", count=2)) == 2
 
 
 def test_a_forged_upgrade_variable_is_a_usage_error(tmp_path):
@@ -181,11 +231,12 @@ def test_a_forged_upgrade_variable_is_a_usage_error(tmp_path):
 # -- the variable on its own ------------------------------------------------------------------
 
 _names = st.text(min_size=1, max_size=20)
+_addresses = st.builds("tcp://127.0.0.1:{}".format, st.integers(0, 65535)) | st.builds("unix:///{}".format, _names)
 
 
 @given(
     st.integers(1, 1 << 22),
-    st.lists(st.tuples(_names, _names, st.booleans()), max_size=5),
+    st.lists(st.tuples(_names, _addresses, st.booleans()), max_size=5),
     st.none() | _names,
 )
 def test_what_an_old_master_passes_reads_back_the_same(master, listeners, control):
