@@ -102,6 +102,15 @@ class ServerConfig:
     backlog: int = setting(
         default=BACKLOG, parse=v.IntBetween(1, 65535), doc="listen(2) backlog (the kernel caps it at net.core.somaxconn)"
     )
+    proxy_protocol: str = setting(
+        default="off", parse=v.proxy_protocol, doc="a PROXY header each connection sends first, read before CONNECTED (auto: v1 or v2)"
+    )
+    proxy_allow_from: tuple[v.Network, ...] = setting(
+        default=v.networks(["127.0.0.1", "::1"]),
+        parse=v.networks,
+        emit=v.format_networks,
+        doc="addresses or CIDR blocks that may send a PROXY header; others are closed",
+    )
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ import signal
 import socket
 import time
 from collections import deque
+from dataclasses import dataclass
 
+from . import proxyproto
 from . import timeouts as timeout_rules
 from .accepting import Acceptor
 from .connection import Connection, Event
@@ -36,6 +38,18 @@ CLOSE = TcpEvent.CLOSE
 
 #: How long a gracefully closed connection waits for the client's FIN after ours.
 LINGER = 2.0
+#: How long a connection to a server with ``proxy_protocol`` has to send its header.
+HEADER_TIMEOUT = 5.0
+
+
+@dataclass(eq=False)
+class AwaitingHeader:
+    """A connection accepted on a PROXY server, before its header is whole."""
+
+    conn: Connection
+    mode: str
+    deadline: float
+    received: bytes = b""
 
 
 class ConnectionSet:
@@ -76,6 +90,10 @@ class ConnectionSet:
         # Timeouts: a sweep every ``interval``, woken by a timerfd (no clock read per event).
         self.clock = time.monotonic()
         interval = timeout_rules.sweep_interval(lst.timeouts for lst in listeners)
+        if any(lst.proxy != "off" for lst in listeners):  # headers have HEADER_TIMEOUT to arrive
+            interval = min(interval or 1.0, 1.0)
+        #: Connections accepted that have not sent their PROXY header yet, by descriptor.
+        self.headers: dict[int, AwaitingHeader] = {}
         self.ticker = Ticker(interval) if interval else None
         if self.ticker is not None:
             self.epoll.register(self.ticker.fileno(), EPOLLIN)
@@ -96,7 +114,7 @@ class ConnectionSet:
             self._shut_down()  # CLOSE is queued for what is left: delivered before the loop ends
             if not self.events:
                 return None
-        self.attention = bool(self.stopping or self.lingering or self.acceptor.resume_at)
+        self.attention = bool(self.stopping or self.lingering or self.acceptor.resume_at or self.headers)
         return self._poll_timeout()
 
     def _wake(self, fd: int, mask: int) -> None:
@@ -111,12 +129,19 @@ class ConnectionSet:
         elif self.ticker is not None and fd == self.ticker.fileno():
             self.ticker.drain()
             self._sweep()
+        elif fd in self.headers:
+            self._read_header(self.headers[fd])
 
     def _accept(self, fd: int) -> None:
-        new = self.acceptor.accept(fd, len(self.conns), self.clock)
+        listener = self.acceptor.listeners[fd]
+        new = self.acceptor.accept(fd, len(self.conns) + len(self.headers), self.clock)
         if self.acceptor.resume_at:
             self.attention = True
         if not new:
+            return
+        if listener.proxy != "off":
+            for conn in new:
+                self._await_header(conn, listener)
             return
         conns, register, append = self.conns, self.epoll.register, self.events.append
         for conn in new:
@@ -132,11 +157,71 @@ class ConnectionSet:
         self.slot.set_connections(count)
         self.acceptor.removed(count)
 
+    # -- the PROXY header (SPEC §2): read before CONNECTED, never delivered ------------------
+
+    def _await_header(self, conn: Connection, listener: Listener) -> None:
+        if listener.is_tcp and not proxyproto.allowed(conn.remote, listener.proxy_allow):
+            self._refuse_header(conn, f"peer {conn.remote} is not in proxy_allow_from")
+            return
+        self.headers[conn.fd] = AwaitingHeader(conn, listener.proxy, self.clock + HEADER_TIMEOUT)
+        self.epoll.register(conn.fd, EPOLLIN)
+        self.attention = True
+
+    def _read_header(self, waiting: AwaitingHeader) -> None:
+        """Read what a connection sent before its PROXY header is whole. Bytes after the
+        header stay in the socket: the loop reads them as the first message."""
+        conn = waiting.conn
+        sock = conn.sock
+        assert sock is not None
+        try:
+            peeked = sock.recv(4096, socket.MSG_PEEK)
+            if not peeked:
+                raise proxyproto.ProxyError("closed before its PROXY header was whole")
+            result = proxyproto.parse(waiting.received + peeked, waiting.mode)
+            # Take what belongs to the header; for a header not whole yet, all of it (a
+            # peek alone would leave the socket readable, and the loop spinning).
+            taken = sock.recv(len(peeked) if result is None else result[1] - len(waiting.received))
+        except (BlockingIOError, InterruptedError):
+            return
+        except (OSError, proxyproto.ProxyError) as exc:
+            del self.headers[conn.fd]
+            self._refuse_header(conn, getattr(exc, "strerror", None) or str(exc))
+            return
+        waiting.received += taken
+        if result is None:
+            return
+        header, _ = result
+        del self.headers[conn.fd]
+        if header.source:  # LOCAL and UNKNOWN name no client: the peer is the balancer itself
+            conn.remote = header.source
+        self.conns[conn.fd] = conn
+        conn.watched(EPOLLIN)
+        self.events.append((conn, CONNECTED, b""))
+        self.slot.set_connections(len(self.conns))
+
+    def _refuse_header(self, conn: Connection, why: str) -> None:
+        """Close a connection that sent no valid PROXY header in time: no CONNECTED, no CLOSE."""
+        self.warnings.warn(
+            "proxy", "closing connection from %s (server %s) without CONNECTED: %s", printable(conn.remote) or "-", conn.server, why
+        )
+        sock, conn.sock = conn.sock, None
+        if sock is not None:
+            sock.close()  # out of the epoll set with it
+        conn.detached()
+        self.acceptor.removed(len(self.conns) + len(self.headers))
+
+    def _expire_headers(self, now: float) -> None:
+        for waiting in [w for w in self.headers.values() if w.deadline <= now]:
+            del self.headers[waiting.conn.fd]
+            self._refuse_header(waiting.conn, f"no PROXY header within {HEADER_TIMEOUT:g}s")
+
     # -- timeouts ---------------------------------------------------------------------------
 
     def _sweep(self) -> None:
         """Close the connections whose idle, read or write timeout ran out."""
         self.clock = now = time.monotonic()
+        if self.headers:
+            self._expire_headers(now)
         expired = timeout_rules.expired
         for conn in list(self.conns.values()):
             if conn.sock is not None and conn.timeouts:
@@ -292,6 +377,9 @@ class ConnectionSet:
                 self._finish(conn)
         for conn in list(self.lingering):
             self._close_socket(conn)
+        for waiting in list(self.headers.values()):  # not CONNECTED yet: nothing to finish
+            del self.headers[waiting.conn.fd]
+            self._refuse_header(waiting.conn, "the worker stops")
 
     def _close_listeners(self) -> None:
         """Stop accepting: this worker's copies of the listening sockets are closed."""

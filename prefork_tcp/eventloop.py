@@ -239,8 +239,9 @@ class EventLoop(ConnectionSet):
             self.unfinished.note(conn, 0, _unfinished_of)
 
     def _attend(self) -> float | None:
-        """The rare duties (``ConnectionSet._attend``), a retirement's handoff first."""
-        if self.retiring and not self.stopping:
+        """The rare duties (``ConnectionSet._attend``), a retirement's handoff first (once
+        the connections still sending their PROXY header have it, or have run out of time)."""
+        if self.retiring and not self.stopping and not self.headers:
             self._hand_off_all()
             self.begin_stop(quick=False)
         return super()._attend()

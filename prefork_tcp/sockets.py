@@ -89,6 +89,10 @@ class ServerSettings(Protocol):
     def write_timeout(self) -> float: ...
     @property
     def keepalive(self) -> float: ...
+    @property
+    def proxy_protocol(self) -> str: ...
+    @property
+    def proxy_allow_from(self) -> tuple[Any, ...]: ...
 
 
 @dataclass
@@ -106,6 +110,10 @@ class Listener:
     keepalive: float = 0.0
     #: Passed by systemd (socket activation): its unix socket file is systemd's, not ours.
     inherited: bool = False
+    #: The PROXY header each connection must send first ("off", "v1", "v2", "auto"), and
+    #: the networks (``ipaddress``) it is taken from.
+    proxy: str = "off"
+    proxy_allow: tuple[Any, ...] = ()
 
     @classmethod
     def for_server(cls, server: ServerSettings, sock: socket.socket, inherited: bool = False) -> Listener:
@@ -121,6 +129,8 @@ class Listener:
             timeouts,
             server.keepalive,
             inherited,
+            server.proxy_protocol,
+            server.proxy_allow_from,
         )
 
     @property

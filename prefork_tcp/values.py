@@ -5,6 +5,7 @@ ones are objects that also state their bounds, for the docs and the command line
 from __future__ import annotations
 
 import grp
+import ipaddress
 import json
 import os
 import pwd
@@ -196,6 +197,26 @@ class MegabytesUpTo:
         return max(1, int(value * 1024 * 1024))
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks(value: Any) -> tuple[Network, ...]:
+    """A list of addresses or CIDR blocks ("10.0.0.0/8", "::1"), as networks."""
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _expected('a list of addresses or CIDR blocks such as ["10.0.0.0/8", "::1"]', value)
+    found = []
+    for item in value:
+        try:
+            found.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"expected addresses or CIDR blocks, got {brief(item)}") from None
+    return tuple(found)
+
+
+def format_networks(value: tuple[Network, ...]) -> list[str]:
+    return [str(net.network_address) if net.num_addresses == 1 else str(net) for net in value]
+
+
 class OneOf:
     """A parser of one of ``choices`` (of any case if ``fold_case``, giving it in lower case)."""
 
@@ -216,6 +237,7 @@ class OneOf:
 
 log_level = OneOf(_LOG_LEVELS, "one of " + ", ".join(_LOG_LEVELS), fold_case=True)
 log_format = OneOf(("text", "json"), '"text" or "json"')
+proxy_protocol = OneOf(("off", "v1", "v2", "auto"), '"off", "v1", "v2" or "auto"')
 
 
 def bounds(parse: Parser) -> str:

@@ -151,6 +151,17 @@ BOUNDS_BROKEN = [
     ("[tcp.servers.s]\nbacklog = 0", "tcp.servers.s.backlog: expected a positive integer, got 0"),
     ("[tcp.servers.s]\nbacklog = 65536", "tcp.servers.s.backlog: expected an integer from 1 to 65535, got 65536"),
     ('[tcp.servers.s]\nbacklog = "2048"', 'tcp.servers.s.backlog: expected a positive integer, got "2048"'),
+    ('[tcp.servers.s]\nproxy_protocol = "v3"', 'tcp.servers.s.proxy_protocol: expected "off", "v1", "v2" or "auto", got "v3"'),
+    ("[tcp.servers.s]\nproxy_protocol = true", 'tcp.servers.s.proxy_protocol: expected "off", "v1", "v2" or "auto", got true'),
+    ('[tcp.servers.s]\nproxy_allow_from = "10.0.0.0/8"', "tcp.servers.s.proxy_allow_from: expected a list of addresses or CIDR blocks"),
+    (
+        '[tcp.servers.s]\nproxy_allow_from = ["10.0.0.0/33"]',
+        'tcp.servers.s.proxy_allow_from: expected addresses or CIDR blocks, got "10.0.0.0/33"',
+    ),
+    (
+        '[tcp.servers.s]\nproxy_allow_from = ["example.org"]',
+        'tcp.servers.s.proxy_allow_from: expected addresses or CIDR blocks, got "example.org"',
+    ),
 ]
 
 

@@ -238,8 +238,9 @@ def test_a_file_that_is_not_a_socket_is_not_removed(short_dir):
 # -- reloading framing on bound sockets -------------------------------------------------------
 
 
-def server(name: str, addr: str, delimiter: bytes = b"\r\n", **settings: float) -> SimpleNamespace:
+def server(name: str, addr: str, delimiter: bytes = b"\r\n", **settings: object) -> SimpleNamespace:
     base = dict(max_message_size=1024, read_buf_size=4096, idle_timeout=0.0, read_timeout=60.0, write_timeout=30.0, keepalive=0.0)
+    base.update(proxy_protocol="off", proxy_allow_from=())
     return SimpleNamespace(name=name, addr=parse_address(addr), delimiter=delimiter, **{**base, **settings})
 
 
@@ -251,6 +252,8 @@ def test_for_server_takes_the_framing_and_drops_the_read_timeout_in_stream_mode(
         assert lines.timeouts == Timeouts(5.0, 60.0, 30.0) and lines.sock is sock
         stream = Listener.for_server(server("b", "127.0.0.1:2", delimiter=b""), sock)
         assert stream.timeouts == Timeouts(0.0, 0.0, 30.0)  # no message to be partly read
+        edge = Listener.for_server(server("c", "127.0.0.1:3", proxy_protocol="v2", proxy_allow_from=("net",)), sock)
+        assert (edge.proxy, edge.proxy_allow, lines.proxy) == ("v2", ("net",), "off")
 
 
 def test_rebind_keeps_the_sockets_and_takes_the_new_framing():
