@@ -16,18 +16,18 @@ import signal
 import time
 from collections.abc import Callable
 
-from . import handoff, logs
+from . import logs
 from .apploader import App
 from .channel import ChannelError, Kind, Message, close_all
 from .config import MAX_WORKERS, Config, ConfigError
 from .control import ControlClient, ControlPlane
+from .exits import EXIT_APP_LOAD, EXIT_BOOT_FAILED
 from .signals import SignalPipe
 from .sockets import Listener, unlink_unix
 from .upgrade import Peer, Predecessor
 from .upgrading import Upgrading
 from .workerhandle import WorkerHandle, worker_row
 from .workerpool import TICK
-from .workerprocess import EXIT_APP_LOAD, EXIT_BOOT_FAILED
 
 log = logging.getLogger("prefork_tcp.master")
 
@@ -145,21 +145,16 @@ class Arbiter(Upgrading):
                 assert self.signals is not None
                 for signum in self.signals.drain():
                     self._on_signal(signum)
-            elif isinstance(data, WorkerHandle):
+            elif isinstance(data, (WorkerHandle, Peer)):
                 if events & selectors.EVENT_WRITE:
                     data.channel.flush()
                 if events & selectors.EVENT_READ:
-                    self._read_channel(data)
+                    self._read_channel(data) if isinstance(data, WorkerHandle) else self._read_peer(data)
             elif isinstance(data, ControlClient):
                 assert self.control is not None
                 self.control.serve(data, events, self)
             elif isinstance(data, ControlPlane):
                 data.accept(self)
-            elif isinstance(data, Peer):
-                if events & selectors.EVENT_WRITE:
-                    data.channel.flush()
-                if events & selectors.EVENT_READ:
-                    self._read_peer(data)
         if self.control is not None:
             self.control.tend(self)
 
@@ -241,7 +236,7 @@ class Arbiter(Upgrading):
     def _take_parcel(self, handle: WorkerHandle, message: Message) -> None:
         """A worker hands a connection over: keep it until another worker adopts it."""
         uuid = message["uuid"]
-        problem = "handed over twice" if self.relay.holds(uuid) else handoff.check(message.fields, message.fds)
+        problem = self._parcel_problem(message)
         if problem:
             close_all(message.fds)
             self._kill_garbage(handle, f"parcel {uuid}: {problem}")
@@ -312,13 +307,12 @@ class Arbiter(Upgrading):
         """SIGHUP or ``reload``: re-read the config and replace every worker with overlap."""
         if self.stopping or self.reloader is None:
             return
+        self.systemd.reloading()  # READY=1 follows when the reload is over: done, refused or not
         busy = self.upgrade_busy()
         if busy:
             log.warning("not reloading: %s", busy)
-            self.systemd.reloading()  # a reload job of Type=notify-reload ends at once
             self.systemd.ready(f"not reloaded: {busy}")
             return
-        self.systemd.reloading()  # READY=1 follows when the reload is over, done or not
         try:
             config, app_spec = self.reloader()
             listeners = self._rebind(config)

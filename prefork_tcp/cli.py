@@ -17,12 +17,12 @@ from . import pidfile as pidfiles
 from .apploader import AppLoadError, load_app
 from .arbiter import Arbiter, Reloader
 from .daemon import daemonize
+from .exits import EXIT_APP_LOAD, EXIT_RUNTIME, EXIT_USAGE
 from .fdlimit import raise_open_files
-from .manage import EXIT_RUNTIME, EXIT_USAGE, fail
+from .manage import fail
 from .sockets import BindError, Listener, bind
 from .upgrade import FirstError, Predecessor
 from .values import IntBetween, OneOf
-from .workerprocess import EXIT_APP_LOAD
 
 log = logging.getLogger("prefork_tcp.master")
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .sockets import remove_stale_socket
+from .sockets import remove_stale_socket, unlink_path
 
 log = logging.getLogger("prefork_tcp.master")
 
@@ -81,10 +81,7 @@ class ControlServer:
     def close(self, unlink: bool = True) -> None:
         self.sock.close()
         if unlink:
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
+            unlink_path(self.path)
 
 
 class ControlClient:

@@ -10,9 +10,8 @@ import click
 
 from . import config as cfg
 from .control import ControlError, request, socket_path
+from .exits import EXIT_RUNTIME, EXIT_USAGE
 
-EXIT_RUNTIME = 1
-EXIT_USAGE = 2
 _CONFIG_HELP = "The server's config file (its [control] socket, or its pidfile)."
 
 
@@ -71,8 +70,13 @@ def _control_path(control_socket: str | None, config_file: str | None, pidfile: 
 
 def _ask(control_socket: str | None, config_file: str | None, pidfile: str | None, command: str, **args: Any) -> dict[str, Any]:
     """Send ``command`` to the master found by the options; exit with a one-line error if it fails."""
+    return _request(_control_path(control_socket, config_file, pidfile), command, **args)
+
+
+def _request(path: str, command: str, **args: Any) -> dict[str, Any]:
+    """Send ``command`` to the master at ``path``; exit with a one-line error if it fails."""
     try:
-        return request(_control_path(control_socket, config_file, pidfile), command, **args)
+        return request(path, command, **args)
     except ControlError as exc:
         fail(str(exc), EXIT_RUNTIME)
 
@@ -170,10 +174,7 @@ def upgrade(wait: float, control_socket: str | None, config_file: str | None, pi
     over every listening socket and every open connection, then the old master exits
     (as USR2). Exit 1 if it fails: the old master keeps serving."""
     path = _control_path(control_socket, config_file, pidfile)
-    try:
-        started = request(path, "upgrade")
-    except ControlError as exc:
-        fail(str(exc), EXIT_RUNTIME)
+    started = _request(path, "upgrade")
     old, new = started["pid"], started["upgrading"]
     if not wait:
         click.echo(f"upgrading: new master {new} takes over from master {old}")

@@ -207,10 +207,15 @@ def remove_stale_socket(path: str) -> None:
 def unlink_unix(address: Address) -> None:
     """Remove a unix socket file the master created, if it is still there."""
     if address.kind == "unix":
-        try:
-            os.unlink(address.path)
-        except OSError:
-            pass
+        unlink_path(address.path)
+
+
+def unlink_path(path: str) -> None:
+    """Remove a file if it is still there."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def format_peer(family: int, addr: object) -> str:

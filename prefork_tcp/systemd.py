@@ -56,6 +56,11 @@ class Notifier:
             return False
         return True
 
+    def unmute(self) -> None:
+        """Speak from now on (a new master taking charge): the next round sends WATCHDOG=1 at once."""
+        self.muted = False
+        self.next_watchdog = 0.0
+
     def ready(self, status: str) -> None:
         self.status = status
         self.send("READY=1", f"STATUS={status}")

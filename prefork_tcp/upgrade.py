@@ -73,6 +73,11 @@ class Inheritance:
     #: The control socket's path and descriptor, if the old master had one.
     control: tuple[str, int] | None = None
 
+    @property
+    def fds(self) -> list[Any]:
+        """Every descriptor passed (what ``decode`` checks, and what ``spawn`` lets through)."""
+        return [self.channel, *(p.fd for p in self.listeners), *([self.control[1]] if self.control else [])]
+
 
 def encode(inheritance: Inheritance) -> str:
     return json.dumps(
@@ -92,22 +97,18 @@ def decode(text: str, parent: int) -> Inheritance:
     it is not what a master writes, or when it was written by a process other than ``parent``."""
     try:
         data = json.loads(text)
-        if data.get("version") != VERSION:
-            raise ValueError(f"{ENV}: version {data.get('version')!r}, this program speaks version {VERSION}")
-        master, channel = data["master"], data["channel"]
-        control = data["control"]
-        listeners = tuple(PassedSocket(name, address, fd, systemd) for name, address, fd, systemd in data["listeners"])
-    except ValueError as exc:
-        if str(exc).startswith(ENV):
-            raise
+        version = data.get("version") if isinstance(data, dict) else None
+        if version == VERSION:
+            master, channel, control = data["master"], data["channel"], data["control"]
+            listeners = tuple(PassedSocket(name, address, fd, systemd) for name, address, fd, systemd in data["listeners"])
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ValueError(f"{ENV} is not what a master passes ({type(exc).__name__})") from None
-    except (TypeError, KeyError, AttributeError) as exc:
-        raise ValueError(f"{ENV} is not what a master passes ({type(exc).__name__})") from None
-    fds = [channel, *(p.fd for p in listeners)]
-    if control is not None:
-        if not (isinstance(control, list) and len(control) == 2 and isinstance(control[0], str)):
-            raise ValueError(f"{ENV}: control is not [path, descriptor]")
-        fds.append(control[1])
+    if version != VERSION:
+        raise ValueError(f"{ENV}: version {version!r}, this program speaks version {VERSION}")
+    if control is not None and not (isinstance(control, list) and len(control) == 2 and isinstance(control[0], str)):
+        raise ValueError(f"{ENV}: control is not [path, descriptor]")
+    inheritance = Inheritance(master, channel, listeners, (control[0], control[1]) if control else None)
+    fds = inheritance.fds
     if not all(type(fd) is int and 3 <= fd < _MAX_FD for fd in fds) or len(set(fds)) != len(fds):
         raise ValueError(f"{ENV}: descriptors must be distinct numbers from 3 on")
     if not all(isinstance(p.name, str) and isinstance(p.address, str) and type(p.systemd) is bool for p in listeners):
@@ -119,7 +120,7 @@ def decode(text: str, parent: int) -> Inheritance:
             raise ValueError(f"{ENV}: listener {passed.name!r}: {exc}") from None
     if type(master) is not int or master != parent:
         raise ValueError(f"{ENV} was set by process {master}, not by this process's parent ({parent})")
-    return Inheritance(master, channel, listeners, (control[0], control[1]) if control else None)
+    return inheritance
 
 
 def program() -> list[str]:
@@ -204,14 +205,13 @@ def spawn(listeners: list[Listener], control: tuple[str, socket.socket] | None, 
         tuple(PassedSocket(lst.name, str(lst.address), lst.sock.fileno(), lst.inherited) for lst in listeners),
         (control[0], control[1].fileno()) if control else None,
     )
-    fds = [theirs.fileno(), *(p.fd for p in inheritance.listeners), *([inheritance.control[1]] if inheritance.control else [])]
     environ = dict(os.environ)
     environ.pop("WATCHDOG_PID", None)  # systemd's watchdog follows MAINPID to the new master
     environ["PWD"] = directory
     environ[ENV] = encode(inheritance)
     try:
         # Its exit is reaped by the master's loop (waitpid(-1)), never through this object.
-        process = subprocess.Popen(program(), cwd=directory, env=environ, pass_fds=fds, close_fds=True)
+        process = subprocess.Popen(program(), cwd=directory, env=environ, pass_fds=inheritance.fds, close_fds=True)
     except BaseException:
         ours.close()
         raise

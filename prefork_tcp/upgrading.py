@@ -16,23 +16,23 @@ from __future__ import annotations
 
 import logging
 import os
-import selectors
 import shlex
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterable
 
-from . import handoff
 from . import pidfile as pidfiles
 from .apploader import App
 from .channel import EOF, ChannelError, Kind, Message, close_all
 from .config import Config
 from .control import ControlError, ControlPlane, socket_path
-from .sockets import Listener, parse_address, unlink_unix
+from .exits import MEANINGS
+from .sockets import Listener, parse_address, unlink_path, unlink_unix
 from .upgrade import Peer, Predecessor, Successor, program, spawn, working_directory
 from .workerhandle import describe_exit
-from .workerpool import WorkerPool
+from .workerpool import ChannelEnd, WorkerPool
 
 log = logging.getLogger("prefork_tcp.master")
 
@@ -42,8 +42,6 @@ KILL_AFTER = 10.0
 HANDOVER_GRACE = 30.0
 #: A successor that closed its channel is given this long to exit before it is stopped.
 CLOSED_GRACE = 2.0
-#: What a new master's exit code means (``cli``'s exit codes).
-EXIT_MEANINGS = {1: "runtime failure", 2: "usage or config error", 3: "workers failed to boot", 4: "application could not be imported"}
 
 
 class Upgrading(WorkerPool):
@@ -66,7 +64,7 @@ class Upgrading(WorkerPool):
         self.owns_paths = predecessor is None
         if predecessor is not None:
             self.systemd.muted = True  # systemd hears from the master in charge only
-            self._watch_peer(predecessor)
+            self._watch(predecessor)
 
     def upgrade_busy(self) -> str:
         """Why an upgrade or a reload cannot start now ("" if it can)."""
@@ -82,7 +80,7 @@ class Upgrading(WorkerPool):
         going = successor is not None and not (successor.abandoned or successor.exited or self.stopping)
         return {
             "pid": os.getpid(),
-            "upgrading": successor.pid if going and successor is not None else 0,
+            "upgrading": successor.pid if successor is not None and going else 0,
             "upgrade_failure": self.upgrade_failure,
             "stopping": self.stopping,
         }
@@ -106,7 +104,7 @@ class Upgrading(WorkerPool):
             return f"upgrade failed: {self.upgrade_failure}"
         self.successor = successor
         self.upgrade_failure = ""
-        self._watch_peer(successor)
+        self._watch(successor)
         log.info("upgrade: started new master %d (%s); it takes over once its workers serve", successor.pid, shlex.join(program()))
         self.systemd.set_status(f"upgrading: new master {successor.pid} starting")
         return ""
@@ -114,7 +112,7 @@ class Upgrading(WorkerPool):
     def _from_successor(self, successor: Successor, message: Message) -> None:
         kind = message.kind
         if message is EOF:  # it is exiting (reaped soon), or _tend_upgrade gives up on it
-            self._unwatch_peer(successor)
+            self._unwatch(successor)
             successor.closed_at = successor.closed_at or time.monotonic()
         elif kind is Kind.PARCEL_ACK:
             self.relay.acknowledged(successor.pid, message["uuid"], message["ok"])
@@ -141,9 +139,8 @@ class Upgrading(WorkerPool):
         does not serve or take the connections in time; kill one that does not stop."""
         successor = self.successor
         if successor is None:
-            if self.predecessor is not None and self.predecessor.unconfirmed and not self.predecessor.channel.pending:
-                for fields, fds in self.predecessor.confirmed():
-                    self.relay.add(fields, fds)
+            if self.predecessor is not None:
+                self._pass_on_confirmed(self.predecessor)
             return
         now = time.monotonic()
         if successor.kill_at and now >= successor.kill_at:
@@ -168,8 +165,8 @@ class Upgrading(WorkerPool):
                 self._abandon(successor, "broke the channel during the handover")
             elif now - successor.handing_over > allowed:
                 self._abandon(successor, f"did not take every connection within {allowed:g}s")
-        elif now - successor.started > 2 * self.config.pool.allocate_timeout + 10.0:
-            self._abandon(successor, f"did not serve within {2 * self.config.pool.allocate_timeout + 10.0:g}s")
+        elif now - successor.started > (allowed := 2 * self.config.pool.allocate_timeout + 10.0):
+            self._abandon(successor, f"did not serve within {allowed:g}s")
 
     def upgraded(self) -> bool:
         """Whether this master has handed everything over and told its successor so."""
@@ -184,8 +181,15 @@ class Upgrading(WorkerPool):
         self.upgrade_failure = f"the new master (pid {successor.pid}) {why}"
         log.error("upgrade failed: %s; stopping it, this master keeps serving", self.upgrade_failure)
         successor.abandoned = True
+        self._stop_successor(successor, signal.SIGTERM)
+
+    def _stop_successor(self, successor: Successor, signum: int) -> None:
+        """Ask the successor to stop; it is killed if it has not after its own stop deadline."""
         successor.kill_at = time.monotonic() + self.config.pool.destroy_timeout + KILL_AFTER
-        os.kill(successor.pid, signal.SIGTERM)
+        try:
+            os.kill(successor.pid, signum)
+        except ProcessLookupError:  # exited already: reaped in this round
+            pass
 
     def _on_other_exit(self, pid: int, status: int) -> None:
         successor = self.successor
@@ -195,18 +199,17 @@ class Upgrading(WorkerPool):
         if successor.process is not None:
             successor.process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by subprocess
         self._read_peer(successor)  # what it said last (acknowledgements, why it failed) comes first
-        self._unwatch_peer(successor)
+        self._unwatch(successor)
         successor.channel.close()
         self.relay.gone(pid)  # parcels it did not take wait for workers of this master again
         self.successor = None
-        if successor.handed_over:
-            if not self.upgraded():
-                log.error("new master %d ended as it took over; this master serves again", pid)
-                self.owns_paths = True
+        if successor.handed_over:  # it ended as it took over: this master serves on
+            log.error("new master %d ended as it took over; this master serves again", pid)
+            self.owns_paths = True
             return
         if not (successor.abandoned or self.stopping):
             code = os.waitstatus_to_exitcode(status)
-            meaning = f" ({EXIT_MEANINGS[code]})" if code in EXIT_MEANINGS else ""
+            meaning = f" ({MEANINGS[code]})" if code in MEANINGS else ""
             cause = f": {successor.cause}" if successor.cause else ""
             self.upgrade_failure = f"the new master (pid {pid}) {describe_exit(status)}{meaning}{cause}"
             log.error("upgrade failed: %s; this master keeps serving", self.upgrade_failure)
@@ -229,11 +232,13 @@ class Upgrading(WorkerPool):
         successor = self.successor
         if successor is not None and not successor.exited and (not self.stopping or quick):
             # In charge or about to be, the successor is the server now; before that, it goes too.
-            if not successor.handed_over:
+            signum = signal.SIGQUIT if quick else signal.SIGTERM
+            if successor.handed_over:
+                os.kill(successor.pid, signum)
+            else:
                 log.info("stopping the new master %d too", successor.pid)
                 self.upgrade_failure = self.upgrade_failure or "the server was stopped during the upgrade"
-                successor.kill_at = time.monotonic() + self.config.pool.destroy_timeout + KILL_AFTER
-            os.kill(successor.pid, signal.SIGQUIT if quick else signal.SIGTERM)
+                self._stop_successor(successor, signum)
         super().stop(quick)
 
     # -- the new master ------------------------------------------------------------------
@@ -262,7 +267,7 @@ class Upgrading(WorkerPool):
                 close_all(message.fds)
                 predecessor.channel.send(Kind.PARCEL_ACK, uuid=uuid, ok=False)
                 return
-            problem = "handed over twice" if self.relay.holds(uuid) else handoff.check(message.fields, message.fds)
+            problem = self._parcel_problem(message)
             if problem:
                 close_all(message.fds)
                 log.error("connection %s from master %d: %s; dropped", uuid, predecessor.pid, problem)
@@ -271,19 +276,23 @@ class Upgrading(WorkerPool):
                 # master die before, the old one still has the connection, and nobody else does.
                 predecessor.unconfirmed.append((message.fields, message.fds))
             predecessor.channel.send(Kind.PARCEL_ACK, uuid=uuid, ok=True)
-            if not predecessor.channel.pending:
-                for fields, fds in predecessor.confirmed():
-                    self.relay.add(fields, fds)
+            self._pass_on_confirmed(predecessor)
+
+    def _pass_on_confirmed(self, predecessor: Predecessor, whatever: bool = False) -> None:
+        """Relay the parcels whose acknowledgements have left (``whatever``: all of them,
+        this master being in charge now)."""
+        if whatever or not predecessor.channel.pending:
+            for fields, fds in predecessor.confirmed():
+                self.relay.add(fields, fds)
 
     def _let_go(self, predecessor: Predecessor) -> None:
         self.predecessor = None
-        self._unwatch_peer(predecessor)
+        self._unwatch(predecessor)
         predecessor.channel.close()
 
     def _take_charge(self, predecessor: Predecessor) -> None:
         """The predecessor handed everything over (or died): this master is the one in charge."""
-        for fields, fds in predecessor.confirmed():
-            self.relay.add(fields, fds)
+        self._pass_on_confirmed(predecessor, whatever=True)
         self._let_go(predecessor)
         predecessor.in_charge = True
         self.owns_paths = True
@@ -296,8 +305,7 @@ class Upgrading(WorkerPool):
         self._open_control(inherited)
         for address in predecessor.dropped:  # servers no longer configured: their files go
             unlink_unix(parse_address(address))
-        self.systemd.muted = False
-        self.systemd.next_watchdog = 0.0  # the next round says WATCHDOG=1: the old master's last may be old
+        self.systemd.unmute()
         if not self.stopping:
             self.systemd.ready(self.status())
         log.info("upgrade complete: master %d in charge", os.getpid())
@@ -312,7 +320,7 @@ class Upgrading(WorkerPool):
             if old_path != path:
                 sock.close()
                 sock = None
-                _unlink(old_path)
+                unlink_path(old_path)
         if not path:
             return True
         try:
@@ -336,31 +344,17 @@ class Upgrading(WorkerPool):
                     return  # the upgrade is over: its channel is closed
         except ChannelError as exc:
             log.error("master %d sent garbage on the upgrade channel: %s", peer.pid, exc)
-            if isinstance(peer, Successor) and peer is self.successor and not peer.abandoned:
-                self._unwatch_peer(peer)
+            if isinstance(peer, Successor) and peer is self.successor and not (peer.abandoned or peer.exited):
+                self._unwatch(peer)
                 self._abandon(peer, "sent garbage")
             elif isinstance(peer, Predecessor) and peer is self.predecessor:
                 self._let_go(peer)  # the old master serves on; this one goes, and says why
                 self.exit_code = 1
                 self.stop(quick=False)
 
-    def _watch_peer(self, peer: Peer) -> None:
-        self.selector.register(peer.channel.sock, selectors.EVENT_READ, peer)
-        peer.watching = selectors.EVENT_READ
-
-    def _unwatch_peer(self, peer: Peer) -> None:
-        if peer.watching:
-            self.selector.unregister(peer.channel.sock)
-            peer.watching = 0
-
-    def _sync_channels(self) -> None:
-        super()._sync_channels()
-        for peer in (self.successor, self.predecessor):
-            if peer is not None and peer.watching:
-                wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if peer.channel.pending else 0)
-                if wanted != peer.watching:
-                    self.selector.modify(peer.channel.sock, wanted, peer)
-                    peer.watching = wanted
+    def _channels(self) -> Iterable[ChannelEnd]:
+        yield from super()._channels()
+        yield from (peer for peer in (self.successor, self.predecessor) if peer is not None)
 
     def _close_in_worker(self) -> None:  # pragma: no cover - runs in the child
         super()._close_in_worker()
@@ -373,10 +367,3 @@ class Upgrading(WorkerPool):
         """At exit: the channel to a successor (a predecessor's stays open for ``cli`` to say why this master failed)."""
         if self.successor is not None:
             self.successor.channel.close()
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

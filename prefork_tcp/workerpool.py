@@ -16,23 +16,25 @@ import selectors
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from setproctitle import setproctitle
 
 from . import handoff
 from .apploader import App
-from .channel import Kind
+from .channel import Channel, Kind, Message
 from .closing import CloseRequests
 from .config import MAX_WORKERS, Config, ConfigError
 from .control import ControlPlane
+from .exits import EXIT_APP_LOAD, EXIT_BOOT_FAILED
 from .scoreboard import Scoreboard, SlotWriter
 from .signals import SignalPipe
 from .sockets import Listener, rebind
 from .supervisor import Backoff, Limits, Watch, jittered_max_jobs, judge
 from .systemd import Notifier
 from .workerhandle import WorkerHandle, describe_exit, fork_worker, rss_mb
-from .workerprocess import EXIT_APP_LOAD, EXIT_BOOT_FAILED, WorkerContext
+from .workerprocess import WorkerContext
 from .workerprocess import run as run_worker
 
 log = logging.getLogger("prefork_tcp.master")
@@ -46,6 +48,13 @@ CRASH_MEMORY = 60.0
 #: Deaths that mean the worker crashed, and may again: they back off like application
 #: failures. A worker killed from outside (SIGKILL, the OOM killer) is replaced at once.
 _CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE)
+
+
+class ChannelEnd(Protocol):
+    """The master's end of a channel it watches: a worker's, or the other master's during an upgrade."""
+
+    channel: Channel
+    watching: int
 
 
 class WorkerPool:
@@ -114,8 +123,7 @@ class WorkerPool:
             self.spawn_failures.reset()
             self.next_id += 1
             self.workers[handle.pid] = handle
-            self.selector.register(handle.channel.sock, selectors.EVENT_READ, handle)
-            handle.watching = selectors.EVENT_READ
+            self._watch(handle)
             log.debug("started worker %d (pid %d)", handle.id, handle.pid)
 
     def _become_worker(
@@ -152,24 +160,34 @@ class WorkerPool:
             other.close()
         self.relay.close()
         if self.control is not None:
-            for client in self.control.clients:
-                client.sock.close()
-            self.control.server.sock.close()
+            self.control.close_all(unlink=False)
         if self.signals is not None:
             self.signals.close()
 
-    def _sync_channels(self) -> None:
-        """Watch a worker's channel for writability exactly while messages wait in its queue."""
-        for handle in self.workers.values():
-            wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if handle.channel.pending else 0)
-            if handle.watching and handle.watching != wanted:
-                self.selector.modify(handle.channel.sock, wanted, handle)
-                handle.watching = wanted
+    def _channels(self) -> Iterable[ChannelEnd]:
+        """Whose channels the master watches: its workers' (and, during an upgrade, the other master's)."""
+        return self.workers.values()
 
-    def _unwatch(self, handle: WorkerHandle) -> None:
-        if handle.watching:
-            self.selector.unregister(handle.channel.sock)
-            handle.watching = 0
+    def _watch(self, end: ChannelEnd) -> None:
+        self.selector.register(end.channel.sock, selectors.EVENT_READ, end)
+        end.watching = selectors.EVENT_READ
+
+    def _sync_channels(self) -> None:
+        """Watch each channel for writability exactly while messages wait in its queue."""
+        for end in self._channels():
+            wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if end.channel.pending else 0)
+            if end.watching and end.watching != wanted:
+                self.selector.modify(end.channel.sock, wanted, end)
+                end.watching = wanted
+
+    def _unwatch(self, end: ChannelEnd) -> None:
+        if end.watching:
+            self.selector.unregister(end.channel.sock)
+            end.watching = 0
+
+    def _parcel_problem(self, message: Message) -> str:
+        """What is wrong with a parcel handed to this master ("" if nothing)."""
+        return "handed over twice" if self.relay.holds(message["uuid"]) else handoff.check(message.fields, message.fds)
 
     def _on_ready(self, handle: WorkerHandle) -> None:
         handle.ready = True

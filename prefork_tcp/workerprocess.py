@@ -20,6 +20,7 @@ from .apploader import App, AppLoadError, load_app
 from .channel import Kind, encode
 from .config import Config
 from .connection import HIGH_WATER
+from .exits import EXIT_APP_LOAD, EXIT_BOOT_FAILED  # a worker that fails before it was ready: the CLI's codes
 from .fdlimit import grow_table
 from .scoreboard import SlotWriter
 from .signals import SignalPipe
@@ -30,9 +31,6 @@ from .worker import Worker
 
 log = logging.getLogger("prefork_tcp.worker")
 
-#: Exit codes a worker reports when it fails before it was ready (the CLI's codes).
-EXIT_BOOT_FAILED = 3
-EXIT_APP_LOAD = 4
 #: Exit code of a worker whose application raised after it was ready.
 EXIT_APP_FAILED = 1
 
