@@ -201,7 +201,7 @@ class Connection:
                 self.unread.append(body)
 
     def put_back(self) -> None:
-        """Undo ``take_back`` (the parcel did not go); the caller queues the events again."""
+        """Undo ``take_back`` once the parcel is packed (a snapshot): the events stay queued here."""
         self.connected = True
         self.unread.clear()
 

@@ -114,7 +114,7 @@ class ConnectionSet:
             self._shut_down()  # CLOSE is queued for what is left: delivered before the loop ends
             if not self.events:
                 return None
-        self.attention = bool(self.stopping or self.lingering or self.acceptor.resume_at or self.headers)
+        self.attention = bool(self.stopping or self.lingering or self.acceptor.resume_at)
         return self._poll_timeout()
 
     def _wake(self, fd: int, mask: int) -> None:
@@ -155,7 +155,7 @@ class ConnectionSet:
         """A connection left this worker: publish the count, accept again if it was full."""
         count = len(self.conns)
         self.slot.set_connections(count)
-        self.acceptor.removed(count)
+        self.acceptor.removed(count + len(self.headers))
 
     # -- the PROXY header (SPEC §2): read before CONNECTED, never delivered ------------------
 
@@ -165,7 +165,6 @@ class ConnectionSet:
             return
         self.headers[conn.fd] = AwaitingHeader(conn, listener.proxy, self.clock + HEADER_TIMEOUT)
         self.epoll.register(conn.fd, EPOLLIN)
-        self.attention = True
 
     def _read_header(self, waiting: AwaitingHeader) -> None:
         """Read what a connection sent before its PROXY header is whole. Bytes after the
@@ -184,7 +183,6 @@ class ConnectionSet:
         except (BlockingIOError, InterruptedError):
             return
         except (OSError, proxyproto.ProxyError) as exc:
-            del self.headers[conn.fd]
             self._refuse_header(conn, getattr(exc, "strerror", None) or str(exc))
             return
         waiting.received += taken
@@ -201,6 +199,7 @@ class ConnectionSet:
 
     def _refuse_header(self, conn: Connection, why: str) -> None:
         """Close a connection that sent no valid PROXY header in time: no CONNECTED, no CLOSE."""
+        self.headers.pop(conn.fd, None)
         self.warnings.warn(
             "proxy", "closing connection from %s (server %s) without CONNECTED: %s", printable(conn.remote) or "-", conn.server, why
         )
@@ -212,7 +211,6 @@ class ConnectionSet:
 
     def _expire_headers(self, now: float) -> None:
         for waiting in [w for w in self.headers.values() if w.deadline <= now]:
-            del self.headers[waiting.conn.fd]
             self._refuse_header(waiting.conn, f"no PROXY header within {HEADER_TIMEOUT:g}s")
 
     # -- timeouts ---------------------------------------------------------------------------
@@ -378,7 +376,6 @@ class ConnectionSet:
         for conn in list(self.lingering):
             self._close_socket(conn)
         for waiting in list(self.headers.values()):  # not CONNECTED yet: nothing to finish
-            del self.headers[waiting.conn.fd]
             self._refuse_header(waiting.conn, "the worker stops")
 
     def _close_listeners(self) -> None:

@@ -244,7 +244,10 @@ class EventLoop(ConnectionSet):
         if self.retiring and not self.stopping and not self.headers:
             self._hand_off_all()
             self.begin_stop(quick=False)
-        return super()._attend()
+        timeout = super()._attend()
+        if self.retiring and not self.stopping:  # headers still pending: look again next round
+            self.attention = True
+        return timeout
 
     # -- reading and writing --------------------------------------------------------
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import handoff
 from .channel import Kind, Message, close_all
@@ -48,6 +48,7 @@ class Holder(Protocol):
     warnings: Throttle
     stopping: bool
     deferred: list[Message]
+    moving: bool
 
     @property
     def orphaned(self) -> bool: ...
@@ -57,10 +58,10 @@ class Holder(Protocol):
     def _on_message(self, message: Message) -> None: ...
 
 
-def hand_off(worker: Holder, conns: list[Connection], timeout: float, *, moving: bool = False) -> tuple[int, list[Connection]]:
+def hand_off(worker: Holder, conns: list[Connection], timeout: float) -> tuple[int, list[Connection]]:
     """Hand ``conns`` over; return how many went, and those still here and open.
 
-    ``moving``: the application is inside an event (``Worker.move_others``): the master's
+    ``worker.moving``: the application is inside an event (``Worker.move_others``): the master's
     other messages wait in ``worker.deferred``, and a connection whose session cannot be
     pickled simply stays (without ``moving`` it is closed here, its CLOSE delivered:
     SPEC §1).
@@ -68,6 +69,7 @@ def hand_off(worker: Holder, conns: list[Connection], timeout: float, *, moving:
     waiting = deque(conns)
     if not waiting:
         return 0, []
+    moving = worker.moving
     queued = _take_queued(worker, set(conns))
     in_transit: dict[str, Connection] = {}
     handed = 0
@@ -85,11 +87,9 @@ def hand_off(worker: Holder, conns: list[Connection], timeout: float, *, moving:
                 if not conn.open:  # closed meanwhile (by uuid, a timeout): its CLOSE is queued
                     waiting.popleft()
                     continue
-                conn.take_back(queued.get(conn, []))
                 try:
-                    fields, fds = handoff.pack(conn.parcel(), conn.fd)
+                    fields, fds = _pack(conn, queued.get(conn, []))
                 except handoff.SessionError as exc:
-                    conn.put_back()
                     waiting.popleft()
                     _requeue(worker, conn, queued)
                     if moving:
@@ -99,7 +99,6 @@ def hand_off(worker: Holder, conns: list[Connection], timeout: float, *, moving:
                         worker._finish(conn)
                     continue
                 except OSError as exc:  # no descriptor or memory for its payload: the others first
-                    conn.put_back()
                     worker.warnings.warn("handoff", "cannot hand over connection %s yet: %s", conn.uuid, exc.strerror)
                     waiting.rotate(-1)
                     unpackable += 1
@@ -112,7 +111,6 @@ def hand_off(worker: Holder, conns: list[Connection], timeout: float, *, moving:
                 finally:
                     close_all(fds[1:])
                 if not sent:
-                    conn.put_back()
                     blocked = True  # the channel is full: wait until the master reads
                     break
                 waiting.popleft()
@@ -135,7 +133,6 @@ def hand_off(worker: Holder, conns: list[Connection], timeout: float, *, moving:
                     handed_over(answered)
                     handed += 1
                 else:  # it comes back here, to be sent again (or to stay)
-                    answered.put_back()
                     worker.conns[answered.fd] = answered
                     worker._update_mask(answered)
                     worker.slot.set_connections(len(worker.conns))
@@ -145,12 +142,20 @@ def hand_off(worker: Holder, conns: list[Connection], timeout: float, *, moving:
         for conn in in_transit.values():
             handed_over(conn)  # sent, answer lost: the master has it, or is gone
             handed += 1
-        for conn in waiting:
-            conn.put_back()
         left = [conn for conn in waiting if conn.open]
         for conn in left:
             _requeue(worker, conn, queued)
     return handed, left
+
+
+def _pack(conn: Connection, queued: list[Event]) -> tuple[dict[str, Any], list[int]]:
+    """The connection's parcel with its queued events in it; the connection itself stays as
+    it was (a parcel is a snapshot). Raises what ``handoff.pack`` raises."""
+    conn.take_back(queued)
+    try:
+        return handoff.pack(conn.parcel(), conn.fd)
+    finally:
+        conn.put_back()
 
 
 def handed_over(conn: Connection) -> None:

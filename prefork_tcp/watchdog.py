@@ -55,8 +55,6 @@ class Watchdog(threading.Thread):
         self.entry = entry
         self.main_id = threading.get_ident()
         self.stopped = threading.Event()
-        #: Connections moved away from slow events.
-        self.moved = 0
 
     def run(self) -> None:
         seen: object = None  # the request seen last, and since when
@@ -96,7 +94,6 @@ class Watchdog(threading.Thread):
             sys.setswitchinterval(switch)
             gate.give_back()
         if moved:
-            self.moved += moved
             log.info("an event has run for more than %gms: %d other connections moved to other workers", self.slow_event * 1000, moved)
         return True
 

@@ -55,6 +55,7 @@ class Worker(EventLoop):
     ) -> None:
         super().__init__(listeners, signals, drain_timeout, high_water, slot, max_jobs, mark_events, max_connections)
         self.master = MasterLink(channel, self.epoll, self.warnings, on_lost=self._orphan)
+        self.master_fd = self.master.fileno()  # compared at every wake of a descriptor that is not a connection
         #: The application failed: the loop hands everything over and delivers nothing.
         self.salvaging = False
         #: The master's messages that came while connections moved away from a slow event,
@@ -80,7 +81,7 @@ class Worker(EventLoop):
     # -- the master's messages --------------------------------------------------------------
 
     def _wake(self, fd: int, mask: int) -> None:
-        if fd == self.master.fileno():
+        if fd == self.master_fd:
             if mask & EPOLLOUT:
                 self.master.flush()
             if mask & (EPOLLIN | EPOLL_TROUBLE):
@@ -184,8 +185,8 @@ class Worker(EventLoop):
             self.tell_master(Kind.SLOW)
             self.acceptor.pause(0)  # resumes at the loop's next round
             self.attention = True
-            others = [c for c in self.conns.values() if c is not keep and c.open and not c.closing]
-            handed, _ = hand_off(self, others, MOVE_TIMEOUT, moving=True)
+            others = [c for c in self.conns.values() if c is not keep and c.open]
+            handed, _ = hand_off(self, others, MOVE_TIMEOUT)
         finally:
             self.moving = False
         return handed
@@ -250,18 +251,13 @@ class Worker(EventLoop):
             self.clock,
         )
         conn.shared = True
+        broken = False
         if parcel.session:
             try:
                 conn.session = handoff.unpickle_session(parcel.session)
             except Exception as exc:  # the application's classes changed (a reload?)
                 log.warning("connection %s (server %s): its session cannot be restored (%s); closing it", uuid, conn.server, exc)
-                self.conns[conn.fd] = conn
-                if parcel.unsent_output and conn.write(parcel.unsent_output):
-                    self.dirty.append(conn)
-                if not parcel.connected:
-                    self.events.append((conn, CONNECTED, b""))
-                self._finish(conn)  # its output is flushed, then FIN
-                return
+                broken = True
         self.conns[conn.fd] = conn
         self.slot.set_connections(len(self.conns))
         log.debug("adopted connection %s (server %s)", conn.uuid, conn.server)
@@ -269,7 +265,7 @@ class Worker(EventLoop):
             self.dirty.append(conn)
         if not parcel.connected:
             self.events.append((conn, CONNECTED, b""))
-        if self.stopping:  # arrived during a stop: its output is flushed, then it closes
+        if self.stopping or broken:  # its output is flushed, then it closes
             self._finish(conn)
             return
         if parcel.pending_input:
