@@ -22,6 +22,35 @@ DEADLINE = 30.0  # generous: the suite must pass on a loaded 2-core machine
 _LISTENING = re.compile(r"listening at (\S+) \(server (\S+)\)")
 
 
+def manage(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``prefork-tcp ARGS`` (a management command) and return what it did."""
+    return subprocess.run(
+        [sys.executable, "-m", "prefork_tcp", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(TESTS)},
+        check=False,
+    )
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def connects(port: int) -> bool:
+    """Whether something accepts connections on loopback ``port``."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 def wait_for(condition: Callable[[], Any], timeout: float = DEADLINE, what: str = "condition") -> Any:
     """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -281,6 +310,15 @@ def start(start_server, config: str, workers: int = 1, **kwargs: Any) -> Server:
 
     wait_for(ready, what="the server to serve")
     return server
+
+
+def closed_by_server(client: Client) -> bytes:
+    """Read until the server closes the connection (EOF or reset); return what arrived."""
+    try:
+        return client.read_to_eof()
+    except ConnectionResetError:
+        out, client.buf = client.buf, b""
+        return out
 
 
 def answering_pid(client: Client) -> int:

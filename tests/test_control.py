@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import stat
-import subprocess
-import sys
 
 import pytest
-from harness import TESTS, Client, servers_config, wait_for
-
-
-def manage(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "prefork_tcp", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(TESTS)},
-        check=False,
-    )
+from harness import Client, manage, servers_config, uuid_of, wait_for
 
 
 def start(start_server, tmp_path, workers=2, extra=""):
@@ -28,11 +13,6 @@ def start(start_server, tmp_path, workers=2, extra=""):
     server = start_server(f'pidfile = "{pidfile}"\n' + servers_config("echo", extra=extra), workers=workers)
     wait_for(lambda: (tmp_path / "master.pid.sock").exists(), what="the control socket")
     return server, str(tmp_path / "server.toml")
-
-
-def uuid_of(client: Client) -> str:
-    client.send(b"uuid\r\n")
-    return client.line().decode().strip()
 
 
 def test_control_socket_is_private_and_found_three_ways(start_server, tmp_path):

@@ -9,11 +9,7 @@ import time
 
 import psutil
 import pytest
-from harness import Client, servers_config, wait_for
-
-
-def kinds(events: list[dict]) -> list[str]:
-    return [e["event"] for e in events]
+from harness import Client, kinds, servers_config, wait_for
 
 
 def bodies(events: list[dict]) -> list[str]:

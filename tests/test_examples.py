@@ -8,11 +8,10 @@ import shutil
 import smtplib
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from harness import Client, wait_for
+from harness import Client, manage, wait_for
 
 SMTP = "prefork_tcp.examples.smtp:main"
 ROOT = Path(__file__).parent.parent
@@ -55,7 +54,7 @@ def test_an_smtp_transaction_survives_its_connection_moving(start_server, tmp_pa
         assert client.ehlo("tester")[0] == 250
         assert client.mail("alice@example.org")[0] == 250
         assert client.rcpt("bob@example.org")[0] == 250
-        subprocess.run([sys.executable, "-m", "prefork_tcp", "reset", "--pidfile", str(pidfile)], check=True, timeout=60)
+        assert manage("reset", "--pidfile", str(pidfile)).returncode == 0
         server.wait_log(r"retired \(reset\)", count=2)
         code, reply = client.data(body)
         assert code == 250, reply

@@ -17,7 +17,7 @@ import uuid as uuids
 from pathlib import Path
 
 import pytest
-from harness import Client, answering_pid, kinds, servers_config, start, uuid_of, wait_for
+from harness import Client, answering_pid, closed_by_server, kinds, servers_config, start, uuid_of, wait_for
 
 FAST_TICK = '[tcp.pool.supervisor]\nwatch_tick = "100ms"\n'
 CRASH = "the client asked for a crash"
@@ -33,15 +33,6 @@ def start_controlled(start_server, tmp_path: Path, extra: str = "", workers: int
     path = str(tmp_path / "ctl.sock")
     wait_for(lambda: os.path.exists(path), what="the control socket")
     return server, path
-
-
-def closed_by_server(client: Client) -> bytes:
-    """Read until the server closes the connection (EOF or reset); return what arrived."""
-    try:
-        return client.read_to_eof()
-    except ConnectionResetError:
-        out, client.buf = client.buf, b""
-        return out
 
 
 def connect_control(path: str, timeout: float = 10.0) -> socket.socket:

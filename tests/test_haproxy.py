@@ -6,13 +6,11 @@ address and port."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
-from harness import Client, Server, servers_config, wait_for
-from test_systemd import free_port
+from harness import Client, Server, connects, free_port, servers_config, wait_for
 
 pytestmark = pytest.mark.skipif(not shutil.which("haproxy"), reason="haproxy not installed")
 
@@ -40,11 +38,7 @@ class HAProxy:
     def _listening(self) -> bool:
         if self.proc.poll() is not None:
             raise AssertionError(f"haproxy exited: {self.proc.stdout.read().decode()}")  # type: ignore[union-attr]
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-        except OSError:
-            return False
-        return True
+        return connects(self.port)
 
     def stop(self) -> None:
         self.proc.terminate()

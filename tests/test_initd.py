@@ -77,7 +77,7 @@ def test_start_status_reload_stop_with_lsb_exit_codes(script):
     assert script.echo(b"after\r\n") == b"after\r\n"
     assert script("stop").returncode == 0
     assert not script.pidfile.exists()
-    wait_for(lambda: not _alive(pid), what="the master gone")
+    wait_for(lambda: gone(pid), what="the master gone")
     assert script("status").returncode == 3
     assert script("stop").returncode == 0  # stopping what is stopped succeeds
 
@@ -86,7 +86,7 @@ def test_restart_replaces_the_master(script):
     assert script("start").returncode == 0
     pid = script.pid()
     assert script("restart").returncode == 0
-    assert script.pid() != pid and not _alive(pid)
+    assert script.pid() != pid and gone(pid)
     wait_for(lambda: script.log.read_text().count("serving:") >= 2, what="the new workers")
     assert script.echo(b"x\r\n") == b"x\r\n"
 
@@ -140,11 +140,3 @@ def test_an_application_that_cannot_start_fails_start(script):
 def test_unknown_verbs_are_usage_errors(script):
     result = script("dance")
     assert result.returncode == 2 and "usage:" in result.stderr
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

@@ -5,12 +5,13 @@ closed without CONNECTED."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import struct
 import time
 
 import pytest
-from harness import Client, kinds, servers_config, uuid_of, wait_for
+from harness import Client, closed_by_server, kinds, servers_config, uuid_of, wait_for
 
 from prefork_tcp.proxyproto import V2_SIGNATURE
 
@@ -70,21 +71,12 @@ def test_a_local_header_keeps_the_balancers_own_address(start_server):
     assert connected(server)[0]["remote"] == f"{local[0]}:{local[1]}"
 
 
-def closed(client: Client) -> bool:
-    """Whether the server closed the connection having sent nothing (a FIN, or a reset
-    when it closed with the refused bytes unread)."""
-    try:
-        return client.read_to_eof() == b""
-    except ConnectionResetError:
-        return True
-
-
 def refused(server, payload: bytes, why: str) -> None:
     """The connection is closed without CONNECTED, and the warning says why."""
     with Client(server.address("edge")) as client:
         if payload:
             client.send(payload)
-        assert closed(client)
+        assert closed_by_server(client) == b""
     server.wait_log(rf"\[WARNING\] closing connection from \S+ \(server edge\) without CONNECTED: .*{why}")
     assert not any(e["event"] == "CONNECTED" for e in server.events())
 
@@ -106,7 +98,7 @@ def test_a_missing_or_malformed_header_closes_without_connected(start_server, mo
         with Client(server.address("edge")) as client:
             client.send(payload)
             client.sock.shutdown(socket.SHUT_WR)
-            assert closed(client)
+            assert closed_by_server(client) == b""
         server.wait_log(rf"without CONNECTED: {why}")
         return
     refused(server, payload, why)
@@ -140,7 +132,7 @@ def test_the_client_address_survives_a_handoff(start_server):
     with Client(server.address("edge")) as client:
         client.send(V1)
         uuid = uuid_of(client)
-        server.send_signal(__import__("signal").SIGHUP)  # every worker replaced: the connection moves
+        server.send_signal(signal.SIGHUP)  # every worker replaced: the connection moves
         server.wait_log("reload complete")
         client.send(b"after\r\n")
         assert client.line() == b"after\r\n"

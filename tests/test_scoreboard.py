@@ -25,7 +25,6 @@ from prefork_tcp.scoreboard import (
 
 MAX_COUNT = 1 << 48
 U64 = st.integers(min_value=0, max_value=(1 << 64) - 1)
-I64 = st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1)
 
 
 def serving(board: Scoreboard, *connections: int) -> list[SlotWriter]:

@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 
 import pytest
-from harness import Client, answering_pid, kinds, servers_config, start, uuid_of, wait_for
+from harness import Client, answering_pid, kinds, manage, servers_config, start, uuid_of, wait_for
 
 
 def neighbours(server, count: int = 8) -> tuple[Client, list[Client], int, list[Client]]:
@@ -36,9 +34,8 @@ def nothing_to_read(client: Client) -> bool:
 
 def connections_by_pid(pidfile) -> dict[int, int]:
     """The ``workers`` table's open connections per worker pid."""
-    result = subprocess.run(
-        [sys.executable, "-m", "prefork_tcp", "workers", "--pidfile", str(pidfile)], capture_output=True, text=True, timeout=60, check=True
-    )
+    result = manage("workers", "--pidfile", str(pidfile))
+    assert result.returncode == 0, result.stderr
     return {int(row.split()[1]): int(row.split()[4]) for row in result.stdout.splitlines()[1:]}
 
 
@@ -81,9 +78,7 @@ def test_with_slow_event_zero_the_other_connections_wait(start_server):
 
 
 def reset(pidfile) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "prefork_tcp", "reset", "--pidfile", str(pidfile)], capture_output=True, text=True, timeout=60, check=False
-    )
+    result = manage("reset", "--pidfile", str(pidfile))
     assert result.returncode == 0, result.stderr
 
 

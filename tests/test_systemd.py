@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import TESTS, Client, servers_config, wait_for
+from harness import TESTS, Client, connects, free_port, servers_config, wait_for
 
 from prefork_tcp import systemd
 
@@ -128,7 +128,6 @@ def environ(count: int, names: str = "", pid: int | None = None) -> dict[str, st
 
 
 def test_inherited_sockets_come_with_their_names():
-    ports = []
     socks = [listening(), listening()]
     ports = [s.getsockname()[1] for s in socks]
     pass_down(*socks)
@@ -185,12 +184,6 @@ def test_sockets_match_servers_by_name_else_in_order():
 needs_activate = pytest.mark.skipif(not shutil.which("systemd-socket-activate"), reason="systemd-socket-activate not installed")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def activate(ports: dict[str, int], tmp_path: Path, names: bool = True) -> list[str]:
     """``systemd-socket-activate`` listening on ``ports``, passing the test's environment."""
     prefix = ["systemd-socket-activate"]
@@ -207,7 +200,7 @@ def test_socket_activated_servers_get_their_sockets_by_name(start_server, tmp_pa
     ports = {"lines": free_port(), "smtp": free_port()}  # passed in the other order than configured
     config = servers_config("smtp", "lines")
     server = start_server(config, prefix=activate(ports, tmp_path), ready=False)
-    wait_for(lambda: _connects(ports["smtp"]), what="systemd-socket-activate listening")  # starts the server
+    wait_for(lambda: connects(ports["smtp"]), what="systemd-socket-activate listening")  # starts the server
     with Client(("127.0.0.1", ports["smtp"])) as smtp, Client(("127.0.0.1", ports["lines"])) as lines:
         smtp.send(b"hi\r\n")
         assert smtp.line() == b"hi\r\n"
@@ -232,7 +225,7 @@ def test_a_socket_named_for_no_server_is_a_config_error(tmp_path):
         env={**os.environ, "PYTHONPATH": str(TESTS)},
     )
     try:
-        wait_for(lambda: _connects(port), what="systemd-socket-activate listening")
+        wait_for(lambda: connects(port), what="systemd-socket-activate listening")
         assert proc.wait(30) == 2
         (line,) = proc.stderr.read().strip().splitlines()[-1:]
         assert line == "prefork-tcp: socket activation: systemd passed a socket named 'other', and no server has that name"
@@ -240,14 +233,6 @@ def test_a_socket_named_for_no_server_is_a_config_error(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-def _connects(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
 
 
 # -- the shipped unit files -----------------------------------------------------------------

@@ -13,17 +13,13 @@ from pathlib import Path
 
 import psutil
 import pytest
-from harness import Client, answering_pid, kinds, servers_config, uuid_of, wait_for
+from harness import Client, answering_pid, connects, free_port, kinds, manage, servers_config, uuid_of, wait_for
 from hypothesis import given
 from hypothesis import strategies as st
-from test_systemd import _connects, activate, free_port, messages, needs_activate, notify_socket
+from test_systemd import activate, messages, needs_activate, notify_socket
 
 from prefork_tcp import upgrade
 from prefork_tcp.upgrade import Inheritance, PassedSocket
-
-
-def manage(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "prefork_tcp", *args], capture_output=True, text=True, timeout=120, check=False)
 
 
 def pidfile_config(tmp_path: Path, *names: str, extra: str = "") -> str:
@@ -60,10 +56,9 @@ def test_an_upgrade_keeps_every_connection_with_its_uuid_session_input_and_outpu
         client.send(b"get n\r\n")
         assert client.line() == f"{index}\r\n".encode()
         assert answering_pid(client) in workers
-    events = server.events()
     for uuid in uuids:
-        assert kinds([e for e in events if e["uuid"] == uuid]).count("CONNECTED") == 1
-        assert "CLOSE" not in kinds([e for e in events if e["uuid"] == uuid])
+        assert kinds(server.events_of(uuid)).count("CONNECTED") == 1
+        assert "CLOSE" not in kinds(server.events_of(uuid))
     assert server.stop() is None  # the master in charge is not this test's child
     for uuid in uuids:  # the graceful stop of the third master delivers each CLOSE once
         assert kinds(server.events_of(uuid)).count("CLOSE") == 1
@@ -121,8 +116,7 @@ def test_a_second_upgrade_is_refused_while_one_runs_and_a_stop_ends_both_masters
     server = start_server(config)
     (tmp_path / "server.toml").write_text(config.replace("recorder:main", "recorder:slow_boot"))
     server.send_signal(signal.SIGUSR2)
-    (line,) = server.wait_log(r"upgrade: started new master \d+")
-    successor = int(line.split("started new master ")[1].split()[0])
+    successor = wait_for(server.upgrading, what="the new master")
     server.send_signal(signal.SIGUSR2)
     server.wait_log(rf"upgrade refused: an upgrade is in progress \(new master {successor}\)")
     result = manage("upgrade", "--pidfile", str(tmp_path / "master.pid"), "--wait", "0")
@@ -203,7 +197,7 @@ def test_an_upgrade_under_systemd_moves_the_main_pid_to_the_new_master(start_ser
 def test_sockets_systemd_passed_stay_systemds_through_an_upgrade(start_server, tmp_path):
     port = free_port()
     server = start_server(pidfile_config(tmp_path, "echo"), prefix=activate({"echo": port}, tmp_path), ready=False)
-    wait_for(lambda: _connects(port), what="systemd-socket-activate listening")
+    wait_for(lambda: connects(port), what="systemd-socket-activate listening")
     server.wait_ready()
     with Client(("127.0.0.1", port)) as client:
         uuid = uuid_of(client)
