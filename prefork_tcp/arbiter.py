@@ -20,8 +20,8 @@ from . import logs
 from .apploader import App
 from .channel import ChannelError, Kind, Message, close_all
 from .config import MAX_WORKERS, Config, ConfigError
-from .control import ControlClient, ControlPlane
 from .exits import EXIT_APP_LOAD, EXIT_BOOT_FAILED
+from .plane import Plane, PlaneClient
 from .signals import SignalPipe
 from .sockets import Listener, unlink_unix
 from .upgrade import Peer, Predecessor
@@ -84,7 +84,7 @@ class Arbiter(Upgrading):
         self.signals = SignalPipe(_HANDLED_SIGNALS)
         self.selector.register(self.signals.fileno(), selectors.EVENT_READ, None)
         # A new master takes the control socket once it is in charge (upgrading.py).
-        if self.predecessor is None and not self._open_control():
+        if self.predecessor is None and not (self._open_control() and self._open_metrics()):
             self._cleanup()
             return 1
         for lst in self.listeners:
@@ -132,8 +132,9 @@ class Arbiter(Upgrading):
             timeout = min(timeout, max(0.0, self.spawn_after - now))
         if self.relay.waiting:
             timeout = min(timeout, RELAY_RETRY)
-        if self.control is not None and self.control.deadline:
-            timeout = min(timeout, max(0.0, self.control.deadline - now))
+        for plane in self._planes():
+            if plane.deadline:
+                timeout = min(timeout, max(0.0, plane.deadline - now))
         if self.systemd.watchdog_interval and not self.stopping:  # WATCHDOG=1 while the loop runs
             timeout = min(timeout, max(0.0, self.systemd.tick(now) - now))
         if self.faulted:  # a step raised since the last wait: do not spin on it
@@ -150,13 +151,12 @@ class Arbiter(Upgrading):
                     data.channel.flush()
                 if events & selectors.EVENT_READ:
                     self._read_channel(data) if isinstance(data, WorkerHandle) else self._read_peer(data)
-            elif isinstance(data, ControlClient):
-                assert self.control is not None
-                self.control.serve(data, events, self)
-            elif isinstance(data, ControlPlane):
-                data.accept(self)
-        if self.control is not None:
-            self.control.tend(self)
+            elif isinstance(data, PlaneClient):
+                data.plane.serve(data, events)
+            elif isinstance(data, Plane):
+                data.accept()
+        for plane in self._planes():
+            plane.tend()
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
@@ -206,12 +206,12 @@ class Arbiter(Upgrading):
         elif kind is Kind.BUDGET_LOW:
             handle.budget_low = True  # _spawn_missing starts its successor now
         elif kind is Kind.BUDGET_SPENT:
-            self._retiring_itself(handle, f"handled its max_jobs ({handle.max_jobs} events)")
+            self._retiring_itself(handle, f"handled its max_jobs ({handle.max_jobs} events)", "max_jobs")
         elif kind is Kind.SLOW:
             handle.slow_until = time.monotonic() + SLOW_MEMORY
         elif kind is Kind.APP_FAILED:
             handle.crashed = True
-            self._retiring_itself(handle, "its application failed")
+            self._retiring_itself(handle, "its application failed", "app_error")
         elif kind is Kind.CLOSED:
             self.closes.answer(message["id"], handle.pid, message["found"])
         elif kind is Kind.CLOSE_REQUEST:
@@ -224,11 +224,12 @@ class Arbiter(Upgrading):
             code = message["code"] if message["code"] in (EXIT_BOOT_FAILED, EXIT_APP_LOAD) else EXIT_BOOT_FAILED
             handle.failure = (code, message["cause"])
 
-    def _retiring_itself(self, handle: WorkerHandle, reason: str) -> None:
+    def _retiring_itself(self, handle: WorkerHandle, reason: str, cause: str) -> None:
         """A worker hands its connections over without being asked: take it off the list
         of workers that adopt connections (its parcels follow this message)."""
         if not (handle.retiring or handle.stopping):
             handle.retiring = reason
+            handle.cause = cause
             handle.retire_requested = time.monotonic()
             log.info("worker %d (pid %d) hands its connections over: %s", handle.id, handle.pid, reason)
         handle.retire_sent = handle.retire_sent or time.monotonic()
@@ -251,6 +252,7 @@ class Arbiter(Upgrading):
         self._unwatch(handle)
         if not handle.killed:
             handle.killed = "sent garbage on its channel"
+            handle.cause = "error"
             handle.signal(signal.SIGKILL)
 
     def _on_exit(self, handle: WorkerHandle, status: int) -> None:
@@ -282,7 +284,7 @@ class Arbiter(Upgrading):
     def replace_all(self, reason: str) -> None:
         """Retire every worker, keeping their connections (``reset``)."""
         for handle in list(self.workers.values()):
-            self.retire(handle, reason)
+            self.retire(handle, reason, reason)
 
     def add_worker(self) -> None:
         """SIGTTIN: one worker more, up to MAX_WORKERS."""
@@ -301,7 +303,7 @@ class Arbiter(Upgrading):
         log.info("SIGTTOU: %d workers", self.target)
         staying = [w for w in self.workers.values() if not (w.retiring or w.stopping or w.killed)]
         if len(staying) > self.target:
-            self.retire(min(staying, key=lambda w: w.id), "SIGTTOU")
+            self.retire(min(staying, key=lambda w: w.id), "SIGTTOU", "scale_down")
 
     def reload(self) -> None:
         """SIGHUP or ``reload``: re-read the config and replace every worker with overlap."""
@@ -321,6 +323,7 @@ class Arbiter(Upgrading):
                     logs.setup(config.log)
                 except OSError as exc:
                     raise ConfigError(f"log.file: cannot open {config.log.file!r}: {exc.strerror}") from None
+            self.move_metrics(config.metrics.addr)
         except ConfigError as exc:
             log.error("config not reloaded: %s; the current workers keep serving", exc)
             self.systemd.ready(f"config not reloaded: {exc}")
@@ -343,6 +346,8 @@ class Arbiter(Upgrading):
         # After an upgrade the files are the new master's; a new master that failed leaves them to the old.
         if self.control is not None:
             self.control.close_all(unlink=self.owns_paths)
+        if self.metrics is not None:
+            self.metrics.close_all()
         for lst in self.listeners:
             lst.sock.close()
             if not lst.inherited and self.owns_paths:

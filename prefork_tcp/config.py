@@ -15,6 +15,7 @@ from typing import Any
 
 from . import values as v
 from .framing import DEFAULT_DELIMITER, DEFAULT_MAX_SIZE, READ_SIZE
+from .scoreboard import MAX_SERVERS
 from .sockets import BACKLOG, Address
 
 if sys.version_info >= (3, 11):
@@ -186,6 +187,19 @@ class ControlConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: Prometheus metrics from the master (docs/operations.md, "Metrics")."""
+
+    addr: Address | None = setting(
+        default=None,
+        parse=v.metrics_address,
+        emit=lambda addr: str(addr) if addr else "",
+        default_doc='""',
+        doc='host:port to serve /metrics and /ready at (HTTP); "" = off',
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole effective configuration of one server."""
 
@@ -203,6 +217,7 @@ class Config:
     tcp: TcpConfig = field(default_factory=TcpConfig)
     log: LogConfig = field(default_factory=LogConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     #: The file it was read from ("" = none), for the reload log line.
     source: str = ""
 
@@ -360,6 +375,8 @@ def _build_servers(raw: Any, path: str) -> tuple[ServerConfig, ...]:
             raise ConfigError(f"{server_path}.addr: {v.brief(str(server.addr))} is already used by server {other!r}")
         seen[server.addr] = name
         servers.append(server)
+    if len(servers) > MAX_SERVERS:
+        raise ConfigError(f"{path}: {len(servers)} servers; one master serves at most {MAX_SERVERS}")
     return tuple(servers)
 
 

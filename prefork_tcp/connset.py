@@ -9,6 +9,7 @@ the client's own FIN), closes those whose timeouts ran out, and stops the worker
 
 from __future__ import annotations
 
+import errno
 import logging
 import select
 import signal
@@ -23,7 +24,7 @@ from .accepting import Acceptor
 from .connection import Connection, Event
 from .events import TcpEvent
 from .logs import Throttle, printable
-from .scoreboard import Scoreboard, SlotWriter, State
+from .scoreboard import MAX_SERVERS, Closed, Scoreboard, SlotWriter, State
 from .signals import SignalPipe
 from .sockets import Listener, unsent_bytes
 from .ticker import Ticker
@@ -40,6 +41,15 @@ CLOSE = TcpEvent.CLOSE
 LINGER = 2.0
 #: How long a connection to a server with ``proxy_protocol`` has to send its header.
 HEADER_TIMEOUT = 5.0
+
+
+#: Socket errors that mean the client went away (reset, or gone while we wrote).
+_CLIENT_GONE = frozenset((errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH))
+
+
+def lost(exc: OSError) -> Closed:
+    """Why a connection whose read or write raised ``exc`` ended: the client, or an error."""
+    return Closed.CLIENT if exc.errno in _CLIENT_GONE else Closed.ERROR
 
 
 @dataclass(eq=False)
@@ -70,6 +80,8 @@ class ConnectionSet:
         self.conns: dict[int, Connection] = {}
         #: Framing rules by server name, for connections adopted from other workers.
         self.servers = {lst.name: lst for lst in listeners}
+        #: Each server's number in the scoreboard's counters (the master knows the order).
+        self.server_numbers = {lst.name: i for i, lst in enumerate(listeners[:MAX_SERVERS])}
         self.slot = slot or SlotWriter(Scoreboard(1), 0)
         self.signals = signals
         self.drain_timeout = drain_timeout
@@ -139,7 +151,9 @@ class ConnectionSet:
             self.attention = True
         if not new:
             return
-        if listener.proxy != "off":
+        number = self.server_numbers.get(listener.name, -1)
+        self.slot.accepted(number, len(new))
+        if listener.proxy != "off":  # open once its header is read
             for conn in new:
                 self._await_header(conn, listener)
             return
@@ -150,6 +164,17 @@ class ConnectionSet:
             conn.watched(EPOLLIN)
             append((conn, CONNECTED, b""))
         self.slot.set_connections(len(conns))
+        self.slot.opened(number, len(new))
+
+    def _added(self, conn: Connection) -> None:
+        """A connection joined ``conns`` (its header read, adopted, or back from a handoff): publish the counts."""
+        self.slot.set_connections(len(self.conns))
+        self.slot.opened(self.server_numbers.get(conn.server, -1))
+
+    def _take_out(self, conn: Connection) -> None:
+        """Remove a connection from ``conns`` and its server's count; ``_removed`` follows."""
+        if self.conns.pop(conn.fd, None) is not None:
+            self.slot.left(self.server_numbers.get(conn.server, -1))
 
     def _removed(self) -> None:
         """A connection left this worker: publish the count, accept again if it was full."""
@@ -195,7 +220,7 @@ class ConnectionSet:
         self.conns[conn.fd] = conn
         conn.watched(EPOLLIN)
         self.events.append((conn, CONNECTED, b""))
-        self.slot.set_connections(len(self.conns))
+        self._added(conn)
 
     def _refuse_header(self, conn: Connection, why: str) -> None:
         """Close a connection that sent no valid PROXY header in time: no CONNECTED, no CLOSE."""
@@ -207,6 +232,7 @@ class ConnectionSet:
         if sock is not None:
             sock.close()  # out of the epoll set with it
         conn.detached()
+        self.slot.header_refused()
         self.acceptor.removed(len(self.conns) + len(self.headers))
 
     def _expire_headers(self, now: float) -> None:
@@ -245,9 +271,9 @@ class ConnectionSet:
             limit,
         )
         if which == "write_timeout":
-            self._drop(conn)  # its output cannot be delivered
+            self._drop(conn, Closed.TIMEOUT)  # its output cannot be delivered
         else:
-            self._finish(conn)
+            self._finish(conn, Closed.TIMEOUT)
 
     # -- ending connections ------------------------------------------------------------------
 
@@ -255,22 +281,24 @@ class ConnectionSet:
         """Close this worker's connection ``uuid`` (its CLOSE follows); False if it is not here."""
         for conn in self.conns.values():
             if conn.uuid == uuid and conn.open:
-                self._finish(conn)
+                self._finish(conn, Closed.APP)
                 return True
         return False
 
-    def _finish(self, conn: Connection) -> None:
+    def _finish(self, conn: Connection, why: Closed) -> None:
         """End a connection gracefully: CLOSE is queued, output is flushed, then FIN."""
         if not conn.finish():
             return
+        self.slot.closed(why)
         self.events.append((conn, CLOSE, b""))
         conn.closing_down()
         if not conn.out_size:  # else it is on the flush list or waits for EPOLLOUT already
             self._close_gracefully(conn)
 
-    def _drop(self, conn: Connection) -> None:
+    def _drop(self, conn: Connection, why: Closed) -> None:
         """End a connection at once (reset, write error, quick stop), discarding output."""
         if conn.finish():
+            self.slot.closed(why)
             self.events.append((conn, CLOSE, b""))
         conn.discard_output()
         self._close_socket(conn)
@@ -301,14 +329,14 @@ class ConnectionSet:
         # which the master may still hold until it has our acknowledgement.
         if conn.shared and conn.mask:
             self.epoll.unregister(conn.fd)
-        self.conns.pop(conn.fd, None)
+        self._take_out(conn)
         conn.detached()  # a closed connection has nothing to flush
         sock.close()
         self._removed()
 
     def _forget(self, conn: Connection) -> None:
         """Stop watching a connection's socket (it is being handed off)."""
-        self.conns.pop(conn.fd, None)
+        self._take_out(conn)
         if conn.mask:
             self.epoll.unregister(conn.fd)
             conn.watched(0)
@@ -370,9 +398,9 @@ class ConnectionSet:
         self.quick = quick
         for conn in list(self.conns.values()):
             if quick:
-                self._drop(conn)
+                self._drop(conn, Closed.SHUTDOWN)
             elif conn.open:
-                self._finish(conn)
+                self._finish(conn, Closed.SHUTDOWN)
         for conn in list(self.lingering):
             self._close_socket(conn)
         for waiting in list(self.headers.values()):  # not CONNECTED yet: nothing to finish
@@ -387,5 +415,5 @@ class ConnectionSet:
 
     def _shut_down(self) -> None:
         for conn in list(self.conns.values()):
-            self._drop(conn)
+            self._drop(conn, Closed.SHUTDOWN)
         self.stopped = True

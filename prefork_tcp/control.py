@@ -1,7 +1,8 @@
 """The management socket: one JSON request line in, one JSON reply line out.
 
-The master listens on a unix socket (mode 0600) and answers in its main loop; a reply
-may come later than the request (``close`` asks every worker first).  ``request()`` is
+The master listens on a unix socket (mode 0600) and answers in its main loop
+(``plane.Plane``); a reply may come later than the request (``close`` asks every
+worker first).  ``request()`` is
 the client side used by the management commands.
 """
 
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from .plane import Plane, PlaneClient
 from .sockets import remove_stale_socket, unlink_path
 
 log = logging.getLogger("prefork_tcp.master")
@@ -43,63 +45,25 @@ def socket_path(control_socket: str, pidfile: str) -> str:
     return f"{pidfile}.sock" if pidfile else ""
 
 
-class ControlServer:
-    """The master's end: a non-blocking listening socket; clients are ``ControlClient``."""
-
-    def __init__(self, path: str, sock: socket.socket | None = None) -> None:
-        """Listen at ``path``, or on ``sock`` already listening there (passed on by an upgrade)."""
-        self.path = path
-        if sock is not None:
-            self.sock = sock
-            sock.setblocking(False)
-            return
-        _claim_path(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)
-        try:
-            self.sock.bind(path)
-        except OSError:
-            self.sock.close()
-            raise
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, 0o600)
-        self.sock.listen(16)
-        self.sock.setblocking(False)
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def accept(self, now: float) -> ControlClient | None:
-        """Return a new client, or None when none is waiting; raises OSError (EMFILE...)."""
-        try:
-            client, _ = self.sock.accept()
-        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-            return None
-        return ControlClient(client, now + REQUEST_TIMEOUT)
-
-    def close(self, unlink: bool = True) -> None:
-        self.sock.close()
-        if unlink:
-            unlink_path(self.path)
+def listen(path: str) -> socket.socket:
+    """Return a unix socket listening at ``path`` (mode 0600); raises ControlError or OSError."""
+    _claim_path(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(path)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    sock.listen(16)
+    return sock
 
 
-class ControlClient:
-    """One management client: its request line is read, and its reply written, without
-    ever blocking the master; it is dropped at ``deadline``."""
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self.sock = sock
-        sock.setblocking(False)
-        self.deadline = deadline
-        self.received = b""
-        self.outgoing = b""
-        #: A request was read (the reply may come later, as for ``close``).
-        self.asked = False
-        self.closed = False
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
+class ControlClient(PlaneClient):
+    """One management client: a JSON request line in, a JSON reply line out."""
 
     def read(self) -> dict[str, Any] | None:
         """Read what arrived; return the request once its line is complete, else None.
@@ -107,23 +71,10 @@ class ControlClient:
         A request that cannot be one (too long, not JSON, nested too deeply, no command)
         is answered with an error and the client is closed.
         """
-        try:
-            chunk = self.sock.recv(MAX_REQUEST + 1)
-        except (BlockingIOError, InterruptedError):
+        line = self.receive((b"\n",), MAX_REQUEST)
+        if line is None:
             return None
-        except OSError:
-            self.close()
-            return None
-        self.received += chunk
-        if b"\n" not in self.received:
-            if len(self.received) > MAX_REQUEST:
-                self.refuse("request line too long")
-            elif not chunk:
-                self.refuse("no request line") if self.received else self.close()
-            return None
-        self.asked = True
         self.deadline = time.monotonic() + ANSWER_TIMEOUT
-        line = self.received.partition(b"\n")[0]
         try:
             request = json.loads(line)
         except Exception as exc:  # ValueError, RecursionError (deep nesting), UnicodeDecodeError
@@ -135,38 +86,14 @@ class ControlClient:
         return request
 
     def refuse(self, why: str) -> None:
-        self.asked = True
         self.reply({"ok": False, "error": f"bad request: {why}"})
+
+    def turn_away(self, why: str) -> None:
+        self.reply({"ok": False, "error": why})
 
     def reply(self, answer: dict[str, Any]) -> None:
         """Queue the one reply line; it is written as the client reads, then the client closed."""
-        if self.closed:
-            return
-        self.outgoing = json.dumps(answer).encode() + b"\n"
-        self.deadline = max(self.deadline, time.monotonic() + REQUEST_TIMEOUT)
-        self.flush()
-
-    @property
-    def replying(self) -> bool:
-        return bool(self.outgoing) and not self.closed
-
-    def flush(self) -> None:
-        """Write what the socket takes of the reply; close once it is all written."""
-        try:
-            sent = self.sock.send(self.outgoing)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self.close()
-            return
-        self.outgoing = self.outgoing[sent:]
-        if not self.outgoing:
-            self.close()
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.sock.close()
+        self.send(json.dumps(answer).encode() + b"\n", REQUEST_TIMEOUT)
 
 
 def _claim_path(path: str) -> None:
@@ -258,80 +185,24 @@ def _read_line(sock: socket.socket, limit: int) -> bytes:
     return data
 
 
-class ControlPlane:
-    """The control socket and its clients inside the master's selector: accepted, read,
-    answered and written without blocking, each client dropped at its deadline."""
+class ControlPlane(Plane[ControlClient]):
+    """The control socket and its clients inside the master's selector (``plane.Plane``)."""
 
-    def __init__(self, path: str, selector: selectors.BaseSelector, sock: socket.socket | None = None) -> None:
-        self.server = ControlServer(path, sock)
-        self.selector = selector
-        self.clients: dict[ControlClient, int] = {}  # client -> the events it is registered for
-        self.resume = 0.0  # accepting paused until then (out of descriptors)
-        self._warned = 0.0
-        selector.register(self.server.sock, selectors.EVENT_READ, self)
-
-    def accept(self, master: Master) -> None:
-        """The listening socket is readable: take the waiting clients."""
-        now = time.monotonic()
-        for _ in range(MAX_CLIENTS):
-            try:
-                client = self.server.accept(now)
-            except OSError as exc:  # out of descriptors: stop listening for a moment
-                if now - self._warned >= 1.0:
-                    self._warned = now
-                    log.warning("cannot accept a control client: %s; pausing for 0.5s", exc.strerror or exc)
-                self.selector.unregister(self.server.sock)
-                self.resume = now + 0.5
-                return
-            if client is None:
-                return
-            if len(self.clients) >= MAX_CLIENTS:
-                client.reply({"ok": False, "error": "too many management clients at once"})
-                client.close()
-                continue
-            self.clients[client] = 0
-        self.tend(master)
-
-    def serve(self, client: ControlClient, events: int, master: Master) -> None:
-        """A client's socket is ready: read its request (and answer it) or write its reply."""
-        if events & selectors.EVENT_WRITE and client.replying:
-            client.flush()
-        elif events & selectors.EVENT_READ and not client.asked:
-            request = client.read()
-            if request is not None:
-                answer(master, client, request)
-        self.tend(master)
-
-    def tend(self, master: Master) -> None:
-        """Drop clients past their deadline; watch each for what it waits for."""
-        now = time.monotonic()
-        if self.resume and now >= self.resume:
-            self.resume = 0.0
-            self.selector.register(self.server.sock, selectors.EVENT_READ, self)
-        for client, registered in list(self.clients.items()):
-            if not client.closed and now >= client.deadline:
-                client.close()  # never finished its request, or never read its reply
-            wanted = 0
-            if not client.closed:
-                wanted = selectors.EVENT_WRITE if client.replying else (0 if client.asked else selectors.EVENT_READ)
-            if wanted != registered:
-                if registered:
-                    self.selector.unregister(client.sock)
-                if wanted:
-                    self.selector.register(client.sock, wanted, client)
-                self.clients[client] = wanted
-            if client.closed:
-                del self.clients[client]
-
-    @property
-    def deadline(self) -> float:
-        """The earliest moment ``tend`` has something to do (0: nothing pending)."""
-        times = [c.deadline for c in self.clients] + ([self.resume] if self.resume else [])
-        return min(times, default=0.0)
+    def __init__(self, path: str, selector: selectors.BaseSelector, master: Master, sock: socket.socket | None = None) -> None:
+        """Listen at ``path``, or on ``sock`` already listening there (passed on by an upgrade)."""
+        self.path = path
+        super().__init__(
+            sock if sock is not None else listen(path),
+            selector,
+            ControlClient,
+            lambda client, request: answer(master, client, request),
+            "control",
+            REQUEST_TIMEOUT,
+            MAX_CLIENTS,
+        )
 
     def close_all(self, unlink: bool = True) -> None:
         """Close every client and the socket (``unlink``: remove its file too)."""
-        for client in self.clients:
-            client.close()
-        self.clients.clear()
-        self.server.close(unlink)
+        super().close_all()
+        if unlink:
+            unlink_path(self.path)

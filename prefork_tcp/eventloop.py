@@ -22,12 +22,12 @@ import logging
 from collections.abc import Iterator
 
 from .connection import Connection, Event
-from .connset import EPOLL_TROUBLE, EPOLLIN, EPOLLOUT, ConnectionSet
+from .connset import EPOLL_TROUBLE, EPOLLIN, EPOLLOUT, ConnectionSet, lost
 from .events import TcpEvent, TcpResponse
 from .framing import MessageTooLarge
 from .gate import Gate
 from .logs import printable
-from .scoreboard import SlotWriter, State
+from .scoreboard import Closed, SlotWriter, State
 from .signals import SignalPipe
 from .sockets import Listener
 from .unfinished import THRESHOLD as UNFINISHED_THRESHOLD
@@ -88,6 +88,7 @@ class EventLoop(ConnectionSet):
         events, dirty, conns, high_water = self.events, self.dirty, self.conns, self.high_water
         popleft, append = events.popleft, events.append
         activity, activity_index = self.slot.signed, self.slot.activity_index
+        ints, lifecycle_index, close_event = self.slot.ints, self.slot.lifecycle_index, TcpEvent.CLOSE
         budget_mark, mark_events = self.budget_mark, self.mark_events
         handled = 0
         conn: Connection | None
@@ -105,8 +106,10 @@ class EventLoop(ConnectionSet):
                         continue
                 elif event is _EOF:
                     if conn.open and not conn.hold(item):
-                        self._finish(conn)
+                        self._finish(conn, Closed.CLIENT)
                     continue
+                else:  # CONNECTED or CLOSE: counted for the metrics (DATA is the rest)
+                    ints[lifecycle_index + (event is close_event)] += 1
                 handled += 1
                 if mark_events:
                     activity[activity_index] = handled  # the scoreboard: event number `handled` in progress
@@ -126,8 +129,8 @@ class EventLoop(ConnectionSet):
                         sent = conn.sock.send(data)
                     except (BlockingIOError, InterruptedError):
                         sent = 0
-                    except OSError:
-                        self._drop(conn)
+                    except OSError as exc:
+                        self._drop(conn, lost(exc))
                         continue
                     if sent != length(data) or not conn.plain:
                         self._sent(conn, data, sent)
@@ -138,6 +141,7 @@ class EventLoop(ConnectionSet):
             if self.attention:
                 timeout = self._attend()
                 if timeout is None:
+                    activity[activity_index] = -handled  # the last events count too
                     return
                 if events:
                     continue
@@ -155,8 +159,8 @@ class EventLoop(ConnectionSet):
                     data = conn.sock.recv(conn.read_size)  # type: ignore[union-attr]  # an open connection has its socket
                 except (BlockingIOError, InterruptedError):
                     continue
-                except OSError:
-                    self._drop(conn)
+                except OSError as exc:
+                    self._drop(conn, lost(exc))
                     continue
                 if not data:
                     self._end_of_input(conn)
@@ -227,11 +231,11 @@ class EventLoop(ConnectionSet):
             return
         if response is TcpResponse.RESPOND_CLOSE and conn.write(body):
             self.dirty.append(conn)
-        self._finish(conn)
+        self._finish(conn, Closed.APP)
 
     def abandon(self, conn: Connection) -> None:
         """Close a connection after an application error, writing nothing more for it."""
-        self._finish(conn)
+        self._finish(conn, Closed.ERROR)
 
     def _forget(self, conn: Connection) -> None:
         super()._forget(conn)
@@ -265,7 +269,7 @@ class EventLoop(ConnectionSet):
         if conn.mask & EPOLLIN and mask & (EPOLLIN | EPOLL_TROUBLE):
             self._recv(conn)
         elif mask & EPOLL_TROUBLE and not conn.out_size:
-            self._drop(conn)
+            self._drop(conn, Closed.CLIENT)
 
     def _recv(self, conn: Connection) -> None:
         """Read a connection that is not plain (``pump()`` inlines the plain case; the
@@ -274,8 +278,8 @@ class EventLoop(ConnectionSet):
             data = conn.sock.recv(conn.read_size)  # type: ignore[union-attr]  # an open connection has its socket
         except (BlockingIOError, InterruptedError):
             return
-        except OSError:
-            self._drop(conn)
+        except OSError as exc:
+            self._drop(conn, lost(exc))
             return
         if conn.closing:  # lingering: discard until the client's FIN
             if not data:
@@ -316,11 +320,11 @@ class EventLoop(ConnectionSet):
                     victim.framer.pending >> 10,
                     self.unfinished.limit >> 20,
                 )
-                self._finish(victim)
+                self._finish(victim, Closed.LIMIT)
 
     def _too_large(self, conn: Connection, exc: MessageTooLarge) -> None:
         log.warning("closing connection %s (server %s, remote %s): %s", conn.uuid, conn.server, printable(conn.remote) or "-", exc)
-        self._finish(conn)
+        self._finish(conn, Closed.LIMIT)
 
     def _send(self, conn: Connection) -> None:
         """Hand a connection's queued output to the kernel (``pump()`` inlines this)."""
@@ -329,8 +333,8 @@ class EventLoop(ConnectionSet):
             sent = conn.sock.send(data)  # type: ignore[union-attr]  # an open connection has its socket
         except (BlockingIOError, InterruptedError):
             sent = 0
-        except OSError:
-            self._drop(conn)
+        except OSError as exc:
+            self._drop(conn, lost(exc))
             return
         self._sent(conn, data, sent)
 

@@ -171,6 +171,8 @@ class Relay:
         #: uuid -> (pid of the worker it was sent to, the parcel), until that worker answers.
         self.in_flight: dict[str, tuple[int, _Entry]] = {}
         self._seq = 0
+        #: Parcels adopted so far (``prefork_tcp_handoffs_total``).
+        self.delivered = 0
 
     def add(self, fields: dict[str, Any], fds: tuple[int, ...]) -> None:
         """Take a parcel a worker handed over (its descriptors are now the relay's)."""
@@ -211,6 +213,7 @@ class Relay:
         del self.in_flight[uuid]
         entry = flight[1]
         if ok:
+            self.delivered += 1
             close_all(entry.fds)
         else:
             if len(entry.refused) >= 8:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from . import handoff
 from .channel import Kind, Message, close_all
+from .scoreboard import Closed
 
 if TYPE_CHECKING:
     from .connection import Connection, Event
@@ -54,7 +55,8 @@ class Holder(Protocol):
     def orphaned(self) -> bool: ...
     def _forget(self, conn: Connection) -> None: ...
     def _update_mask(self, conn: Connection) -> None: ...
-    def _finish(self, conn: Connection) -> None: ...
+    def _added(self, conn: Connection) -> None: ...
+    def _finish(self, conn: Connection, why: Closed) -> None: ...
     def _on_message(self, message: Message) -> None: ...
 
 
@@ -96,7 +98,7 @@ def hand_off(worker: Holder, conns: list[Connection], timeout: float) -> tuple[i
                         worker.warnings.warn("session", "connection %s stays in its worker: %s", conn.uuid, exc)
                     else:
                         log.warning("closing connection %s (server %s) instead of handing it over: %s", conn.uuid, conn.server, exc)
-                        worker._finish(conn)
+                        worker._finish(conn, Closed.ERROR)
                     continue
                 except OSError as exc:  # no descriptor or memory for its payload: the others first
                     worker.warnings.warn("handoff", "cannot hand over connection %s yet: %s", conn.uuid, exc.strerror)
@@ -135,7 +137,7 @@ def hand_off(worker: Holder, conns: list[Connection], timeout: float) -> tuple[i
                 else:  # it comes back here, to be sent again (or to stay)
                     worker.conns[answered.fd] = answered
                     worker._update_mask(answered)
-                    worker.slot.set_connections(len(worker.conns))
+                    worker._added(answered)
                     waiting.append(answered)
                     retry_at = time.monotonic() + HANDOFF_RETRY
     finally:  # also after an exception: nothing half-done is left behind

@@ -8,6 +8,13 @@ while the slot is free).
 
 Workers write no times: a clock read per event is a noticeable share of handing an event
 out.  The master times what it observes instead (``supervisor.Watch``).
+
+After the slots come the same number of counter areas (``COUNTERS`` fields each, the
+metrics of SPEC §8): how the worker's connections ended, the CONNECTED and CLOSE events
+it handed out, the PROXY headers it refused, and per server (by the index of the
+server in the worker's own configuration) its open and accepted connections.  They are
+written once per connection, never per message; the master adds a slot's counters to
+its own totals when the worker is gone, so nothing grows as workers recycle.
 """
 
 from __future__ import annotations
@@ -28,6 +35,27 @@ CONNECTIONS = 3  # Q: open connections
 STARTED = 4  # d: monotonic time the worker was started
 
 
+#: Servers one master serves at most (each has counters in every slot).
+MAX_SERVERS = 64
+# Counter offsets within a slot's counter area: a Closed reason, then these, then the servers'.
+CONNECTED_EVENTS = 6
+CLOSE_EVENTS = 7  # CONNECTED_EVENTS + 1: the loop adds ``event is CLOSE`` to the first
+HEADERS_REFUSED = 8
+SERVER_COUNTERS = 16  # server i: its open connections at 16 + 2i, its accepted ones at 16 + 2i + 1
+COUNTERS = SERVER_COUNTERS + 2 * MAX_SERVERS
+
+
+class Closed(enum.IntEnum):
+    """Why a connection ended (``prefork_tcp_closed_total{reason}``)."""
+
+    CLIENT = 0  # the client closed or reset it
+    APP = 1  # the application closed it (CLOSE, RESPOND_CLOSE, close_connection, ``prefork-tcp close``)
+    TIMEOUT = 2  # idle_timeout, read_timeout or write_timeout ran out
+    LIMIT = 3  # max_message_size, or the worker's bound on unfinished messages
+    ERROR = 4  # a socket error, the application raised, it could not be handed over
+    SHUTDOWN = 5  # the server stopped
+
+
 class State(enum.IntEnum):
     FREE = 0
     BOOTING = 1
@@ -37,6 +65,7 @@ class State(enum.IntEnum):
 
 
 _STATES = frozenset(int(state) for state in State)
+_ZEROS = memoryview(bytes(COUNTERS * 8)).cast("Q")
 _MAX_COUNT = 1 << 48
 
 
@@ -53,13 +82,26 @@ class Row:
     started: float
 
 
+@dataclass(frozen=True)
+class Counts:
+    """A slot's counters, as the master sees them (clamped: a worker may have scribbled)."""
+
+    closed: tuple[int, ...]  # by Closed reason
+    connected_events: int
+    close_events: int
+    headers_refused: int
+    open: tuple[int, ...]  # by server index
+    accepted: tuple[int, ...]
+
+
 class Scoreboard:
     """``slots`` slots of shared memory; create it in the master before forking."""
 
     def __init__(self, slots: int) -> None:
         self.slots = slots
-        # One more 8-byte field after the slots: how many slots from the start are (or were) used.
-        self._map = mmap.mmap(-1, slots * SLOT_BYTES + 8, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+        # One more 8-byte field after the slots: how many slots from the start are (or were)
+        # used; then the slots' counter areas.
+        self._map = mmap.mmap(-1, slots * SLOT_BYTES + 8 + slots * COUNTERS * 8, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
         self.ints = memoryview(self._map).cast("Q")
         self.signed = memoryview(self._map).cast("q")
         self.floats = memoryview(self._map).cast("d")
@@ -91,14 +133,19 @@ class Scoreboard:
         """Index into ``ints`` of the number of slots in use from the start (a bound for scans)."""
         return self.slots * FIELDS
 
+    def counters_base(self, slot: int) -> int:
+        """Index into ``ints`` of a slot's counter area."""
+        return self.used_index + 1 + slot * COUNTERS
+
     def set_pid(self, slot: int, pid: int) -> None:
         self.ints[slot * FIELDS + PID] = pid
 
     def reset(self, slot: int) -> None:
-        """Zero a slot (the master does this when its worker is gone)."""
+        """Zero a slot and its counters (the master does this when its worker is gone)."""
         base = slot * FIELDS
-        for field in range(FIELDS):
-            self.ints[base + field] = 0
+        self.ints[base : base + FIELDS] = _ZEROS[:FIELDS]
+        base = self.counters_base(slot)
+        self.ints[base : base + COUNTERS] = _ZEROS
 
     def row(self, slot: int) -> Row:
         """Return a slot as the master sees it. Workers write their own fields, so nothing
@@ -119,6 +166,20 @@ class Scoreboard:
             started=started if math.isfinite(started) else 0.0,
         )
 
+    def counts(self, slot: int, servers: int) -> Counts:
+        """Return a slot's counters, for its first ``servers`` servers."""
+        base = self.counters_base(slot)
+        values = [min(value, _MAX_COUNT) for value in self.ints[base : base + SERVER_COUNTERS + 2 * min(servers, MAX_SERVERS)]]
+        per_server = values[SERVER_COUNTERS:]
+        return Counts(
+            closed=tuple(values[: len(Closed)]),
+            connected_events=values[CONNECTED_EVENTS],
+            close_events=values[CLOSE_EVENTS],
+            headers_refused=values[HEADERS_REFUSED],
+            open=tuple(per_server[0::2]),
+            accepted=tuple(per_server[1::2]),
+        )
+
 
 class SlotWriter:
     """A worker's handle on its own slot; every method is a memory store or two.
@@ -128,13 +189,14 @@ class SlotWriter:
     number of events handled so far each time it waits.
     """
 
-    __slots__ = ("ints", "signed", "base", "used_index")
+    __slots__ = ("ints", "signed", "base", "used_index", "counters")
 
     def __init__(self, board: Scoreboard, slot: int) -> None:
         self.ints = board.ints
         self.signed = board.signed
         self.base = slot * FIELDS
         self.used_index = board.used_index
+        self.counters = board.counters_base(slot)
 
     def above_fair_share(self, connections: int, margin: float) -> bool:
         """Whether this worker holds more than ``margin`` times the average of the serving workers."""
@@ -164,3 +226,33 @@ class SlotWriter:
 
     def set_connections(self, count: int) -> None:
         self.ints[self.base + CONNECTIONS] = count
+
+    # -- counters: once per connection ------------------------------------------------------
+
+    @property
+    def lifecycle_index(self) -> int:
+        """Index into ``ints`` of the count of CONNECTED events handed out (CLOSE's is next)."""
+        return self.counters + CONNECTED_EVENTS
+
+    def closed(self, why: Closed) -> None:
+        self.ints[self.counters + why] += 1
+
+    def header_refused(self) -> None:
+        self.ints[self.counters + HEADERS_REFUSED] += 1
+
+    def accepted(self, server: int, count: int) -> None:
+        """This worker accepted ``count`` connections of server number ``server``."""
+        if 0 <= server < MAX_SERVERS:
+            self.ints[self.counters + SERVER_COUNTERS + 2 * server + 1] += count
+
+    def opened(self, server: int, count: int = 1) -> None:
+        """``count`` connections of server number ``server`` are open here now (accepted, or adopted)."""
+        if 0 <= server < MAX_SERVERS:
+            self.ints[self.counters + SERVER_COUNTERS + 2 * server] += count
+
+    def left(self, server: int) -> None:
+        """A connection of server number ``server`` closed or moved away."""
+        if 0 <= server < MAX_SERVERS:
+            index = self.counters + SERVER_COUNTERS + 2 * server
+            if self.ints[index]:
+                self.ints[index] -= 1

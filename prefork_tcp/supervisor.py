@@ -16,10 +16,12 @@ MAX_JOBS_JITTER = 0.15
 
 
 class Verdict(NamedTuple):
-    """What to do with a worker: ``"retire"`` (gracefully, keeping connections) or ``"kill"``."""
+    """What to do with a worker: ``"retire"`` (gracefully, keeping connections) or ``"kill"``;
+    why, for the log; and the limit's config key."""
 
     action: str
     reason: str
+    limit: str
 
 
 @dataclass(frozen=True)
@@ -102,17 +104,17 @@ def judge(row: Row, activity: Activity, limits: Limits, now: float, max_jobs: in
         return None
     busy_since = activity.busy_since
     if limits.exec_ttl and busy_since and now - busy_since > limits.exec_ttl:
-        return Verdict("kill", f"an event ran longer than exec_ttl ({limits.exec_ttl:g}s)")
+        return Verdict("kill", f"an event ran longer than exec_ttl ({limits.exec_ttl:g}s)", "exec_ttl")
     if row.state == State.RETIRING:
         return None
     if max_jobs and row.events >= max_jobs:
-        return Verdict("retire", f"handled {row.events} events (max_jobs {max_jobs})")
+        return Verdict("retire", f"handled {row.events} events (max_jobs {max_jobs})", "max_jobs")
     if limits.ttl and now - row.started > limits.ttl:
-        return Verdict("retire", f"older than ttl ({limits.ttl:g}s)")
+        return Verdict("retire", f"older than ttl ({limits.ttl:g}s)", "ttl")
     if limits.idle_ttl and not row.busy and now - max(activity.last_event, row.started) > limits.idle_ttl:
-        return Verdict("retire", f"idle longer than idle_ttl ({limits.idle_ttl:g}s)")
+        return Verdict("retire", f"idle longer than idle_ttl ({limits.idle_ttl:g}s)", "idle_ttl")
     if limits.max_worker_memory and rss_mb is not None and rss_mb > limits.max_worker_memory:
-        return Verdict("retire", f"uses {rss_mb:.0f} MB (max_worker_memory {limits.max_worker_memory} MB)")
+        return Verdict("retire", f"uses {rss_mb:.0f} MB (max_worker_memory {limits.max_worker_memory} MB)", "max_worker_memory")
     return None
 
 

@@ -4,7 +4,7 @@ The old master starts the installed program again with its original arguments
 (``program()``), in the directory it started in (``working_directory()``), and passes it,
 in ``$PREFORK_TCP_UPGRADE`` (``encode`` / ``decode``), the descriptors it inherits: every
 listening socket (with its server's name and configured address), the control socket,
-and one end of a channel between the two masters (``channel.py``: SUCCESSOR_READY,
+the metrics endpoint, and one end of a channel between the two masters (``channel.py``: SUCCESSOR_READY,
 HANDED_OVER, FAILED, PARCEL, PARCEL_ACK).  No other descriptor is inherited.
 
 1. The new master reads its configuration, uses each passed socket whose server kept its
@@ -16,7 +16,7 @@ HANDED_OVER, FAILED, PARCEL, PARCEL_ACK).  No other descriptor is inherited.
    one of its workers.
 3. Once the old master has no worker and no parcel left, it tells systemd ``MAINPID=``
    the new master, says HANDED_OVER, and exits; the new master writes the pidfile, takes
-   the control socket and speaks to systemd from then on.
+   the control socket and the metrics endpoint, and speaks to systemd from then on.
 
 A new master that cannot start says why (FAILED) and exits; the old one logs the reason
 and serves on.  The master side of this lives in ``upgrading.py``.
@@ -72,11 +72,14 @@ class Inheritance:
     listeners: tuple[PassedSocket, ...] = ()
     #: The control socket's path and descriptor, if the old master had one.
     control: tuple[str, int] | None = None
+    #: The metrics endpoint's address and descriptor, if the old master had one.
+    metrics: tuple[str, int] | None = None
 
     @property
     def fds(self) -> list[Any]:
         """Every descriptor passed (what ``decode`` checks, and what ``spawn`` lets through)."""
-        return [self.channel, *(p.fd for p in self.listeners), *([self.control[1]] if self.control else [])]
+        planes = [plane[1] for plane in (self.control, self.metrics) if plane]
+        return [self.channel, *(p.fd for p in self.listeners), *planes]
 
 
 def encode(inheritance: Inheritance) -> str:
@@ -86,6 +89,7 @@ def encode(inheritance: Inheritance) -> str:
             "master": inheritance.master,
             "channel": inheritance.channel,
             "control": list(inheritance.control) if inheritance.control else None,
+            "metrics": list(inheritance.metrics) if inheritance.metrics else None,
             "listeners": [[p.name, p.address, p.fd, p.systemd] for p in inheritance.listeners],
         },
         separators=(",", ":"),
@@ -99,25 +103,28 @@ def decode(text: str, parent: int) -> Inheritance:
         data = json.loads(text)
         version = data.get("version") if isinstance(data, dict) else None
         if version == VERSION:
-            master, channel, control = data["master"], data["channel"], data["control"]
+            master, channel, control, metrics = data["master"], data["channel"], data["control"], data.get("metrics")
             listeners = tuple(PassedSocket(name, address, fd, systemd) for name, address, fd, systemd in data["listeners"])
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ValueError(f"{ENV} is not what a master passes ({type(exc).__name__})") from None
     if version != VERSION:
         raise ValueError(f"{ENV}: version {version!r}, this program speaks version {VERSION}")
-    if control is not None and not (isinstance(control, list) and len(control) == 2 and isinstance(control[0], str)):
-        raise ValueError(f"{ENV}: control is not [path, descriptor]")
-    inheritance = Inheritance(master, channel, listeners, (control[0], control[1]) if control else None)
+    for value, what in ((control, "control is not [path, descriptor]"), (metrics, "metrics is not [address, descriptor]")):
+        if value is not None and not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)):
+            raise ValueError(f"{ENV}: {what}")
+    inheritance = Inheritance(
+        master, channel, listeners, (control[0], control[1]) if control else None, (metrics[0], metrics[1]) if metrics else None
+    )
     fds = inheritance.fds
     if not all(type(fd) is int and 3 <= fd < _MAX_FD for fd in fds) or len(set(fds)) != len(fds):
         raise ValueError(f"{ENV}: descriptors must be distinct numbers from 3 on")
     if not all(isinstance(p.name, str) and isinstance(p.address, str) and type(p.systemd) is bool for p in listeners):
         raise ValueError(f"{ENV}: a listener is not [name, address, descriptor, systemd]")
-    for passed in listeners:
+    for name, address in [(f"listener {p.name!r}", p.address) for p in listeners] + ([("metrics", metrics[0])] if metrics else []):
         try:
-            parse_address(passed.address)
+            parse_address(address)
         except ValueError as exc:
-            raise ValueError(f"{ENV}: listener {passed.name!r}: {exc}") from None
+            raise ValueError(f"{ENV}: {name}: {exc}") from None
     if type(master) is not int or master != parent:
         raise ValueError(f"{ENV} was set by process {master}, not by this process's parent ({parent})")
     return inheritance
@@ -194,16 +201,19 @@ class Successor(Peer):
         return bool(self.handing_over) and not (self.abandoned or self.exited or self.closed_at or self.channel.broken)
 
 
-def spawn(listeners: list[Listener], control: tuple[str, socket.socket] | None, directory: str) -> Successor:
+def spawn(
+    listeners: list[Listener], control: tuple[str, socket.socket] | None, metrics: tuple[str, socket.socket] | None, directory: str
+) -> Successor:
     """Start the installed program in ``directory`` as a new master that inherits
-    ``listeners`` and the control socket, and no other descriptor; return it. Raises
-    OSError when it cannot be started."""
+    ``listeners``, the control socket and the metrics endpoint, and no other descriptor;
+    return it. Raises OSError when it cannot be started."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     inheritance = Inheritance(
         os.getpid(),
         theirs.fileno(),
         tuple(PassedSocket(lst.name, str(lst.address), lst.sock.fileno(), lst.inherited) for lst in listeners),
         (control[0], control[1].fileno()) if control else None,
+        (metrics[0], metrics[1].fileno()) if metrics else None,
     )
     environ = dict(os.environ)
     environ.pop("WATCHDOG_PID", None)  # systemd's watchdog follows MAINPID to the new master
@@ -227,6 +237,7 @@ class Predecessor(Peer):
     #: Passed listening sockets not taken yet: (name, address) -> (socket, from systemd).
     listeners: dict[tuple[str, str], tuple[socket.socket, bool]] = field(default_factory=dict)
     control: tuple[str, socket.socket] | None = None
+    metrics: tuple[str, socket.socket] | None = None
     #: Addresses of passed sockets no server took (a unix socket file there is removed once in charge).
     dropped: list[str] = field(default_factory=list)
     #: Parcels taken whose acknowledgement still waits in the channel's queue: not passed on
@@ -249,7 +260,8 @@ class Predecessor(Peer):
         inheritance = decode(text, os.getppid())
         listeners = {(p.name, p.address): (_adopt(p.fd), p.systemd) for p in inheritance.listeners}
         control = (inheritance.control[0], _adopt(inheritance.control[1])) if inheritance.control else None
-        return cls(inheritance.master, Channel(_adopt(inheritance.channel), OLD_MASTER), 0, listeners, control)
+        metrics = (inheritance.metrics[0], _adopt(inheritance.metrics[1])) if inheritance.metrics else None
+        return cls(inheritance.master, Channel(_adopt(inheritance.channel), OLD_MASTER), 0, listeners, control, metrics)
 
     def take_listener(self, name: str, address: str) -> tuple[socket.socket, bool] | None:
         """The passed socket of server ``name`` if it still listens at ``address``, else one
@@ -290,8 +302,9 @@ class Predecessor(Peer):
         self.channel.close()
         for _, fds in self.confirmed():
             close_all(fds)
-        if self.control is not None:
-            self.control[1].close()
+        for plane in (self.control, self.metrics):
+            if plane is not None:
+                plane[1].close()
         self.close_untaken()
 
 

@@ -22,14 +22,15 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterable
+from typing import cast
 
 from . import pidfile as pidfiles
 from .apploader import App
 from .channel import EOF, ChannelError, Kind, Message, close_all
-from .config import Config
-from .control import ControlError, ControlPlane, socket_path
+from .config import Config, ConfigError
+from .control import ControlError, ControlPlane, Master, socket_path
 from .exits import MEANINGS
-from .sockets import Listener, parse_address, unlink_path, unlink_unix
+from .sockets import Address, Listener, parse_address, unlink_path, unlink_unix
 from .upgrade import Peer, Predecessor, Successor, program, spawn, working_directory
 from .workerhandle import describe_exit
 from .workerpool import ChannelEnd, WorkerPool
@@ -95,9 +96,10 @@ class Upgrading(WorkerPool):
         if why:
             log.warning("upgrade refused: %s", why)
             return f"upgrade refused: {why}"
-        control = (self.control.server.path, self.control.server.sock) if self.control is not None else None
+        control = (self.control.path, self.control.sock) if self.control is not None else None
+        metrics = (str(self.metrics.address), self.metrics.sock) if self.metrics is not None else None
         try:
-            successor = spawn(self.listeners, control, self.directory)
+            successor = spawn(self.listeners, control, metrics, self.directory)
         except (OSError, subprocess.SubprocessError) as exc:
             self.upgrade_failure = f"cannot start {shlex.join(program())} in {self.directory}: {getattr(exc, 'strerror', None) or exc}"
             log.error("upgrade failed: %s; this master keeps serving", self.upgrade_failure)
@@ -303,6 +305,8 @@ class Upgrading(WorkerPool):
                 log.error("cannot write pidfile: %s", exc)
         inherited, predecessor.control = predecessor.control, None
         self._open_control(inherited)
+        inherited, predecessor.metrics = predecessor.metrics, None
+        self._open_metrics(inherited)
         for address in predecessor.dropped:  # servers no longer configured: their files go
             unlink_unix(parse_address(address))
         self.systemd.unmute()
@@ -324,12 +328,50 @@ class Upgrading(WorkerPool):
         if not path:
             return True
         try:
-            self.control = ControlPlane(path, self.selector, sock)
+            self.control = ControlPlane(path, self.selector, cast(Master, self), sock)
         except (OSError, ControlError) as exc:
             log.error("cannot create the control socket: %s", exc)
             return False
         log.info("control socket at %s", path)
         return True
+
+    def _open_metrics(self, inherited: tuple[str, socket.socket] | None = None) -> bool:
+        """Serve the metrics: at start, or when a new master takes charge (then on the
+        socket passed on, unless the config moved them)."""
+        address = self.config.metrics.addr
+        sock = None
+        if inherited is not None:
+            old_address, sock = inherited
+            if address is None or old_address != str(address):
+                sock.close()
+                sock = None
+        if address is None:
+            return True
+        try:
+            self.move_metrics(address, sock)
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return False
+        return True
+
+    def move_metrics(self, address: Address | None, sock: socket.socket | None = None) -> None:
+        """Serve the metrics at ``address`` (None: not at all), on ``sock`` if it listens
+        there already; raises ConfigError when nothing can listen there."""
+        if self.metrics is not None and address == self.metrics.address:
+            return
+        plane = None
+        if address is not None:
+            from .metrics import MetricsPlane  # prometheus_client is imported only when it is used
+
+            try:
+                plane = MetricsPlane(address, self.selector, self, sock)
+            except OSError as exc:
+                raise ConfigError(f"metrics.addr: cannot listen at {address}: {exc.strerror or exc}") from None
+            host, port = plane.sock.getsockname()[:2]
+            log.info("metrics at http://%s/metrics", str(Address("tcp", host=host, port=port)).removeprefix("tcp://"))
+        if self.metrics is not None:
+            self.metrics.close_all()
+        self.metrics = plane
 
     # -- both ------------------------------------------------------------------------------
 

@@ -178,6 +178,16 @@ def address(value: Any) -> Address:
         raise ValueError(f"{exc}, got {brief(value)}") from None
 
 
+def metrics_address(value: Any) -> Address | None:
+    """A TCP address to serve the metrics at, or "" (None) for none."""
+    if value == "":
+        return None
+    where = address(value)
+    if where.kind != "tcp":
+        raise ValueError(f'expected a TCP address such as "127.0.0.1:9100" (Prometheus scrapes over TCP), got {brief(value)}')
+    return where
+
+
 def delimiter(value: Any) -> bytes:
     if not isinstance(value, str):
         raise _expected('a string such as "\\r\\n" ("" for stream mode)', value)

@@ -23,7 +23,7 @@ from .eventloop import EventLoop
 from .framing import DEFAULT_DELIMITER, DEFAULT_MAX_SIZE, READ_SIZE, make_framer
 from .handover import hand_off
 from .masterlink import MasterLink
-from .scoreboard import SlotWriter, State
+from .scoreboard import Closed, SlotWriter, State
 from .signals import SignalPipe
 from .sockets import Listener
 from .timeouts import NONE as NO_TIMEOUTS
@@ -165,7 +165,7 @@ class Worker(EventLoop):
         _, left = hand_off(self, [c for c in self.conns.values() if c.open], self.drain_timeout)
         for conn in left:
             log.warning("could not hand over connection %s (server %s); closing it", conn.uuid, conn.server)
-            self._finish(conn)
+            self._finish(conn, Closed.SHUTDOWN if self.stopping else Closed.ERROR)
 
     def move_others(self, keep: Connection | None) -> int:
         """An event of ``keep`` runs long: hand this worker's other connections over, so
@@ -205,7 +205,7 @@ class Worker(EventLoop):
         for message in deferred:  # a close by uuid waits for its answer; parcels are refused
             self._on_message(message)
         if current is not None and current.open:
-            self._finish(current)
+            self._finish(current, Closed.ERROR)
         self._flush_dirty()  # may release a slow reader's held events into the queue
         self.begin_retire()
         if not self.stopping:
@@ -259,14 +259,14 @@ class Worker(EventLoop):
                 log.warning("connection %s (server %s): its session cannot be restored (%s); closing it", uuid, conn.server, exc)
                 broken = True
         self.conns[conn.fd] = conn
-        self.slot.set_connections(len(self.conns))
+        self._added(conn)
         log.debug("adopted connection %s (server %s)", conn.uuid, conn.server)
         if parcel.unsent_output and conn.write(parcel.unsent_output):
             self.dirty.append(conn)
         if not parcel.connected:
             self.events.append((conn, CONNECTED, b""))
         if self.stopping or broken:  # its output is flushed, then it closes
-            self._finish(conn)
+            self._finish(conn, Closed.SHUTDOWN if self.stopping else Closed.ERROR)
             return
         if parcel.pending_input:
             self._received(conn, parcel.pending_input)

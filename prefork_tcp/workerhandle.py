@@ -60,6 +60,10 @@ class WorkerHandle:
     watching: int = 0
     #: Its end of the channel is closed (it exited, or is about to).
     ended: bool = False
+    #: Its servers' names, in the order of its scoreboard counters.
+    servers: tuple[str, ...] = ()
+    #: Why it is being replaced, for the metrics (one of ``tally.RECYCLE_REASONS``).
+    cause: str = ""
 
     @property
     def serving(self) -> bool:
@@ -190,8 +194,14 @@ def worker_row(handle: WorkerHandle, row: Row, now: float, busy_known: bool) -> 
 
 def rss_mb(pid: int) -> float | None:
     """Return a process's resident memory in MB, or None if it is gone."""
+    rss = rss_bytes(pid)
+    return rss / (1024 * 1024) if rss is not None else None
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Return a process's resident memory in bytes, or None if it is gone."""
     try:
-        return psutil.Process(pid).memory_info().rss / (1024 * 1024)
+        return int(psutil.Process(pid).memory_info().rss)
     except psutil.Error:
         return None
 

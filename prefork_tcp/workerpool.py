@@ -17,7 +17,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from setproctitle import setproctitle
 
@@ -28,14 +28,19 @@ from .closing import CloseRequests
 from .config import MAX_WORKERS, Config, ConfigError
 from .control import ControlPlane
 from .exits import EXIT_APP_LOAD, EXIT_BOOT_FAILED
-from .scoreboard import Scoreboard, SlotWriter
+from .plane import Plane
+from .scoreboard import MAX_SERVERS, Scoreboard, SlotWriter
 from .signals import SignalPipe
 from .sockets import Listener, rebind
 from .supervisor import Backoff, Limits, Watch, jittered_max_jobs, judge
 from .systemd import Notifier
+from .tally import Totals
 from .workerhandle import WorkerHandle, describe_exit, fork_worker, rss_mb
 from .workerprocess import WorkerContext
 from .workerprocess import run as run_worker
+
+if TYPE_CHECKING:
+    from .metrics import MetricsPlane
 
 log = logging.getLogger("prefork_tcp.master")
 
@@ -76,6 +81,9 @@ class WorkerPool:
         self.closes = CloseRequests()
         #: The master's own descriptors a forked worker closes (set by ``Arbiter.run``).
         self.control: ControlPlane | None = None
+        self.metrics: MetricsPlane | None = None
+        #: What the metrics count beyond the live workers' slots.
+        self.totals = Totals()
         self.signals: SignalPipe | None = None
         self.next_id = 1
         self.generation = 1
@@ -122,6 +130,7 @@ class WorkerPool:
                 return
             self.spawn_failures.reset()
             self.next_id += 1
+            handle.servers = tuple(lst.name for lst in self.listeners[:MAX_SERVERS])
             self.workers[handle.pid] = handle
             self._watch(handle)
             log.debug("started worker %d (pid %d)", handle.id, handle.pid)
@@ -159,10 +168,14 @@ class WorkerPool:
         for other in self.workers.values():
             other.close()
         self.relay.close()
-        if self.control is not None:
-            self.control.close_all(unlink=False)
+        for plane in self._planes():
+            plane.close_all() if plane is not self.control else self.control.close_all(unlink=False)
         if self.signals is not None:
             self.signals.close()
+
+    def _planes(self) -> list[Plane[Any]]:
+        """The master's small servers: the control socket, the metrics endpoint."""
+        return [plane for plane in (self.control, self.metrics) if plane is not None]
 
     def _channels(self) -> Iterable[ChannelEnd]:
         """Whose channels the master watches: its workers' (and, during an upgrade, the other master's)."""
@@ -226,6 +239,9 @@ class WorkerPool:
     def _on_exit(self, handle: WorkerHandle, status: int) -> None:
         self._unwatch(handle)
         handle.close()
+        self.totals.absorb(handle.pid, self.board.row(handle.slot), self.board.counts(handle.slot, len(handle.servers)), handle.servers)
+        if handle.ready and not (self.stopping or handle.stopping):
+            self.totals.recycled(handle.cause)
         self.board.reset(handle.slot)
         self.closes.gone(handle.pid)
         self.relay.gone(handle.pid)
@@ -318,22 +334,25 @@ class WorkerPool:
             if verdict is None:
                 continue
             if verdict.action == "kill":
-                self._kill_stuck(handle, verdict.reason)
+                self._kill_stuck(handle, verdict.reason, verdict.limit)
             else:
-                self.retire(handle, verdict.reason)
+                self.retire(handle, verdict.reason, verdict.limit)
 
-    def _kill_stuck(self, handle: WorkerHandle, reason: str) -> None:
+    def _kill_stuck(self, handle: WorkerHandle, reason: str, cause: str) -> None:
         stack = handle.read_stack()
         log.error("worker %d (pid %d): %s; killing it. Its stack:\n%s", handle.id, handle.pid, reason, stack)
         handle.killed = reason
+        handle.cause = handle.cause or cause
         handle.signal(signal.SIGKILL)
 
-    def retire(self, handle: WorkerHandle, reason: str) -> None:
+    def retire(self, handle: WorkerHandle, reason: str, cause: str) -> None:
         """Replace a worker without dropping its connections: a replacement is started,
-        then the worker hands every connection over and exits."""
+        then the worker hands every connection over and exits. ``cause`` is the reason
+        the metrics count (``tally.RECYCLE_REASONS``)."""
         if handle.retiring or handle.stopping or handle.killed or self.stopping:
             return
         handle.retiring = reason
+        handle.cause = cause
         handle.retire_requested = time.monotonic()
         log.info("retiring worker %d (pid %d): %s", handle.id, handle.pid, reason)
 
@@ -353,6 +372,7 @@ class WorkerPool:
         if self.reload_backup is not None and not any(w.retiring and not w.retire_sent for w in self.workers.values()):
             self.reload_backup = None
             log.info("reload complete: %d workers of generation %d serving", serving, self.generation)
+            self.totals.forget_servers({name for w in self.workers.values() for name in w.servers})
             self.systemd.ready(self.status())
 
     def _relay(self) -> None:
@@ -386,7 +406,7 @@ class WorkerPool:
         for handle in self.workers.values():
             if handle.generation == self.generation:
                 if handle.ready:
-                    self.retire(handle, "reload failed")
+                    self.retire(handle, "reload failed", "reload")
                 else:
                     handle.signal(signal.SIGKILL)
             elif handle.retiring and not handle.retire_sent:

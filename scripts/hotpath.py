@@ -90,8 +90,9 @@ def run(connections: int, rounds: int) -> tuple[float, int]:
     start = time.process_time()
     ping_main(TcpWorker(loop))
     seconds = time.process_time() - start
-    # Published at the last wait before the stop: minus the events handled by then.
-    return seconds, -loop.slot.signed[loop.slot.activity_index]
+    # Published as the loop stopped: minus the events handled, the stop's CLOSE events too.
+    closes = loop.slot.ints[loop.slot.lifecycle_index + 1]
+    return seconds, -loop.slot.signed[loop.slot.activity_index] - closes
 
 
 def instructions(connections: int, rounds: int) -> int:

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from harness import Client, manage, wait_for
+from harness import Client, closed_by_server, manage, wait_for
 
 SMTP = "prefork_tcp.examples.smtp:main"
 ROOT = Path(__file__).parent.parent
@@ -125,6 +125,16 @@ def test_echo_example(start_server):
     with Client(server.address()) as client:
         client.send(b"one\r\ntwo\r\n")
         assert client.read_exactly(10) == b"one\r\ntwo\r\n"
+
+
+def test_whoami_example_answers_with_the_clients_own_address(start_server):
+    server = start_server(args=["prefork_tcp.examples.whoami:main", "-b", "127.0.0.1:0"], workers=1)
+    with Client(server.address()) as client:
+        host, port = client.sock.getsockname()
+        client.send(b"who\r\n")
+        assert client.line() == f"{host}:{port}\r\n".encode()
+        client.send(b"quit\r\n")
+        assert closed_by_server(client) == b"bye\r\n"
 
 
 def test_roadrunner_readme_loop_against_the_seed_config(start_server):

@@ -13,6 +13,7 @@ from prefork_tcp.channel import Channel, Kind
 from prefork_tcp.connection import Connection
 from prefork_tcp.events import TcpEvent
 from prefork_tcp.framing import make_framer
+from prefork_tcp.scoreboard import Closed
 from prefork_tcp.signals import SignalPipe
 from prefork_tcp.worker import Worker
 
@@ -32,7 +33,7 @@ def test_an_answer_to_a_connection_dropped_meanwhile_is_discarded():
     worker = TcpWorker(loop)
     client_end.sendall(b"PING\r\n")
     assert worker.wait_request().body == b"PING\r\n"
-    loop._drop(conn)
+    loop._drop(conn, Closed.CLIENT)
     worker.respond(b"+PONG\r\n")
     master_end.send(b"Q")  # then stop: the loop flushes the answer's connection first
     assert worker.wait_request().event.value == "CLOSE"

@@ -12,11 +12,15 @@ from hypothesis import strategies as st
 from prefork_tcp.scoreboard import (
     ACTIVITY,
     CONNECTIONS,
+    COUNTERS,
     FIELDS,
+    MAX_SERVERS,
     PID,
     SLOT_BYTES,
     STARTED,
     STATE,
+    Closed,
+    Counts,
     Row,
     Scoreboard,
     SlotWriter,
@@ -42,7 +46,8 @@ def test_a_slot_is_one_cache_line_and_the_fields_are_distinct():
     assert (FIELDS, SLOT_BYTES) == (8, 64)
     assert len({PID, STATE, ACTIVITY, CONNECTIONS, STARTED}) == 5 and max(PID, STATE, ACTIVITY, CONNECTIONS, STARTED) < FIELDS
     board = Scoreboard(3)
-    assert len(board.ints) == len(board.signed) == len(board.floats) == 3 * FIELDS + 1  # the slots and the count of used ones
+    # the slots, the count of used ones, the slots' counters
+    assert len(board.ints) == len(board.signed) == len(board.floats) == 3 * FIELDS + 1 + 3 * COUNTERS
 
 
 def test_a_new_board_is_all_free_zeros():
@@ -211,3 +216,74 @@ def test_fair_share_is_more_than_margin_times_the_average_plus_one(counts, conne
         assert above
     elif connections < average * margin + 1 - 1e-6:
         assert not above
+
+
+# -- counters (the metrics) ---------------------------------------------------------------------------
+
+NOTHING = Counts((0,) * len(Closed), 0, 0, 0, (0, 0), (0, 0))
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("closed"), st.sampled_from(Closed)),
+            st.tuples(st.just("accepted"), st.integers(-1, MAX_SERVERS + 1), st.integers(1, 50)),
+            st.tuples(st.just("opened"), st.integers(-1, MAX_SERVERS + 1), st.integers(1, 50)),
+            st.tuples(st.just("left"), st.integers(-1, MAX_SERVERS + 1)),
+            st.tuples(st.just("refused")),
+        ),
+        max_size=60,
+    )
+)
+def test_counters_count_what_the_worker_did_and_open_connections_never_go_below_zero(steps):
+    board = Scoreboard(3)
+    slot = board.claim(1, 1.0)
+    writer = SlotWriter(board, slot)
+    closed = [0] * len(Closed)
+    accepted = [0] * MAX_SERVERS
+    open_ = [0] * MAX_SERVERS
+    refused = 0
+    for step in steps:
+        if step[0] == "closed":
+            writer.closed(step[1])
+            closed[step[1]] += 1
+        elif step[0] == "refused":
+            writer.header_refused()
+            refused += 1
+        elif step[0] == "left":
+            writer.left(step[1])
+            if 0 <= step[1] < MAX_SERVERS:
+                open_[step[1]] = max(0, open_[step[1]] - 1)
+        else:
+            getattr(writer, step[0])(step[1], step[2])
+            if 0 <= step[1] < MAX_SERVERS:  # a server past the counters is not counted
+                (accepted if step[0] == "accepted" else open_)[step[1]] += step[2]
+    counts = board.counts(slot, MAX_SERVERS)
+    assert counts == Counts(tuple(closed), 0, 0, refused, tuple(open_), tuple(accepted))
+    assert board.counts(slot, 2) == Counts(tuple(closed), 0, 0, refused, tuple(open_[:2]), tuple(accepted[:2]))
+    assert all(board.counts(other, 2) == NOTHING for other in range(3) if other != slot)
+    board.reset(slot)
+    assert board.counts(slot, 2) == NOTHING
+
+
+def test_the_loop_counts_connected_and_close_events_at_lifecycle_index():
+    board = Scoreboard(2)
+    writer = SlotWriter(board, 1)
+    writer.ints[writer.lifecycle_index] += 3  # CONNECTED
+    writer.ints[writer.lifecycle_index + True] += 2  # CLOSE: the loop adds ``event is CLOSE``
+    counts = board.counts(1, 1)
+    assert (counts.connected_events, counts.close_events) == (3, 2)
+    assert board.row(1) == Row(1, 0, State.FREE, 0, 0, 0, 0.0)  # the slot's fields are elsewhere
+
+
+@settings(max_examples=100)
+@given(st.lists(U64, min_size=COUNTERS, max_size=COUNTERS))
+def test_scribbled_counters_read_clamped(values):
+    board = Scoreboard(2)
+    base = board.counters_base(1)
+    board.ints[base : base + COUNTERS] = memoryview(struct.pack(f"<{COUNTERS}Q", *values)).cast("Q")
+    counts = board.counts(1, MAX_SERVERS)
+    numbers = [*counts.closed, counts.connected_events, counts.close_events, counts.headers_refused, *counts.open, *counts.accepted]
+    assert all(0 <= n <= MAX_COUNT for n in numbers)
+    assert board.counts(0, MAX_SERVERS).open == (0,) * MAX_SERVERS  # the neighbour is untouched

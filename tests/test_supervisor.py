@@ -35,22 +35,23 @@ def test_exec_ttl_kills_a_stuck_event_even_while_retiring():
     assert decide(limits, busy=3, busy_since=NOW - 4.9) is None
     for state in (State.SERVING, State.RETIRING):
         verdict = decide(limits, state=state, busy=3, busy_since=NOW - 5.1)
-        assert verdict is not None and verdict.action == "kill" and "exec_ttl" in verdict.reason
+        assert verdict is not None and verdict.action == "kill" and "exec_ttl" in verdict.reason and verdict.limit == "exec_ttl"
 
 
 def test_max_jobs_uses_the_workers_own_budget_and_counts_the_event_in_progress():
     assert decide(Limits(max_jobs=100), 110, events=99) is None
-    assert decide(Limits(max_jobs=100), 110, events=110) == Verdict("retire", "handled 110 events (max_jobs 110)")
-    assert decide(Limits(max_jobs=100), 110, events=110, busy=110) == Verdict("retire", "handled 110 events (max_jobs 110)")
+    assert decide(Limits(max_jobs=100), 110, events=110) == Verdict("retire", "handled 110 events (max_jobs 110)", "max_jobs")
+    assert decide(Limits(max_jobs=100), 110, events=110, busy=110) == Verdict("retire", "handled 110 events (max_jobs 110)", "max_jobs")
 
 
 def test_ttl_idle_ttl_and_memory_retire():
-    assert decide(Limits(ttl=60), started=NOW - 61).action == "retire"
+    assert decide(Limits(ttl=60), started=NOW - 61)[::2] == ("retire", "ttl")
     assert decide(Limits(ttl=60), started=NOW - 59) is None
-    assert decide(Limits(idle_ttl=30), last_event=NOW - 31, started=NOW - 100).action == "retire"
+    assert decide(Limits(idle_ttl=30), last_event=NOW - 31, started=NOW - 100)[::2] == ("retire", "idle_ttl")
     assert decide(Limits(idle_ttl=30), last_event=NOW - 31, busy=5, busy_since=NOW - 31) is None
     assert decide(Limits(idle_ttl=30), last_event=0.0, started=NOW - 10) is None  # new, never used
     assert decide(Limits(max_worker_memory=100), rss_mb=101).reason.startswith("uses 101 MB")
+    assert decide(Limits(max_worker_memory=100), rss_mb=101).limit == "max_worker_memory"
     assert decide(Limits(max_worker_memory=100), rss_mb=99) is None
 
 
