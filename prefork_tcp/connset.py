@@ -222,8 +222,9 @@ class ConnectionSet:
         self.events.append((conn, CONNECTED, b""))
         self._added(conn)
 
-    def _refuse_header(self, conn: Connection, why: str) -> None:
-        """Close a connection that sent no valid PROXY header in time: no CONNECTED, no CLOSE."""
+    def _refuse_header(self, conn: Connection, why: str, counted: bool = True) -> None:
+        """Close a connection that sent no valid PROXY header in time: no CONNECTED, no CLOSE
+        (``counted``: in the metrics' refused headers; not when the worker stops)."""
         self.headers.pop(conn.fd, None)
         self.warnings.warn(
             "proxy", "closing connection from %s (server %s) without CONNECTED: %s", printable(conn.remote) or "-", conn.server, why
@@ -232,7 +233,8 @@ class ConnectionSet:
         if sock is not None:
             sock.close()  # out of the epoll set with it
         conn.detached()
-        self.slot.header_refused()
+        if counted:
+            self.slot.header_refused()
         self.acceptor.removed(len(self.conns) + len(self.headers))
 
     def _expire_headers(self, now: float) -> None:
@@ -404,7 +406,7 @@ class ConnectionSet:
         for conn in list(self.lingering):
             self._close_socket(conn)
         for waiting in list(self.headers.values()):  # not CONNECTED yet: nothing to finish
-            self._refuse_header(waiting.conn, "the worker stops")
+            self._refuse_header(waiting.conn, "the worker stops", counted=False)
 
     def _close_listeners(self) -> None:
         """Stop accepting: this worker's copies of the listening sockets are closed."""

@@ -263,7 +263,10 @@ class MetricsPlane(Plane[MetricsClient]):
             client.send(response("405 Method Not Allowed", b"GET or HEAD\n", allow="GET, HEAD"), REQUEST_TIMEOUT)
         elif request.path == "/metrics":
             started = time.process_time()
-            encode, content_type = choose_encoder(request.accept)
+            try:
+                encode, content_type = choose_encoder(request.accept)
+            except Exception:  # an Accept header prometheus_client cannot read: the text format
+                encode, content_type = choose_encoder("")
             body = encode(self.registry)
             self.scrapes += 1
             self.scrape_seconds += time.process_time() - started
@@ -277,9 +280,13 @@ class MetricsPlane(Plane[MetricsClient]):
 
 
 def not_ready(master: Observed) -> str:
-    """Why the server should get no new connections now ("" when it should)."""
+    """Why the server should get no new connections now ("" when it should): it stops, or
+    no worker accepts. A worker being replaced accepts until it is told to hand over, and
+    during an upgrade the new master's workers serve for both."""
     if master.stopping:
         return "not ready: stopping"
-    if not any(handle.serving for handle in master.workers.values()):
+    accepting = any(h.ready and not (h.retire_sent or h.stopping or h.killed or h.ended) for h in master.workers.values())
+    successor = getattr(master, "successor", None)
+    if not accepting and not (successor is not None and successor.taking):
         return "not ready: no worker serves"
     return ""

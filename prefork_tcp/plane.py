@@ -142,6 +142,8 @@ class Plane(Generic[C]):
         self.clients: dict[C, int] = {}  # client -> the events it is registered for
         self.resume = 0.0  # accepting paused until then (out of descriptors)
         self._warned = 0.0
+        #: ``close_all`` ran (events for it may still come in the same round of the loop).
+        self.closed = False
         selector.register(sock, selectors.EVENT_READ, self)
 
     def fileno(self) -> int:
@@ -149,6 +151,8 @@ class Plane(Generic[C]):
 
     def accept(self) -> None:
         """The listening socket is readable: take the waiting clients."""
+        if self.closed:
+            return
         now = time.monotonic()
         for _ in range(self.max_clients):
             try:
@@ -174,16 +178,24 @@ class Plane(Generic[C]):
 
     def serve(self, client: C, events: int) -> None:
         """A client's socket is ready: read its request (and answer it) or write its reply."""
+        if self.closed:
+            return
         if events & selectors.EVENT_WRITE and client.replying:
             client.flush()
         elif events & selectors.EVENT_READ and not client.asked:
             request = client.read()
             if request is not None:
-                client.turn_away(client.turned_away) if client.turned_away else self.answer(client, request)
+                try:
+                    client.turn_away(client.turned_away) if client.turned_away else self.answer(client, request)
+                except Exception:  # a bug answering one client must not end the round of the loop
+                    log.exception("cannot answer a %s client", self.what)
+                    client.close()
         self.tend()
 
     def tend(self) -> None:
         """Drop clients past their deadline; watch each for what it waits for."""
+        if self.closed:
+            return
         now = time.monotonic()
         if self.resume and now >= self.resume:
             self.resume = 0.0
@@ -212,6 +224,7 @@ class Plane(Generic[C]):
     def close_all(self) -> None:
         """Close every client and the listening socket (out of the selector first: the
         master may go on with it, as after a reload that moved the metrics)."""
+        self.closed = True
         for client, registered in self.clients.items():
             if registered:
                 _forget(self.selector, client.sock)

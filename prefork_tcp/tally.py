@@ -24,6 +24,7 @@ RECYCLE_REASONS = (
     "reload",  # HUP or ``prefork-tcp reload`` (and the rollback of a reload that failed)
     "reset",  # ``prefork-tcp reset``
     "scale_down",  # TTOU or ``prefork-tcp remove-worker``
+    "upgrade",  # handed its connections to a new master (counted by the old one)
     "error",  # it sent the master garbage
     "died",  # it ended without being asked (killed from outside, the OOM killer, a crash)
 )
@@ -56,9 +57,11 @@ class Totals:
 
     def absorb(self, pid: int, row: Row, counts: Counts, servers: tuple[str, ...]) -> None:
         """A worker is gone: keep what its slot counted (``servers``: its servers, in the
-        order of its counters)."""
+        order of its counters). Connections it still held died with it (SIGKILL, a
+        crash): the kernel closed them, and they count as closed by an error."""
         for reason, count in enumerate(counts.closed):
             self.closed[reason] += count
+        self.closed[Closed.ERROR] += sum(counts.open)
         self.data_events += self.data_of(pid, row, counts)
         del self._data_seen[pid]
         self.connected_events += counts.connected_events

@@ -41,7 +41,9 @@ from .sockets import Listener, parse_address
 #: The environment variable that tells a new master it takes over from its parent.
 ENV = "PREFORK_TCP_UPGRADE"
 #: The version of what is passed and said between the two masters; a new master refuses another.
-VERSION = 1
+#: Version 2 adds the metrics endpoint; an old master without one passes version 1, which
+#: masters before version 2 understand too (and one with it cannot upgrade to those).
+VERSION = 2
 #: Descriptors above this are not ones a master passes (a sanity bound for ``decode``).
 _MAX_FD = 1 << 20
 #: How long a failing new master tries to tell the old one why.
@@ -85,7 +87,7 @@ class Inheritance:
 def encode(inheritance: Inheritance) -> str:
     return json.dumps(
         {
-            "version": VERSION,
+            "version": VERSION if inheritance.metrics else 1,  # a master without metrics can take version 1
             "master": inheritance.master,
             "channel": inheritance.channel,
             "control": list(inheritance.control) if inheritance.control else None,
@@ -102,13 +104,15 @@ def decode(text: str, parent: int) -> Inheritance:
     try:
         data = json.loads(text)
         version = data.get("version") if isinstance(data, dict) else None
-        if version == VERSION:
+        if version in (1, VERSION):
             master, channel, control, metrics = data["master"], data["channel"], data["control"], data.get("metrics")
             listeners = tuple(PassedSocket(name, address, fd, systemd) for name, address, fd, systemd in data["listeners"])
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ValueError(f"{ENV} is not what a master passes ({type(exc).__name__})") from None
-    if version != VERSION:
-        raise ValueError(f"{ENV}: version {version!r}, this program speaks version {VERSION}")
+    if version not in (1, VERSION):
+        raise ValueError(f"{ENV}: version {version!r}, this program speaks versions 1 and {VERSION}")
+    if version == 1 and metrics is not None:
+        raise ValueError(f"{ENV}: version 1 passes no metrics endpoint")
     for value, what in ((control, "control is not [path, descriptor]"), (metrics, "metrics is not [address, descriptor]")):
         if value is not None and not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)):
             raise ValueError(f"{ENV}: {what}")

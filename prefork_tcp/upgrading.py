@@ -22,7 +22,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from . import pidfile as pidfiles
 from .apploader import App
@@ -35,6 +35,9 @@ from .upgrade import Peer, Predecessor, Successor, program, spawn, working_direc
 from .workerhandle import describe_exit
 from .workerpool import ChannelEnd, WorkerPool
 
+if TYPE_CHECKING:
+    from .metrics import MetricsPlane
+
 log = logging.getLogger("prefork_tcp.master")
 
 #: A successor told to stop is killed this long after its own stop deadline.
@@ -43,6 +46,9 @@ KILL_AFTER = 10.0
 HANDOVER_GRACE = 30.0
 #: A successor that closed its channel is given this long to exit before it is stopped.
 CLOSED_GRACE = 2.0
+#: A new master in charge tries this long to listen for the metrics the old master still holds.
+METRICS_RETRY = 30.0
+METRICS_RETRY_EVERY = 0.5
 
 
 class Upgrading(WorkerPool):
@@ -60,6 +66,9 @@ class Upgrading(WorkerPool):
         self.upgrade_failure = ""
         #: Where this master started: its successor starts there too.
         self.directory = working_directory()
+        #: Until then, try to listen for the metrics again (0: not trying), next at the second.
+        self.metrics_retry_until = 0.0
+        self.metrics_retry_next = 0.0
         #: Whether the pidfile and the unix socket files (servers', control) are this master's
         #: to remove at exit: not a new master's before it is in charge, nor an old master's after.
         self.owns_paths = predecessor is None
@@ -132,6 +141,7 @@ class Upgrading(WorkerPool):
         for handle in self.workers.values():
             if not (handle.killed or handle.stopping or handle.retire_sent):  # a booting one acts on it once booted
                 handle.retiring = handle.retiring or "upgrade"
+                handle.cause = handle.cause or "upgrade"
                 handle.retire_requested = handle.retire_requested or successor.handing_over
                 handle.retire_sent = successor.handing_over
                 handle.tell(Kind.RETIRE)
@@ -140,6 +150,8 @@ class Upgrading(WorkerPool):
         """A step of the main loop: finish the handover, or give up on a successor that
         does not serve or take the connections in time; kill one that does not stop."""
         successor = self.successor
+        if self.metrics_retry_until:
+            self._retry_metrics()
         if successor is None:
             if self.predecessor is not None:
                 self._pass_on_confirmed(self.predecessor)
@@ -306,7 +318,7 @@ class Upgrading(WorkerPool):
         inherited, predecessor.control = predecessor.control, None
         self._open_control(inherited)
         inherited, predecessor.metrics = predecessor.metrics, None
-        self._open_metrics(inherited)
+        self._open_metrics(inherited, taking_charge=True)
         for address in predecessor.dropped:  # servers no longer configured: their files go
             unlink_unix(parse_address(address))
         self.systemd.unmute()
@@ -335,7 +347,7 @@ class Upgrading(WorkerPool):
         log.info("control socket at %s", path)
         return True
 
-    def _open_metrics(self, inherited: tuple[str, socket.socket] | None = None) -> bool:
+    def _open_metrics(self, inherited: tuple[str, socket.socket] | None = None, taking_charge: bool = False) -> bool:
         """Serve the metrics: at start, or when a new master takes charge (then on the
         socket passed on, unless the config moved them)."""
         address = self.config.metrics.addr
@@ -350,28 +362,64 @@ class Upgrading(WorkerPool):
         try:
             self.move_metrics(address, sock)
         except ConfigError as exc:
-            log.error("%s", exc)
-            return False
+            if not taking_charge:
+                log.error("%s", exc)
+                return False
+            # The old master may hold the port a moment longer.
+            log.warning("%s; trying again for %gs", exc, METRICS_RETRY)
+            self.metrics_retry_until = time.monotonic() + METRICS_RETRY
         return True
+
+    def _retry_metrics(self) -> None:
+        """After taking charge: listen for the metrics once the old master let go of the port
+        (tried at most every ``METRICS_RETRY_EVERY`` seconds)."""
+        now = time.monotonic()
+        if now < self.metrics_retry_next:
+            return
+        self.metrics_retry_next = now + METRICS_RETRY_EVERY
+        try:
+            self.move_metrics(self.config.metrics.addr)
+        except ConfigError as exc:
+            if now >= self.metrics_retry_until:
+                self.metrics_retry_until = 0.0
+                log.error("%s; no metrics until a reload or a restart", exc)
+            return
+        self.metrics_retry_until = 0.0
 
     def move_metrics(self, address: Address | None, sock: socket.socket | None = None) -> None:
         """Serve the metrics at ``address`` (None: not at all), on ``sock`` if it listens
-        there already; raises ConfigError when nothing can listen there."""
-        if self.metrics is not None and address == self.metrics.address:
+        there already; raises ConfigError when nothing can listen there (the metrics then
+        stay where they were)."""
+        current = self.metrics
+        if current is not None and address == current.address:
             return
-        plane = None
-        if address is not None:
-            from .metrics import MetricsPlane  # prometheus_client is imported only when it is used
-
+        if current is not None and (address is None or address.port != current.address.port):
+            plane = self._metrics_plane(address, sock) if address is not None else None
+            current.close_all()
+        elif address is None:
+            return
+        else:  # nothing yet, or the same port on another host (127.0.0.1 to 0.0.0.0): let go of it first
+            if current is not None:
+                current.close_all()
+                self.metrics = None
             try:
-                plane = MetricsPlane(address, self.selector, self, sock)
-            except OSError as exc:
-                raise ConfigError(f"metrics.addr: cannot listen at {address}: {exc.strerror or exc}") from None
-            host, port = plane.sock.getsockname()[:2]
-            log.info("metrics at http://%s/metrics", str(Address("tcp", host=host, port=port)).removeprefix("tcp://"))
-        if self.metrics is not None:
-            self.metrics.close_all()
+                plane = self._metrics_plane(address, sock)
+            except ConfigError:
+                if current is not None:
+                    self.metrics = self._metrics_plane(current.address)  # back where it was
+                raise
         self.metrics = plane
+
+    def _metrics_plane(self, address: Address, sock: socket.socket | None = None) -> MetricsPlane:
+        from .metrics import MetricsPlane  # prometheus_client is imported only when it is used
+
+        try:
+            plane = MetricsPlane(address, self.selector, self, sock)
+        except OSError as exc:
+            raise ConfigError(f"metrics.addr: cannot listen at {address}: {exc.strerror or exc}") from None
+        host, port = plane.sock.getsockname()[:2]
+        log.info("metrics at http://%s/metrics", str(Address("tcp", host=host, port=port)).removeprefix("tcp://"))
+        return plane
 
     # -- both ------------------------------------------------------------------------------
 

@@ -410,7 +410,7 @@ class WorkerPool:
                 else:
                     handle.signal(signal.SIGKILL)
             elif handle.retiring and not handle.retire_sent:
-                handle.retiring = ""
+                handle.retiring = handle.cause = ""
         self.generation += 1
         self.systemd.ready("reload failed: the previous workers keep serving")
 

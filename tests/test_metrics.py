@@ -4,6 +4,7 @@ without letting a slow or hostile scraper hold the master up."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -363,3 +364,47 @@ def _refused(address) -> bool:
     except OSError:
         return True
     return False
+
+
+def test_ready_stays_200_while_a_reload_replaces_the_only_worker(start_server, tmp_path):
+    server = start(start_server, servers_config("a", extra=METRICS), workers=1)
+    where = metrics_address(server)
+    seen = []
+    server.send_signal(signal.SIGHUP)
+    while not any("reload complete" in line for line in server.lines):
+        seen.append(http(where, "/ready")[0])
+    seen.append(http(where, "/ready")[0])
+    assert set(seen) == {200}, seen
+
+
+def test_an_accept_header_prometheus_client_cannot_read_gets_the_text_format(start_server):
+    server = start(start_server, servers_config("a", extra=METRICS), workers=1)
+    status, content_type, body = http(metrics_address(server), accept="text/plain; version=x")
+    assert status == 200 and content_type.startswith("text/plain") and "prefork_tcp_workers" in body
+
+
+def test_the_connections_of_a_killed_worker_count_as_closed_by_an_error(start_server):
+    server = start(start_server, servers_config("a", extra=METRICS), workers=1)
+    where = metrics_address(server)
+    clients = [Client(server.address("a")) for _ in range(3)]
+    for client in clients:
+        client.send(b"hi\r\n")
+        assert client.line() == b"hi\r\n"
+    (victim,) = server.worker_pids()
+    os.kill(victim, signal.SIGKILL)
+    page = wait_for(lambda: (p := scrape(where)) and value(p, "prefork_tcp_worker_recycles", reason="died") == 1 and p, what="the death")
+    assert value(page, "prefork_tcp_closed", reason="error") == 3
+    assert value(page, "prefork_tcp_connections", server="a") == 0
+    for client in clients:
+        client.close()
+
+
+def test_a_reload_can_move_the_metrics_to_another_host_on_the_same_port(start_server, tmp_path):
+    port = free_port()
+    server = start(start_server, servers_config("a", extra=f'[metrics]\naddr = "127.0.0.1:{port}"\n'), workers=1)
+    (tmp_path / "server.toml").write_text(servers_config("a", extra=f'[metrics]\naddr = "localhost:{port}"\n'))
+    server.send_signal(signal.SIGHUP)
+    server.wait_log("reload complete")
+    assert "config not reloaded" not in server.log
+    assert len(server.wait_log(rf"metrics at http://127.0.0.1:{port}/metrics", count=2)) == 2
+    assert http(("127.0.0.1", port))[0] == 200

@@ -232,11 +232,20 @@ _addresses = st.builds("tcp://127.0.0.1:{}".format, st.integers(0, 65535)) | st.
     st.integers(1, 1 << 22),
     st.lists(st.tuples(_names, _addresses, st.booleans()), max_size=5),
     st.none() | _names,
+    st.none() | st.builds("tcp://127.0.0.1:{}".format, st.integers(0, 65535)),
 )
-def test_what_an_old_master_passes_reads_back_the_same(master, listeners, control):
+def test_what_an_old_master_passes_reads_back_the_same(master, listeners, control, metrics):
     passed = tuple(PassedSocket(name, address, 10 + index, systemd) for index, (name, address, systemd) in enumerate(listeners))
-    inheritance = Inheritance(master, 3, passed, (control, 4) if control is not None else None)
-    assert upgrade.decode(upgrade.encode(inheritance), master) == inheritance
+    inheritance = Inheritance(master, 3, passed, (control, 4) if control is not None else None, (metrics, 5) if metrics else None)
+    text = upgrade.encode(inheritance)
+    assert upgrade.decode(text, master) == inheritance
+    assert json.loads(text)["version"] == (2 if metrics else 1)  # what a master without metrics passes, older ones read
+
+
+def test_a_metrics_endpoint_in_version_1_is_refused():
+    text = json.dumps({"version": 1, "master": 7, "channel": 3, "control": None, "metrics": ["tcp://127.0.0.1:1", 4], "listeners": []})
+    with pytest.raises(ValueError, match="version 1 passes no metrics endpoint"):
+        upgrade.decode(text, 7)
 
 
 @given(st.text(max_size=200) | st.builds(json.dumps, st.recursive(st.none() | st.integers() | st.text(), st.lists, max_leaves=8)))
