@@ -16,7 +16,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from . import logs
+from . import kv, logs
 from .apploader import App
 from .channel import ChannelError, Kind, Message, close_all
 from .config import MAX_WORKERS, Config, ConfigError
@@ -317,6 +317,10 @@ class Arbiter(Upgrading):
             return
         try:
             config, app_spec = self.reloader()
+            try:
+                kv.check(config.kv)
+            except kv.StorageError as exc:
+                raise ConfigError(str(exc)) from None
             listeners = self._rebind(config)
             if config.log != self.config.log:
                 try:

@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 import click
 
 from . import config as cfg
-from . import logs, manage, systemd
+from . import kv, logs, manage, systemd
 from . import pidfile as pidfiles
 from .apploader import AppLoadError, load_app
 from .arbiter import Arbiter, Reloader
@@ -172,6 +172,11 @@ def _serve(config: cfg.Config, app_spec: str, preload: bool, daemon: bool, reloa
         log.info("open files limit: %d", after)
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    try:
+        _open_storages(config)
+    except cfg.ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
     preloaded = None
     if preload:
         try:
@@ -265,10 +270,24 @@ def check(app: str | None, config_file: str | None) -> None:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
+        _open_storages(config)
+    except cfg.ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+    try:
         load_app(app_spec)
     except AppLoadError as exc:
         fail(str(exc), EXIT_APP_LOAD)
     click.echo(cfg.to_toml(config), nl=False)
+
+
+def _open_storages(config: cfg.Config) -> None:
+    """Make the ``[kv.NAME]`` storages the ones ``kv.storage()`` opens, once each of them
+    was opened here; raises ConfigError naming the first that cannot be."""
+    try:
+        kv.check(config.kv)
+    except kv.StorageError as exc:
+        raise cfg.ConfigError(str(exc)) from None
+    kv.configure(config.kv)
 
 
 for _command in manage.COMMANDS:

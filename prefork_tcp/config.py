@@ -164,7 +164,7 @@ class PoolConfig:
 class TcpConfig:
     """``[tcp]``: the servers and their worker pool."""
 
-    servers: tuple[ServerConfig, ...] = ()
+    servers: tuple[ServerConfig, ...] = field(default=(), metadata={"named": ServerConfig})
     pool: PoolConfig = field(default_factory=PoolConfig)
 
 
@@ -200,6 +200,34 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class KvConfig:
+    """``[kv.NAME]``: a key-value storage shared by every worker, ``prefork_tcp.kv.storage("NAME")`` (docs/kv.md)."""
+
+    name: str
+    driver: str = setting(
+        default="sqlite", parse=v.kv_driver, doc="sqlite: one file shared by the workers of this machine; redis: shared by every machine"
+    )
+    file: str = setting(
+        default="", parse=v.string, default_doc="prefork-tcp-NAME.db", doc="sqlite: the database file (relative: to the working directory)"
+    )
+    addr: str = setting(
+        default="", parse=v.redis_url, doc="redis: redis://[:password@]host:port/db, rediss:// for TLS, or unix:///path?db=N"
+    )
+    prefix: str = setting(
+        default="",
+        parse=v.string,
+        default_doc='"prefork_tcp:NAME:"',
+        doc="redis: what every key of this storage starts with; clear() deletes only those",
+    )
+    timeout: float = setting(
+        default=2.0,
+        parse=v.DurationBetween("10ms", "60s"),
+        emit=v.format_duration,
+        doc="the longest one operation waits: for sqlite's write lock, for redis' answer",
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole effective configuration of one server."""
 
@@ -218,6 +246,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    kv: tuple[KvConfig, ...] = field(default=(), metadata={"named": KvConfig})
     #: The file it was read from ("" = none), for the reload log line.
     source: str = ""
 
@@ -234,8 +263,8 @@ def sections(cls: type = Config, path: str = "") -> Iterator[tuple[str, type]]:
     """Yield ``(dotted path, class)`` of every TOML table, the top level ("") first, in declaration order."""
     yield path, cls
     for f in dataclasses.fields(cls):
-        if f.name == "servers":
-            yield from sections(ServerConfig, _join(path, "servers") + ".NAME")
+        if "named" in f.metadata:
+            yield from sections(f.metadata["named"], _join(path, f.name) + ".NAME")
         elif dataclasses.is_dataclass(f.default_factory):
             yield from sections(f.default_factory, _join(path, f.name))
 
@@ -342,8 +371,8 @@ def _build(cls: type, raw: Any, path: str, **fixed: Any) -> Any:
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():
         key_path = _join(path, name)
-        if name == "servers":
-            kwargs[name] = _build_servers(raw.get(name, {}), key_path)
+        if name in _NAMED:
+            kwargs[name] = _NAMED[name](raw.get(name, {}), key_path)
         elif name not in raw:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"{key_path}: missing")
@@ -380,6 +409,36 @@ def _build_servers(raw: Any, path: str) -> tuple[ServerConfig, ...]:
     return tuple(servers)
 
 
+def _build_kv(raw: Any, path: str) -> tuple[KvConfig, ...]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a table of storages, got {v.brief(raw)}")
+    storages: list[KvConfig] = []
+    files: dict[str, str] = {}
+    for name, table in raw.items():
+        storage_path = _join(path, name)
+        storage = _build(KvConfig, table, storage_path, name=name)
+        given = {key for key in ("file", "addr", "prefix") if isinstance(table, dict) and table.get(key)}
+        stray = sorted(given - ({"file"} if storage.driver == "sqlite" else {"addr", "prefix"}))
+        if stray:
+            raise ConfigError(f"{storage_path}.{stray[0]}: not a key of driver {v.show(storage.driver)}")
+        if storage.driver == "redis":
+            if not storage.addr:
+                raise ConfigError(f'{storage_path}.addr: missing: driver "redis" needs an address, as in addr = "redis://127.0.0.1:6379/0"')
+            storage = dataclasses.replace(storage, prefix=storage.prefix if "prefix" in given else f"prefork_tcp:{name}:")
+        else:
+            storage = dataclasses.replace(storage, file=storage.file or f"prefork-tcp-{name}.db")
+            where = os.path.abspath(storage.file)
+            if where in files:
+                raise ConfigError(f"{storage_path}.file: {v.brief(storage.file)} is already the file of storage {files[where]!r}")
+            files[where] = name
+        storages.append(storage)
+    return tuple(storages)
+
+
+#: Tables of named tables, and how each is built.
+_NAMED: dict[str, Callable[[Any, str], tuple[Any, ...]]] = {"servers": _build_servers, "kv": _build_kv}
+
+
 def _join(path: str, key: str) -> str:
     """Return the dotted key path of ``key`` in ``path``, quoting a key TOML cannot write bare."""
     key = v.toml_key(key)
@@ -405,8 +464,8 @@ def _emit_table(obj: Any, path: str, lines: list[str]) -> None:
         if f.name in _NOT_KEYS:
             continue
         value = getattr(obj, f.name)
-        if f.name == "servers":
-            subtables.extend((_join(_join(path, "servers"), s.name), s) for s in value)
+        if "named" in f.metadata:
+            subtables.extend((_join(_join(path, f.name), item.name), item) for item in value)
         elif "emit" not in f.metadata:
             subtables.append((_join(path, f.name), value))
         else:

@@ -10,6 +10,7 @@ import json
 import os
 import pwd
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -188,6 +189,34 @@ def metrics_address(value: Any) -> Address | None:
     return where
 
 
+def redis_url(value: Any) -> str:
+    """A Redis address: redis://[[user]:password@]host[:port][/db], rediss://..., or unix:///path[?db=N]."""
+    if value == "":
+        return value
+    if not isinstance(value, str):
+        raise _expected('a Redis address such as "redis://127.0.0.1:6379/0"', value)
+    try:
+        url = urllib.parse.urlsplit(value)
+        port = url.port  # ValueError when not a number from 0 to 65535
+    except ValueError as exc:
+        raise ValueError(f"{exc}, got {brief(value)}") from None
+    if url.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"expected redis://, rediss:// or unix://, got {brief(value)}")
+    if url.scheme == "unix":
+        if not url.path:
+            raise ValueError(f"a unix socket address needs a path, as in unix:///run/redis.sock, got {brief(value)}")
+        db = urllib.parse.parse_qs(url.query).get("db", ["0"])[-1]
+    else:
+        if not url.hostname:
+            raise ValueError(f"expected a host, as in redis://127.0.0.1:6379/0, got {brief(value)}")
+        if port == 0:
+            raise ValueError(f"port 0 is no Redis server's, got {brief(value)}")
+        db = url.path.strip("/") or "0"
+    if not db.isdigit() or int(db) > 1_000_000:
+        raise ValueError(f"the database must be a number, as in redis://127.0.0.1:6379/0, got {brief(value)}")
+    return value
+
+
 def delimiter(value: Any) -> bytes:
     if not isinstance(value, str):
         raise _expected('a string such as "\\r\\n" ("" for stream mode)', value)
@@ -247,6 +276,7 @@ class OneOf:
 
 log_level = OneOf(_LOG_LEVELS, "one of " + ", ".join(_LOG_LEVELS), fold_case=True)
 log_format = OneOf(("text", "json"), '"text" or "json"')
+kv_driver = OneOf(("sqlite", "redis"), '"sqlite" or "redis"')
 proxy_protocol = OneOf(("off", "v1", "v2", "auto"), '"off", "v1", "v2" or "auto"')
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from setproctitle import setproctitle
 
+from . import kv
 from .api import TcpWorker
 from .apploader import App, AppLoadError, load_app
 from .channel import Kind, encode
@@ -65,6 +66,7 @@ def run(ctx: WorkerContext) -> int:
         _drop_privileges(ctx.config)
     except OSError as exc:
         return _fail(ctx, EXIT_BOOT_FAILED, f"cannot switch to user/group: {exc}")
+    kv.configure(ctx.config.kv)  # before the application is imported: it may open one at import
     if ctx.preloaded is not None:
         app = ctx.preloaded
     else:

@@ -168,15 +168,17 @@ def reference_toml() -> str:
         declared = cfg.keys(section)
         if not declared:
             continue
-        path = path.replace(".NAME", f".{cfg.DEFAULT_SERVER}")
+        # A storage is opened (its file made) at start: the reference shows one, commented out.
+        optional = path.startswith("kv.")
+        path = path.replace(".NAME", ".local" if optional else f".{cfg.DEFAULT_SERVER}")
         out.append("")
         if section_doc(section):
             out.append(f"# {section_doc(section)}")
         if path:
-            out.append(f"[{path}]")
+            out.append(f"# [{path}]" if optional else f"[{path}]")
         for f in declared:
             line = f"{f.name} = {values.show(reference_value(f))}"
-            if f.metadata["default_doc"]:  # computed at start: shown, not set
+            if f.metadata["default_doc"] or optional:  # computed at start, or not in use: shown, not set
                 line = f"# {line}"
             comment = _wrap(cfg.describe(f), _WIDTH - _COMMENT_COLUMN - 2)
             out.append(f"{line:<{_COMMENT_COLUMN - 1}} # {comment[0]}")

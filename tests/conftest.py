@@ -24,3 +24,15 @@ def start_server(tmp_path: Path) -> Iterator:
     yield start
     for server in servers:
         server.kill()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """One real redis-server for the session (tests use their own key prefixes); skipped without it."""
+    from redisserver import AVAILABLE, RedisServer
+
+    if not AVAILABLE:
+        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
