@@ -318,7 +318,7 @@ class Arbiter(Upgrading):
         try:
             config, app_spec = self.reloader()
             try:
-                kv.check(config.kv)
+                kv.check(config.kv, unless_in=self.config.kv)
             except kv.StorageError as exc:
                 raise ConfigError(str(exc)) from None
             listeners = self._rebind(config)

@@ -23,6 +23,7 @@ from .manage import fail
 from .sockets import BindError, Listener, bind
 from .upgrade import FirstError, Predecessor
 from .values import IntBetween, OneOf
+from .workerprocess import worker_ids
 
 log = logging.getLogger("prefork_tcp.master")
 
@@ -288,6 +289,18 @@ def _open_storages(config: cfg.Config) -> None:
     except kv.StorageError as exc:
         raise cfg.ConfigError(str(exc)) from None
     kv.configure(config.kv)
+    ids = worker_ids(config) if os.geteuid() == 0 else None
+    if ids is None:
+        return
+    for storage in config.kv:
+        if storage.driver == "sqlite":  # made by root here: the workers' user writes to it
+            for path in (storage.file, f"{storage.file}-wal", f"{storage.file}-shm"):
+                try:
+                    os.chown(path, ids[0], ids[1])
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    raise cfg.ConfigError(f"kv.{storage.name}.file: cannot give {path} to the workers' user: {exc.strerror}") from None
 
 
 for _command in manage.COMMANDS:

@@ -414,6 +414,7 @@ def _build_kv(raw: Any, path: str) -> tuple[KvConfig, ...]:
         raise ConfigError(f"{path}: expected a table of storages, got {v.brief(raw)}")
     storages: list[KvConfig] = []
     files: dict[str, str] = {}
+    prefixes: dict[tuple[str, str], str] = {}  # (address, prefix) -> storage
     for name, table in raw.items():
         storage_path = _join(path, name)
         storage = _build(KvConfig, table, storage_path, name=name)
@@ -424,8 +425,19 @@ def _build_kv(raw: Any, path: str) -> tuple[KvConfig, ...]:
         if storage.driver == "redis":
             if not storage.addr:
                 raise ConfigError(f'{storage_path}.addr: missing: driver "redis" needs an address, as in addr = "redis://127.0.0.1:6379/0"')
+            if isinstance(table, dict) and table.get("prefix") == "":
+                raise ConfigError(f"{storage_path}.prefix: empty: clear() would delete every key of the database")
             storage = dataclasses.replace(storage, prefix=storage.prefix if "prefix" in given else f"prefork_tcp:{name}:")
+            for (addr, prefix), other in prefixes.items():
+                if addr == storage.addr and (prefix.startswith(storage.prefix) or storage.prefix.startswith(prefix)):
+                    raise ConfigError(
+                        f"{storage_path}.prefix: {v.brief(storage.prefix)} overlaps the prefix {v.brief(prefix)} of storage {other!r} "
+                        "at the same address: the clear() of one would delete keys of the other"
+                    )
+            prefixes[(storage.addr, storage.prefix)] = name
         else:
+            if storage.file == ":memory:" or storage.file.startswith("file:"):
+                raise ConfigError(f"{storage_path}.file: {v.brief(storage.file)}: the workers share a file, not a memory database or a URI")
             storage = dataclasses.replace(storage, file=storage.file or f"prefork-tcp-{name}.db")
             where = os.path.abspath(storage.file)
             if where in files:

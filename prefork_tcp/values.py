@@ -190,31 +190,45 @@ def metrics_address(value: Any) -> Address | None:
 
 
 def redis_url(value: Any) -> str:
-    """A Redis address: redis://[[user]:password@]host[:port][/db], rediss://..., or unix:///path[?db=N]."""
+    """A Redis address: redis://[[user]:password@]host[:port][/db], rediss://..., or unix:///path[?db=N].
+
+    Errors show the address without its user and password (``redacted``).
+    """
     if value == "":
         return value
     if not isinstance(value, str):
         raise _expected('a Redis address such as "redis://127.0.0.1:6379/0"', value)
+    shown = brief(redacted(value))
     try:
         url = urllib.parse.urlsplit(value)
         port = url.port  # ValueError when not a number from 0 to 65535
+        query = urllib.parse.parse_qs(url.query, keep_blank_values=True, strict_parsing=bool(url.query))
     except ValueError as exc:
-        raise ValueError(f"{exc}, got {brief(value)}") from None
+        raise ValueError(f"{str(exc).replace(value, redacted(value))}, got {shown}") from None
     if url.scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"expected redis://, rediss:// or unix://, got {brief(value)}")
+        raise ValueError(f"expected redis://, rediss:// or unix://, got {shown}")
+    if set(query) - {"db"}:
+        raise ValueError(f"the only query an address takes is ?db=N (timeouts come from the storage's keys), got {shown}")
     if url.scheme == "unix":
         if not url.path:
-            raise ValueError(f"a unix socket address needs a path, as in unix:///run/redis.sock, got {brief(value)}")
-        db = urllib.parse.parse_qs(url.query).get("db", ["0"])[-1]
+            raise ValueError(f"a unix socket address needs a path, as in unix:///run/redis.sock, got {shown}")
+        db = query.get("db", ["0"])[-1]
     else:
         if not url.hostname:
-            raise ValueError(f"expected a host, as in redis://127.0.0.1:6379/0, got {brief(value)}")
+            raise ValueError(f"expected a host, as in redis://127.0.0.1:6379/0, got {shown}")
         if port == 0:
-            raise ValueError(f"port 0 is no Redis server's, got {brief(value)}")
+            raise ValueError(f"port 0 is no Redis server's, got {shown}")
+        if "db" in query:
+            raise ValueError(f"the database goes in the path, as in redis://127.0.0.1:6379/0, got {shown}")
         db = url.path.strip("/") or "0"
     if not db.isdigit() or int(db) > 1_000_000:
-        raise ValueError(f"the database must be a number, as in redis://127.0.0.1:6379/0, got {brief(value)}")
+        raise ValueError(f"the database must be a number, as in redis://127.0.0.1:6379/0, got {shown}")
     return value
+
+
+def redacted(url: str) -> str:
+    """A Redis address as it may be shown: without user, password or query."""
+    return re.sub(r"//[^/]*@", "//", url.partition("?")[0])
 
 
 def delimiter(value: Any) -> bytes:

@@ -128,12 +128,26 @@ def _fail(ctx: WorkerContext, code: int, cause: str) -> int:
 
 
 def _drop_privileges(config: Config) -> None:
-    if config.group:
-        gid = int(config.group) if config.group.isdigit() else grp.getgrnam(config.group).gr_gid
-        os.setgid(gid)
+    ids = worker_ids(config)
+    if ids is None:
+        return
+    uid, gid = ids
+    os.setgid(gid)
+    if config.user:
+        os.initgroups(pwd.getpwuid(uid).pw_name, gid)
+        os.setuid(uid)
+
+
+def worker_ids(config: Config) -> tuple[int, int] | None:
+    """The user and group the workers run as (``user``, ``group``), or None when neither is set.
+    Raises KeyError for a name the system does not know."""
+    if not (config.user or config.group):
+        return None
+    uid = os.getuid()
+    gid = os.getgid()
     if config.user:
         entry = pwd.getpwuid(int(config.user)) if config.user.isdigit() else pwd.getpwnam(config.user)
-        if not config.group:
-            os.setgid(entry.pw_gid)
-        os.initgroups(entry.pw_name, os.getgid())
-        os.setuid(entry.pw_uid)
+        uid, gid = entry.pw_uid, entry.pw_gid
+    if config.group:
+        gid = int(config.group) if config.group.isdigit() else grp.getgrnam(config.group).gr_gid
+    return uid, gid

@@ -142,7 +142,7 @@ def test_expire_sets_and_removes_ttls_of_existing_keys_only(store):
     store.expire([], 1)
 
 
-@pytest.mark.parametrize("ttl", [0, -1, math.nan, math.inf, True, "5"])
+@pytest.mark.parametrize("ttl", [0, -1, math.nan, math.inf, True, "5", 1e10])
 def test_a_ttl_that_is_not_a_positive_number_is_refused(store, ttl):
     with pytest.raises(ValueError):
         store.set("k", b"v", ttl=ttl)
@@ -284,10 +284,21 @@ def test_sqlite_shares_one_file_in_wal_mode_and_sweeps_expired_rows(tmp_path, mo
     assert conn.execute("SELECT COUNT(*) FROM kv WHERE key = 'gone'").fetchone()[0] == 1  # hidden, not deleted yet
     monkeypatch.setattr(sqlitestore, "SWEEP_EVERY", 0.0)
     second._next_sweep = 0.0  # type: ignore[attr-defined]
-    second.has("k")  # the next operation after SWEEP_EVERY sweeps
+    assert second.has("k")  # a read never sweeps (it would need the write lock)
+    assert conn.execute("SELECT COUNT(*) FROM kv WHERE key = 'gone'").fetchone()[0] == 1
+    second.set("other", b"x")  # the next write after SWEEP_EVERY sweeps
     assert conn.execute("SELECT COUNT(*) FROM kv WHERE key = 'gone'").fetchone()[0] == 0
     first.close()
     second.close()
+
+
+def test_sqlite_older_than_3_35_is_a_clear_storage_error(tmp_path, monkeypatch):
+    from prefork_tcp.kv import sqlitestore
+
+    monkeypatch.setattr(sqlitestore.sqlite3, "sqlite_version_info", (3, 31, 1))
+    monkeypatch.setattr(sqlitestore.sqlite3, "sqlite_version", "3.31.1")
+    with pytest.raises(StorageError, match=r"storage .test.: needs SQLite 3.35.0 or newer.*, this Python has 3.31.1"):
+        make("sqlite", tmp_path).get("k")
 
 
 def test_sqlite_errors_name_the_storage_and_the_cause(tmp_path):
@@ -336,7 +347,8 @@ def test_redis_ttls_are_milliseconds_rounded_up(redis_server):
     storage.set("k", b"v", ttl=0.0001)  # less than a millisecond: one millisecond
     wait_expired(storage, "k")
     storage.set("k", b"v", ttl=10.0004)
-    assert 10 < storage.ttl("k") <= 10.001
+    assert 9.9 < storage.ttl("k") <= 10.001
+    assert (storage._ms(10.0004), storage._ms(0.0001), storage._ms(2.5)) == (10001, 1, 2500)  # type: ignore[attr-defined]
     storage.clear()
 
 
@@ -356,11 +368,14 @@ def test_redis_outage_is_a_storage_error_and_the_storage_recovers_by_itself(redi
     storage.clear()
 
 
-def test_redis_errors_never_show_the_password():
-    storage = open_storage(KvConfig("secret", "redis", addr=f"redis://:hunter2@127.0.0.1:{free_port()}/0", prefix="p:", timeout=1.0))
+@pytest.mark.parametrize("userinfo", [":hunter2@", "app:hunter2@", ":hun@ter2@"])
+def test_redis_errors_never_show_the_password(userinfo):
+    port = free_port()
+    storage = open_storage(KvConfig("secret", "redis", addr=f"redis://{userinfo}127.0.0.1:{port}/0", prefix="p:", timeout=1.0))
     with pytest.raises(StorageError) as caught:
         storage.get("k")  # nothing listens there
-    assert "hunter2" not in str(caught.value) and "storage 'secret' (redis 127.0.0.1:" in str(caught.value)
+    assert "hunter2" not in str(caught.value) and "ter2" not in str(caught.value)
+    assert f"storage 'secret' (redis redis://127.0.0.1:{port}/0): " in str(caught.value)
 
 
 def test_a_storage_made_before_a_fork_works_in_the_child(tmp_path, redis_server):

@@ -139,6 +139,15 @@ def test_the_storage_examples_work_unchanged_on_both_drivers(start_server, tmp_p
         ('[kv.x]\ntimeout = "2h"\n', "kv.x.timeout:"),
         ('[kv]\nx = "sqlite"\n', "kv.x: expected a table"),
         ('[kv.a]\n[kv.b]\nfile = "prefork-tcp-a.db"\n', "kv.b.file: \"prefork-tcp-a.db\" is already the file of storage 'a'"),
+        ('[kv.x]\nfile = ":memory:"\n', 'kv.x.file: ":memory:": the workers share a file'),
+        ('[kv.x]\ndriver = "redis"\naddr = "redis://h:6379/0?socket_timeout=60"\n', "kv.x.addr: the only query an address takes is ?db=N"),
+        ('[kv.x]\ndriver = "redis"\naddr = "redis://h:6379/0?db=1"\n', "kv.x.addr: the database goes in the path"),
+        ('[kv.x]\ndriver = "redis"\naddr = "redis://h:6379/0"\nprefix = ""\n', "kv.x.prefix: empty"),
+        (
+            '[kv.x]\ndriver = "redis"\naddr = "redis://h:6379/0"\nprefix = "app:"\n'
+            '[kv.y]\ndriver = "redis"\naddr = "redis://h:6379/0"\nprefix = "app:y:"\n',
+            'kv.y.prefix: "app:y:" overlaps the prefix "app:" of storage \'x\'',
+        ),
     ],
 )
 def test_bad_storage_config_is_one_line_and_exit_2(tmp_path, table, error):
@@ -147,6 +156,14 @@ def test_bad_storage_config_is_one_line_and_exit_2(tmp_path, table, error):
     result = manage("check", "-c", str(path), cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert error in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_bad_redis_address_never_shows_its_password(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(servers_config("a", app="kv_apps:main", extra='[kv.x]\ndriver = "redis"\naddr = "redis://u:s3cret@h:99999/0"\n'))
+    result = manage("check", "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 2 and "kv.x.addr:" in result.stderr and "redis://h:99999/0" in result.stderr
+    assert "s3cret" not in result.stderr
 
 
 @pytest.mark.parametrize("driver_table", ["sqlite", "redis"])

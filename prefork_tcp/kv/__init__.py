@@ -92,6 +92,10 @@ class Storage(ABC):
         if the value is not an integer or the result would not fit in 64 bits."""
 
     @abstractmethod
+    def probe(self) -> None:
+        """Connect and check the storage can be used (without changing it); raises StorageError."""
+
+    @abstractmethod
     def forget_connection(self) -> None:
         """Drop the connection without closing what it shares with a parent (after a fork)."""
 
@@ -140,9 +144,13 @@ def check_ttl(ttl: object) -> float | None:
     """A TTL in seconds: a positive finite number, or None."""
     if ttl is None:
         return None
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl) or ttl <= 0:
-        raise ValueError(f"a ttl is a positive number of seconds or None, got {ttl!r}")
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl) or not 0 < ttl <= MAX_TTL:
+        raise ValueError(f"a ttl is a positive number of seconds up to {MAX_TTL:g} (100 years) or None, got {ttl!r}")
     return float(ttl)
+
+
+#: The longest TTL (100 years): both drivers can hold it.
+MAX_TTL = 100 * 365.25 * 86400
 
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -200,16 +208,22 @@ def open_storage(config: KvConfig) -> Storage:
     return SqliteStorage(config.name, config.file, config.timeout)
 
 
-def check(configs: Iterable[KvConfig]) -> None:
-    """Open every storage once and close it; raises StorageError naming the first that cannot be opened."""
+def check(configs: Iterable[KvConfig], unless_in: Iterable[KvConfig] = ()) -> None:
+    """Open each storage once and close it, but for those configured the same in
+    ``unless_in`` (a reload checks only what it changes); raises StorageError naming the
+    first that cannot be opened."""
+    known = set(unless_in)
     for config in configs:
+        if config in known:
+            continue
         probe = open_storage(config)
         try:
-            probe.has("")
+            probe.probe()
         except StorageError as exc:
             raise StorageError(f"cannot open {exc}") from None
         finally:
             probe.close()
+            _open_storages.discard(probe)
 
 
 def _after_fork_in_child() -> None:

@@ -20,6 +20,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..values import redacted
 from . import Storage, StorageError, as_bytes, check_by, check_key, check_ttl, key_list
 
 #: Keys per SCAN step and per UNLINK in ``clear``.
@@ -37,18 +38,20 @@ class RedisStorage(Storage):
         self._client: redis.Redis | None = None
 
     def _error(self, exc: Exception) -> StorageError:
-        where = self.addr.partition("@")[2] if "@" in self.addr else self.addr  # never the password
-        return StorageError(f"storage {self.name!r} (redis {where}): {exc}")
+        return StorageError(f"storage {self.name!r} (redis {redacted(self.addr)}): {exc}")  # never the password
 
     def _redis(self) -> redis.Redis:
         if self._client is None:
-            self._client = redis.Redis.from_url(
-                self.addr,
-                socket_timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
-                retry=Retry(NoBackoff(), 0),
-                health_check_interval=0,
-            )
+            try:
+                self._client = redis.Redis.from_url(
+                    self.addr,
+                    socket_timeout=self.timeout,
+                    socket_connect_timeout=self.timeout,
+                    retry=Retry(NoBackoff(), 0),
+                    health_check_interval=0,
+                )
+            except (ValueError, TypeError) as exc:  # an address the config check let through
+                raise self._error(exc) from None
         return self._client
 
     def _ms(self, ttl: float) -> int:
@@ -141,6 +144,12 @@ class RedisStorage(Storage):
             if "integer" in str(exc) or "overflow" in str(exc):  # not an integer, or it would overflow
                 raise ValueError(f"storage {self.name!r}: {key!r} does not hold an integer, or adding {by} leaves 64 bits") from None
             raise self._error(exc) from None
+        except redis.RedisError as exc:
+            raise self._error(exc) from None
+
+    def probe(self) -> None:
+        try:
+            self._redis().ping()
         except redis.RedisError as exc:
             raise self._error(exc) from None
 

@@ -7,7 +7,8 @@ is a single UPSERT that checks the old value is an integer and cannot overflow.
 
 Expiry times are wall-clock seconds (every process of the machine shares the clock).
 A read never returns an expired value; expired rows are deleted by a sweep that each
-process runs at most every ``SWEEP_EVERY`` seconds, on its next operation.
+process runs at most every ``SWEEP_EVERY`` seconds, with its next write (a read never
+takes the write lock).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from . import INT64_MAX, INT64_MIN, Storage, StorageError, as_bytes, check_by, c
 SWEEP_EVERY = 30.0
 #: Keys per statement in mget, expire and delete (SQLite's limit on parameters is higher).
 CHUNK = 500
+#: RETURNING (in incr and delete) came with SQLite 3.35.
+MIN_SQLITE = (3, 35, 0)
 
 _LIVE = "(expires IS NULL OR expires > ?)"
 _SCHEMA = (
@@ -65,6 +68,11 @@ class SqliteStorage(Storage):
         return StorageError(f"storage {self.name!r} (sqlite {self.file}): {exc}")
 
     def _connect(self) -> sqlite3.Connection:
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            version = ".".join(map(str, MIN_SQLITE))
+            raise StorageError(
+                f"storage {self.name!r}: needs SQLite {version} or newer (RETURNING), this Python has {sqlite3.sqlite_version}"
+            )
         try:
             conn = sqlite3.connect(self.file, timeout=self.timeout, isolation_level=None, check_same_thread=False)
             try:
@@ -80,12 +88,13 @@ class SqliteStorage(Storage):
         self._conn = conn
         return conn
 
-    def _db(self, now: float) -> sqlite3.Connection:
-        """The connection (opened on first use), after the expired rows are swept if it is time.
-        Each operation below checks its arguments inline and calls this once: the layer's
-        whole cost over sqlite3 (scripts/kv_bench.py)."""
+    def _db(self, now: float, writing: bool = True) -> sqlite3.Connection:
+        """The connection (opened on first use); for a write, after the expired rows are
+        swept if it is time (a read never takes the write lock). Each operation below checks
+        its arguments inline and calls this once: the layer's whole cost over sqlite3
+        (scripts/kv_bench.py)."""
         conn = self._conn or self._connect()
-        if now >= self._next_sweep:
+        if writing and now >= self._next_sweep:
             self._next_sweep = now + SWEEP_EVERY
             try:
                 conn.execute(_SWEEP, (now,))
@@ -98,7 +107,7 @@ class SqliteStorage(Storage):
             check_key(key)
         now = time.time()
         try:
-            row = self._db(now).execute(_GET, (key, now)).fetchone()
+            row = self._db(now, writing=False).execute(_GET, (key, now)).fetchone()
         except sqlite3.Error as exc:
             raise self._error(exc) from None
         return default if row is None else row[0]
@@ -120,7 +129,7 @@ class SqliteStorage(Storage):
             check_key(key)
         now = time.time()
         try:
-            return self._db(now).execute(_HAS, (key, now)).fetchone() is not None
+            return self._db(now, writing=False).execute(_HAS, (key, now)).fetchone() is not None
         except sqlite3.Error as exc:
             raise self._error(exc) from None
 
@@ -128,11 +137,9 @@ class SqliteStorage(Storage):
         wanted = key_list(keys)
         now = time.time()
         try:
-            conn = self._db(now)
-            if len(wanted) <= CHUNK:
-                return (
-                    dict(conn.execute(_statement("SELECT key, value FROM kv WHERE key IN", len(wanted)), (*wanted, now))) if wanted else {}
-                )
+            conn = self._db(now, writing=False)
+            if len(wanted) <= CHUNK:  # one statement
+                return dict(conn.execute(_statement(_MGET, len(wanted)), (*wanted, now))) if wanted else {}
             found: dict[str, bytes] = {}
             for start in range(0, len(wanted), CHUNK):
                 chunk = wanted[start : start + CHUNK]
@@ -157,7 +164,7 @@ class SqliteStorage(Storage):
     def ttl(self, key: str) -> float | None:
         now = time.time()
         try:
-            row = self._db(now).execute(_TTL, (check_key(key), now)).fetchone()
+            row = self._db(now, writing=False).execute(_TTL, (check_key(key), now)).fetchone()
         except sqlite3.Error as exc:
             raise self._error(exc) from None
         if row is None:
@@ -172,8 +179,9 @@ class SqliteStorage(Storage):
             conn = self._db(now)
             for start in range(0, len(wanted), CHUNK):
                 chunk = wanted[start : start + CHUNK]
-                deleted += conn.execute(_statement("DELETE FROM kv WHERE key IN", len(chunk)), (*chunk, now)).rowcount
-                conn.execute(_statement("DELETE FROM kv WHERE key IN", len(chunk), live=False), chunk)  # expired ones too
+                # One statement: expired rows go too, and only live ones count.
+                gone = conn.execute(_statement("DELETE FROM kv WHERE key IN", len(chunk), returning=True), chunk).fetchall()
+                deleted += sum(1 for (expires,) in gone if expires is None or expires > now)
         except sqlite3.Error as exc:
             raise self._error(exc) from None
         return deleted
@@ -198,8 +206,18 @@ class SqliteStorage(Storage):
             raise ValueError(f"storage {self.name!r}: {key!r} does not hold an integer, or adding {by} leaves 64 bits")
         return int(row[0])
 
+    def probe(self) -> None:
+        try:
+            (self._conn or self._connect()).execute("SELECT COUNT(*) FROM kv WHERE key = ''").fetchone()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
+
     def forget_connection(self) -> None:
-        self._conn = None  # the parent's: never used, nor closed, here
+        # The parent's connection: never used here, and never closed either (SQLite must
+        # not carry a connection across a fork), so it is kept until this process exits.
+        if self._conn is not None:
+            _INHERITED.append(self._conn)
+        self._conn = None
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -208,6 +226,10 @@ class SqliteStorage(Storage):
 
 
 @functools.lru_cache(maxsize=64)
-def _statement(head: str, count: int, live: bool = True) -> str:
-    """``head`` with ``count`` keys to match (those live only, unless not ``live``)."""
-    return f"{head} ({','.join('?' * count)})" + (f" AND {_LIVE}" if live else "")
+def _statement(head: str, count: int, returning: bool = False) -> str:
+    """``head`` with ``count`` keys to match: those live only, unless ``returning`` (their expiry)."""
+    return f"{head} ({','.join('?' * count)})" + (" RETURNING expires" if returning else f" AND {_LIVE}")
+
+
+#: Connections a forked child inherited: kept open, untouched, for the process's life.
+_INHERITED: list[sqlite3.Connection] = []
