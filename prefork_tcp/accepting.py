@@ -33,9 +33,12 @@ ACCEPT_BATCH = 64
 #: How long accepting pauses when the process runs out of file descriptors.
 ACCEPT_BACKOFF = 0.5
 #: A worker holding more than this times the serving workers' average number of
-#: connections (plus one) lets the others accept for ACCEPT_YIELD seconds.
+#: connections (plus one) lets the others accept for ACCEPT_YIELD seconds, once it holds
+#: at least FAIR_SHARE_FLOOR: below that, short connections come and go faster than the
+#: published counts follow, and a pause only delays the next one (docs/performance.md).
 FAIR_SHARE = 1.1
-ACCEPT_YIELD = 0.005
+ACCEPT_YIELD = 0.001
+FAIR_SHARE_FLOOR = 32
 #: Descriptors kept free for connections handed over by other workers: a worker stops
 #: accepting while fewer are left.
 FD_RESERVE = 32
@@ -107,7 +110,8 @@ class Acceptor:
         accepted = self._accept_batch(listener, listener.sock, connections, clock)
         if not self.armed:  # paused, full or stopped: nothing to re-arm
             return accepted
-        if self.slot.above_fair_share(connections + len(accepted), FAIR_SHARE):
+        held = connections + len(accepted)
+        if held >= FAIR_SHARE_FLOOR and self.slot.above_fair_share(held, FAIR_SHARE):
             self.pause(ACCEPT_YIELD)  # the other workers take the next ones
         else:
             # Re-arm: this worker's wait-queue entry moves behind the other workers',

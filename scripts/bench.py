@@ -82,6 +82,12 @@ SERVERS: dict[str, tuple[list[str], tuple[str, ...], bool]] = {
 }
 UNPINNED = {
     "prefork_tcp (2 workers)": (prefork(2), (), False),
+    # What a user would run instead of a pre-fork server: two processes on one port.
+    "uvloop Protocol, batched writes, 2 processes (SO_REUSEPORT)": (
+        [PY, str(PEERS / "asyncio_batched.py"), "{port}", "--uvloop", "--processes", "2"],
+        ("uvloop",),
+        True,
+    ),
     "redis-server": SERVERS["redis-server"],
 }
 #: case -> (redis-benchmark flags, requests at --scale 1)
@@ -340,7 +346,7 @@ def main() -> int:
         unpinned_servers, more = available(UNPINNED)
         notes += more
         unpinned = medians(run_layout(unpinned_servers, args.rounds, args.scale, pinned=False))
-        rest.append(table(unpinned, unpinned_servers, "Unpinned: prefork_tcp with 2 workers, and redis-server"))
+        rest.append(table(unpinned, unpinned_servers, "Unpinned: prefork_tcp with 2 workers, uvloop in 2 processes, and redis-server"))
     rest += [f"- {note}" for note in notes]
     rest.append(
         f"\n({time.monotonic() - started:.0f} s; {psutil.cpu_count()} CPUs; "

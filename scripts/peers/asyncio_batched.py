@@ -2,7 +2,6 @@
 the answers to one read joined into one write, as prefork_tcp sends them."""
 
 import asyncio
-import sys
 
 PONG, ERR = b"+PONG\r\n", b"-ERR unknown command\r\n"
 
@@ -22,14 +21,7 @@ class PingProtocol(asyncio.Protocol):
         return PONG if line.upper() == b"PING" else ERR
 
 
-async def main(port):
-    server = await asyncio.get_running_loop().create_server(PingProtocol, "127.0.0.1", port)
-    await server.serve_forever()
-
-
 if __name__ == "__main__":
-    if "--uvloop" in sys.argv:
-        import uvloop
+    from processes import run
 
-        uvloop.install()
-    asyncio.run(main(int(sys.argv[1])))
+    run(PingProtocol)

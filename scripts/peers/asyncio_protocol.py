@@ -1,7 +1,7 @@
-"""Peer: an asyncio Protocol (or uvloop with --uvloop), one handle() call per line."""
+"""Peer: an asyncio Protocol (or uvloop with --uvloop), one handle() call per line
+(how it runs: processes.py)."""
 
 import asyncio
-import sys
 
 PONG, ERR = b"+PONG\r\n", b"-ERR unknown command\r\n"
 
@@ -20,14 +20,7 @@ class PingProtocol(asyncio.Protocol):
         self.transport.write(PONG if line.upper() == b"PING" else ERR)
 
 
-async def main(port):
-    server = await asyncio.get_running_loop().create_server(PingProtocol, "127.0.0.1", port)
-    await server.serve_forever()
-
-
 if __name__ == "__main__":
-    if "--uvloop" in sys.argv:
-        import uvloop
+    from processes import run
 
-        uvloop.install()
-    asyncio.run(main(int(sys.argv[1])))
+    run(PingProtocol)
