@@ -73,20 +73,26 @@ class SqliteStorage(Storage):
             raise StorageError(
                 f"storage {self.name!r}: needs SQLite {version} or newer (RETURNING), this Python has {sqlite3.sqlite_version}"
             )
-        try:
-            conn = sqlite3.connect(self.file, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+        deadline = time.monotonic() + self.timeout
+        while True:
             try:
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = NORMAL")
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-            except BaseException:
-                conn.close()
-                raise
-        except sqlite3.Error as exc:
-            raise self._error(exc) from None
-        self._conn = conn
-        return conn
+                conn = sqlite3.connect(self.file, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+                try:
+                    _prepare(conn)
+                except BaseException:
+                    conn.close()
+                    raise
+            except sqlite3.OperationalError as exc:
+                # Processes opening a new file at once: switching it to WAL, or creating
+                # the table, can be refused at once instead of waiting for the lock.
+                if "locked" in str(exc) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                    continue
+                raise self._error(exc) from None
+            except sqlite3.Error as exc:
+                raise self._error(exc) from None
+            self._conn = conn
+            return conn
 
     def _db(self, now: float, writing: bool = True) -> sqlite3.Connection:
         """The connection (opened on first use); for a write, after the expired rows are
@@ -223,6 +229,16 @@ class SqliteStorage(Storage):
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+
+
+def _prepare(conn: sqlite3.Connection) -> None:
+    """WAL mode (once per file: it stays), and the table."""
+    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'kv_expires'").fetchone() is None:
+        for statement in _SCHEMA:
+            conn.execute(statement)
 
 
 @functools.lru_cache(maxsize=64)
