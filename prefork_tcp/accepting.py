@@ -32,13 +32,13 @@ log = logging.getLogger("prefork_tcp.worker")
 ACCEPT_BATCH = 64
 #: How long accepting pauses when the process runs out of file descriptors.
 ACCEPT_BACKOFF = 0.5
-#: A worker holding more than this times the serving workers' average number of
-#: connections (plus one) lets the others accept for ACCEPT_YIELD seconds, once it holds
-#: at least FAIR_SHARE_FLOOR: below that, short connections come and go faster than the
-#: published counts follow, and a pause only delays the next one (docs/performance.md).
+#: A worker holding more than FAIR_SHARE times the serving workers' average number of
+#: connections, plus FAIR_SHARE_SLACK, lets the others accept for ACCEPT_YIELD seconds.
+#: The slack keeps a few short connections, which come and go faster than the published
+#: counts follow, from pausing a worker for nothing (docs/performance.md, "Accept balance").
 FAIR_SHARE = 1.1
+FAIR_SHARE_SLACK = 8
 ACCEPT_YIELD = 0.001
-FAIR_SHARE_FLOOR = 32
 #: Descriptors kept free for connections handed over by other workers: a worker stops
 #: accepting while fewer are left.
 FD_RESERVE = 32
@@ -110,8 +110,7 @@ class Acceptor:
         accepted = self._accept_batch(listener, listener.sock, connections, clock)
         if not self.armed:  # paused, full or stopped: nothing to re-arm
             return accepted
-        held = connections + len(accepted)
-        if held >= FAIR_SHARE_FLOOR and self.slot.above_fair_share(held, FAIR_SHARE):
+        if self.slot.above_fair_share(connections + len(accepted), FAIR_SHARE, FAIR_SHARE_SLACK):
             self.pause(ACCEPT_YIELD)  # the other workers take the next ones
         else:
             # Re-arm: this worker's wait-queue entry moves behind the other workers',

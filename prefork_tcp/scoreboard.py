@@ -198,8 +198,9 @@ class SlotWriter:
         self.used_index = board.used_index
         self.counters = board.counters_base(slot)
 
-    def above_fair_share(self, connections: int, margin: float) -> bool:
-        """Whether this worker holds more than ``margin`` times the average of the serving workers."""
+    def above_fair_share(self, connections: int, margin: float, slack: int = 1) -> bool:
+        """Whether this worker holds more than ``margin`` times the average of the serving
+        workers, plus ``slack`` connections."""
         ints = self.ints
         serving = total = 0
         used = min(ints[self.used_index], self.used_index // FIELDS)  # anyone may have scribbled on it
@@ -207,7 +208,7 @@ class SlotWriter:
             if ints[base + STATE] == State.SERVING:
                 serving += 1
                 total += ints[base + CONNECTIONS]
-        return serving > 1 and connections * serving > total * margin + serving
+        return serving > 1 and connections * serving > total * margin + serving * slack
 
     def others_serving(self) -> int:
         """How many other workers are serving and not inside a slow event themselves (and

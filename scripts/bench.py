@@ -147,7 +147,11 @@ def start(command: list[str], port: int, pin: str | None) -> subprocess.Popen:
     if pin is not None:
         argv = ["taskset", "-c", pin, *argv]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    wait_listening(port, proc)
+    try:
+        wait_listening(port, proc)
+    except RuntimeError:
+        stop(proc)  # never leave it running
+        raise
     time.sleep(0.3)  # let start-up work finish before the CPU clock is read
     return proc
 

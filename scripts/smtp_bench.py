@@ -2,7 +2,7 @@
 """The seed's own workload: SMTP deliveries to prefork_tcp's SMTP example and to aiosmtpd.
 
 Postfix's load generator ``smtp-source`` (Debian package ``postfix``; /usr/sbin) delivers
---messages messages of --size bytes, one per session (connect, EHLO, MAIL, RCPT, DATA,
+--messages messages of --size bytes, one per session (connect, HELO, MAIL, RCPT, DATA,
 QUIT), with 1 and with 50 sessions at once, to:
 
 - prefork_tcp serving ``prefork_tcp.examples.smtp`` with one worker (nothing written to
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import shutil
 import socket
 import statistics
@@ -61,7 +62,7 @@ def start(command: list[str], port: int) -> subprocess.Popen[bytes]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{command} exited with {proc.returncode}")
+            raise RuntimeError(f"{command} exited with {proc.returncode}")  # nothing left running
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
                 if sock.recv(64).startswith(b"220"):
@@ -69,6 +70,8 @@ def start(command: list[str], port: int) -> subprocess.Popen[bytes]:
         except OSError:
             time.sleep(0.05)
     else:
+        proc.kill()
+        proc.wait()
         raise RuntimeError(f"{command} did not greet in 30s")
     time.sleep(0.3)  # let start-up work finish before the CPU clock is read
     return proc
@@ -97,6 +100,9 @@ def main() -> int:
     args = parser.parse_args()
     if not Path(SMTP_SOURCE).exists():
         print("smtp_bench.py needs smtp-source (Debian: apt-get install postfix)", file=sys.stderr)
+        return 2
+    if (os.cpu_count() or 1) < 2:
+        print("smtp_bench.py pins the server and the client to CPUs 0 and 1: it needs two", file=sys.stderr)
         return 2
     servers = {name: cmd for name, cmd in SERVERS.items() if all(importlib.util.find_spec(m) for m in NEEDS.get(name, ()))}
     samples: dict[str, dict[str, list[tuple[float, float]]]] = {name: {case: [] for case in CASES} for name in servers}

@@ -330,6 +330,31 @@ def test_sqlite_a_writer_waits_for_the_lock_up_to_the_timeout(tmp_path):
     assert holder.get("k") == b"w"
 
 
+def test_sqlite_opening_a_locked_new_file_waits_for_it_at_most_the_timeout(tmp_path):
+    import sqlite3
+    import threading
+
+    path = tmp_path / "new.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")  # another process setting the file up
+    threading.Timer(0.2, lambda: holder.execute("COMMIT")).start()
+    storage = open_storage(KvConfig("new", "sqlite", file=str(path), timeout=5.0))
+    storage.set("k", b"v")  # waited, then made the table
+    assert storage.get("k") == b"v"
+    storage.close()
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        late = open_storage(KvConfig("late", "sqlite", file=str(path), timeout=0.3))
+        started = time.monotonic()
+        assert late.get("k") == b"v"  # WAL now: a reader does not wait for the writer
+        with pytest.raises(StorageError, match="locked"):
+            late.set("k", b"w")  # a writer waits for the lock, at most the timeout
+        assert time.monotonic() - started < 3.0
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+
+
 def test_redis_keys_carry_the_prefix_and_clear_never_touches_other_keys(redis_server, tmp_path):
     raw = redis.Redis.from_url(redis_server.url)
     raw.set("someone-else", b"keep")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 pytestmark = [
     pytest.mark.skipif(not Path(SMTP_SOURCE).exists(), reason="smtp-source not installed (Debian: postfix; .ci/run installs it)"),
     pytest.mark.skipif(importlib.util.find_spec("aiosmtpd") is None, reason="aiosmtpd not installed (the test extra has it)"),
-    pytest.mark.skipif(shutil.which("taskset") is None, reason="taskset not installed"),
+    pytest.mark.skipif(shutil.which("taskset") is None or (os.cpu_count() or 1) < 2, reason="needs taskset and two CPUs"),
 ]
 
 

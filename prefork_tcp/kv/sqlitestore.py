@@ -2,8 +2,9 @@
 
 The standard library's sqlite3, in WAL mode (readers never wait for the writer) with a
 busy timeout (a writer waits that long for the write lock, then ``StorageError``).
-Every operation is one statement in autocommit mode, so every one is atomic; ``incr``
-is a single UPSERT that checks the old value is an integer and cannot overflow.
+Every operation (on up to ``CHUNK`` keys) is one statement in autocommit mode, so each
+is atomic; ``incr`` is a single UPSERT that checks the old value is an integer and
+cannot overflow.
 
 Expiry times are wall-clock seconds (every process of the machine shares the clock).
 A read never returns an expired value; expired rows are deleted by a sweep that each
@@ -20,7 +21,7 @@ from collections.abc import Iterable
 
 from . import INT64_MAX, INT64_MIN, Storage, StorageError, as_bytes, check_by, check_key, check_ttl, key_list
 
-#: How often one process deletes the expired rows (on its next operation after that).
+#: How often one process deletes the expired rows (with its next write after that).
 SWEEP_EVERY = 30.0
 #: Keys per statement in mget, expire and delete (SQLite's limit on parameters is higher).
 CHUNK = 500
@@ -75,8 +76,9 @@ class SqliteStorage(Storage):
             )
         deadline = time.monotonic() + self.timeout
         while True:
+            left = max(0.001, deadline - time.monotonic())  # all attempts together wait at most ``timeout``
             try:
-                conn = sqlite3.connect(self.file, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+                conn = sqlite3.connect(self.file, timeout=left, isolation_level=None, check_same_thread=False)
                 try:
                     _prepare(conn)
                 except BaseException:
@@ -91,6 +93,7 @@ class SqliteStorage(Storage):
                 raise self._error(exc) from None
             except sqlite3.Error as exc:
                 raise self._error(exc) from None
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")  # each operation's own wait
             self._conn = conn
             return conn
 
@@ -236,7 +239,11 @@ def _prepare(conn: sqlite3.Connection) -> None:
     if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
         conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'kv_expires'").fetchone() is None:
+    made = conn.execute(
+        "SELECT COUNT(*) FROM sqlite_master WHERE tbl_name = 'kv'"
+        " AND ((type = 'table' AND name = 'kv') OR (type = 'index' AND name = 'kv_expires'))"
+    ).fetchone()[0]
+    if made != 2:
         for statement in _SCHEMA:
             conn.execute(statement)
 

@@ -28,12 +28,18 @@ def run(protocol) -> None:
             asyncio.run(main())
             os._exit(0)
         children.append(pid)
-    if children:
 
-        def stop_all(*_):
-            for child in children:
+    def stop_all(*_):
+        for child in children:
+            try:
                 os.kill(child, signal.SIGTERM)
-            sys.exit(0)
+                os.waitpid(child, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        sys.exit(0)
 
-        signal.signal(signal.SIGTERM, stop_all)
-    asyncio.run(main())
+    signal.signal(signal.SIGTERM, stop_all)
+    try:
+        asyncio.run(main())
+    finally:  # the parent failed: no child serves on alone
+        stop_all()
