@@ -171,13 +171,11 @@ class ConnectionSet:
         self.slot.set_connections(len(self.conns))
         self.slot.opened(self.server_numbers.get(conn.server, -1))
 
-    def _take_out(self, conn: Connection) -> None:
-        """Remove a connection from ``conns`` and its server's count; ``_removed`` follows."""
-        if self.conns.pop(conn.fd, None) is not None:
+    def _removed(self, conn: Connection | None = None) -> None:
+        """A connection left this worker (``conn``, taken out of ``conns`` here; None: one
+        that never joined them): publish the counts, accept again if it was full."""
+        if conn is not None and self.conns.pop(conn.fd, None) is not None:
             self.slot.left(self.server_numbers.get(conn.server, -1))
-
-    def _removed(self) -> None:
-        """A connection left this worker: publish the count, accept again if it was full."""
         count = len(self.conns)
         self.slot.set_connections(count)
         self.acceptor.removed(count + len(self.headers))
@@ -235,7 +233,7 @@ class ConnectionSet:
         conn.detached()
         if counted:
             self.slot.header_refused()
-        self.acceptor.removed(len(self.conns) + len(self.headers))
+        self._removed()
 
     def _expire_headers(self, now: float) -> None:
         for waiting in [w for w in self.headers.values() if w.deadline <= now]:
@@ -331,18 +329,16 @@ class ConnectionSet:
         # which the master may still hold until it has our acknowledgement.
         if conn.shared and conn.mask:
             self.epoll.unregister(conn.fd)
-        self._take_out(conn)
         conn.detached()  # a closed connection has nothing to flush
         sock.close()
-        self._removed()
+        self._removed(conn)
 
     def _forget(self, conn: Connection) -> None:
         """Stop watching a connection's socket (it is being handed off)."""
-        self._take_out(conn)
         if conn.mask:
             self.epoll.unregister(conn.fd)
             conn.watched(0)
-        self._removed()
+        self._removed(conn)
 
     def _update_mask(self, conn: Connection) -> None:
         mask = EPOLLIN if conn.wants_read else 0

@@ -393,21 +393,24 @@ class Upgrading(WorkerPool):
         current = self.metrics
         if current is not None and address == current.address:
             return
-        if current is not None and (address is None or address.port != current.address.port):
-            plane = self._metrics_plane(address, sock) if address is not None else None
-            current.close_all()
-        elif address is None:
-            return
-        else:  # nothing yet, or the same port on another host (127.0.0.1 to 0.0.0.0): let go of it first
+        if address is None:
             if current is not None:
                 current.close_all()
                 self.metrics = None
+            return
+        if current is not None and address.port == current.address.port:
+            # The same port on another host (127.0.0.1 to 0.0.0.0): this master holds it.
+            current.close_all()
+            self.metrics = None
             try:
-                plane = self._metrics_plane(address, sock)
+                self.metrics = self._metrics_plane(address, sock)
             except ConfigError:
-                if current is not None:
-                    self.metrics = self._metrics_plane(current.address)  # back where it was
+                self.metrics = self._metrics_plane(current.address)  # back where it was
                 raise
+            return
+        plane = self._metrics_plane(address, sock)  # when this raises, the metrics stay
+        if current is not None:
+            current.close_all()
         self.metrics = plane
 
     def _metrics_plane(self, address: Address, sock: socket.socket | None = None) -> MetricsPlane:
