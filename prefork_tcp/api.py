@@ -70,15 +70,19 @@ class TcpWorker:
         Blocks until an event arrives.  A CONNECTED or DATA request left unanswered is
         answered with ``CLOSE`` first.
         """
+        gate = self._gate
+        gate.inside = True  # in the loop's code from here (gate.py)
         if self._state == _AWAITING:
-            if self._gate.moving:  # the watchdog has the loop (gate.py): wait for it
-                self._gate.wait()
+            if gate.moving:  # the watchdog has the loop: wait for it
+                gate.wait()
             self._loop.answer(self._conn, _CLOSE, b"")  # type: ignore[arg-type]  # set by wait_request()
         item = next(self._events, None)
+        gate.inside = False
         if item is None:
             self._conn = self._request = None
             self._state = _IDLE
             return None
+        conn: Connection  # a C type in the compiled core
         conn, event, body = item
         self._conn = conn
         self._request = request = new_request((event, body, conn.server, conn.uuid, conn.remote))
@@ -87,7 +91,7 @@ class TcpWorker:
 
     def respond(self, body: bytes | str, response: TcpResponse = _RESPOND) -> None:
         """Answer the current request with ``body`` and ``response`` (default: write, keep reading)."""
-        if body.__class__ is not bytes:
+        if type(body) is not bytes:
             body = _as_bytes(body)
         if response is _RESPOND and self._state == _AWAITING:  # the common case first
             self._state = _ANSWERED
@@ -105,9 +109,12 @@ class TcpWorker:
             self._check_answerable()
             return
         self._state = _ANSWERED
-        if self._gate.moving:
-            self._gate.wait()
+        gate = self._gate
+        gate.inside = True
+        if gate.moving:
+            gate.wait()
         self._loop.answer(self._conn, response, body)  # type: ignore[arg-type]  # set by wait_request()
+        gate.inside = False
 
     def read(self) -> None:
         """Answer the current request with ``READ``: write nothing, keep reading."""
@@ -134,9 +141,12 @@ class TcpWorker:
         )
         if self._state == _AWAITING:
             self._state = _ANSWERED
-            if self._gate.moving:
-                self._gate.wait()
+            gate = self._gate
+            gate.inside = True
+            if gate.moving:
+                gate.wait()
             self._loop.abandon(self._conn)  # type: ignore[arg-type]  # set by wait_request()
+            gate.inside = False
 
     def close_connection(self, uuid: str) -> bool:
         """Close any connection of the whole server by uuid (RoadRunner's ``tcp.Close``).
@@ -146,9 +156,14 @@ class TcpWorker:
         """
         if not isinstance(uuid, str):
             raise TypeError(f"uuid must be a str, got {type(uuid).__name__}")
-        if self._gate.moving:
-            self._gate.wait()
-        return self._loop.close_connection(uuid)
+        gate = self._gate
+        gate.inside = True
+        if gate.moving:
+            gate.wait()
+        try:
+            return self._loop.close_connection(uuid)
+        finally:
+            gate.inside = False
 
     @property
     def session(self) -> dict[str, Any]:

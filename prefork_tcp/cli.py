@@ -7,6 +7,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable
+from importlib.metadata import version
 from typing import Any, NoReturn
 
 import click
@@ -16,6 +17,7 @@ from . import kv, logs, manage, systemd
 from . import pidfile as pidfiles
 from .apploader import AppLoadError, load_app
 from .arbiter import Arbiter, Reloader
+from .compiled import implementation
 from .daemon import daemonize
 from .exits import EXIT_APP_LOAD, EXIT_RUNTIME, EXIT_USAGE
 from .fdlimit import raise_open_files
@@ -47,7 +49,7 @@ def _load(config_file: str | None, overrides: dict[str, Any], binds: list[str], 
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="prefork_tcp", prog_name="prefork-tcp")
+@click.version_option(package_name="prefork_tcp", prog_name="prefork-tcp", message=f"%(prog)s %(version)s ({implementation()})")
 def main() -> None:
     """prefork-tcp: a pre-fork TCP application server with RoadRunner's TCP worker API.
 
@@ -265,7 +267,9 @@ def _passed_by_predecessor(config: cfg.Config, predecessor: Predecessor) -> dict
 def check(app: str | None, config_file: str | None) -> None:
     """Validate the config, import the application, print the effective config.
 
-    Exit codes: 0 all good, 2 config error, 4 the application could not be imported.
+    The first line, a comment, names the implementation that runs: the compiled core or
+    pure Python. Exit codes: 0 all good, 2 config error, 4 the application could not be
+    imported.
     """
     config, app_spec = _load(config_file, {}, [], app)
     if os.getcwd() not in sys.path:
@@ -278,7 +282,7 @@ def check(app: str | None, config_file: str | None) -> None:
         load_app(app_spec)
     except AppLoadError as exc:
         fail(str(exc), EXIT_APP_LOAD)
-    click.echo(cfg.to_toml(config), nl=False)
+    click.echo(f"# prefork-tcp {version('prefork_tcp')}, {implementation()}\n{cfg.to_toml(config)}", nl=False)
 
 
 def _open_storages(config: cfg.Config) -> None:

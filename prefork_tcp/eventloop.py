@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from .connection import Connection, Event
 from .connset import EPOLL_TROUBLE, EPOLLIN, EPOLLOUT, ConnectionSet, lost
@@ -33,6 +34,9 @@ from .sockets import Listener
 from .unfinished import THRESHOLD as UNFINISHED_THRESHOLD
 from .unfinished import UnfinishedBytes
 from .unfinished import limit_for as unfinished_limit
+
+if TYPE_CHECKING:
+    import cython  # the compiled core's C types (compiled.py); never imported at run time
 
 log = logging.getLogger("prefork_tcp.worker")
 
@@ -87,10 +91,14 @@ class EventLoop(ConnectionSet):
         self._on_ready()
         events, dirty, conns, high_water = self.events, self.dirty, self.conns, self.high_water
         popleft, append = events.popleft, events.append
-        activity, activity_index = self.slot.signed, self.slot.activity_index
-        ints, lifecycle_index, close_event = self.slot.ints, self.slot.lifecycle_index, TcpEvent.CLOSE
-        budget_mark, mark_events = self.budget_mark, self.mark_events
-        handled = 0
+        # Annotated for the compiled core: C integers there (locals' annotations are never
+        # evaluated by Python).
+        activity, ints, close_event = self.slot.signed, self.slot.ints, TcpEvent.CLOSE
+        activity_index: cython.Py_ssize_t = self.slot.activity_index
+        lifecycle_index: cython.Py_ssize_t = self.slot.lifecycle_index
+        budget_mark: cython.Py_ssize_t = self.budget_mark
+        mark_events = self.mark_events
+        handled: cython.Py_ssize_t = 0
         conn: Connection | None
         epoll_poll = self.epoll.poll
         data_event, length = DATA, len  # locals: cheaper to load than globals

@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from prefork_tcp import implementation  # noqa: E402
 from prefork_tcp.api import TcpWorker  # noqa: E402
 from prefork_tcp.channel import Kind, encode  # noqa: E402
 from prefork_tcp.connection import Connection  # noqa: E402
@@ -41,12 +42,12 @@ FIRST_FD = 100_000  # fake descriptors, far above any real one
 
 
 class FakeSocket:
-    """recv() always has one PING; send() takes everything. Both are C calls."""
+    """recv() always has ``pipeline`` PINGs; send() takes everything. Both are C calls."""
 
     __slots__ = ("recv", "send", "_fd")
 
-    def __init__(self, fd: int, read_size: int) -> None:
-        self.recv = {read_size: b"PING\r\n"}.get
+    def __init__(self, fd: int, read_size: int, pipeline: int = 1) -> None:
+        self.recv = {read_size: b"PING\r\n" * pipeline}.get
         self.send = len
         self._fd = fd
 
@@ -65,15 +66,15 @@ class FakeEpoll:
         self.poll = lambda timeout=-1, _next=batches.__next__: _next()
 
 
-def run(connections: int, rounds: int) -> tuple[float, int]:
-    """Serve ``connections * rounds`` PINGs; return the CPU seconds it took and the events handled."""
+def run(connections: int, rounds: int, pipeline: int = 1) -> tuple[float, int]:
+    """Serve ``connections * rounds * pipeline`` PINGs; return the CPU seconds it took and the events handled."""
     channel, master_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     # As the default config runs it: no exec_ttl, so no per-event scoreboard store.
     loop = Worker([], channel, SignalPipe(()), drain_timeout=1.0, high_water=1 << 20, mark_events=False)
     read_size = 65536
     for fd in range(FIRST_FD, FIRST_FD + connections):
         conn = Connection(
-            FakeSocket(fd, read_size),
+            FakeSocket(fd, read_size, pipeline),
             f"uuid-{fd}",
             "default",
             "127.0.0.1:1",  # type: ignore[arg-type]
@@ -95,7 +96,7 @@ def run(connections: int, rounds: int) -> tuple[float, int]:
     return seconds, -loop.slot.signed[loop.slot.activity_index] - closes
 
 
-def instructions(connections: int, rounds: int) -> int:
+def instructions(connections: int, rounds: int, pipeline: int) -> int:
     """Instructions valgrind counts for a whole run of this script."""
     result = subprocess.run(
         [
@@ -108,6 +109,8 @@ def instructions(connections: int, rounds: int) -> int:
             str(connections),
             "--rounds",
             str(rounds),
+            "--pipeline",
+            str(pipeline),
         ],
         capture_output=True,
         text=True,
@@ -119,25 +122,31 @@ def instructions(connections: int, rounds: int) -> int:
     return int(match.group(1))
 
 
+def where(args: argparse.Namespace) -> str:
+    """The conditions of a figure, printed with it."""
+    return f"{args.connections} connections per poll, {args.pipeline} PINGs per read, Python {sys.version.split()[0]}, {implementation()}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--connections", type=int, default=2, help="readable connections per poll")
     parser.add_argument("--rounds", type=int, default=200_000)
+    parser.add_argument("--pipeline", type=int, default=1, help="PINGs per read (redis-benchmark -P)")
     parser.add_argument("--callgrind", action="store_true", help="count instructions under valgrind instead")
     args = parser.parse_args()
     if args.callgrind:
         few, many = 5_000, 25_000
-        per_request = (instructions(args.connections, many) - instructions(args.connections, few)) / (args.connections * (many - few))
-        print(f"{per_request:,.0f} instructions per request ({args.connections} connections per poll, Python {sys.version.split()[0]})")
+        few, many = few // args.pipeline or 1, many // args.pipeline or 2
+        counts = [instructions(args.connections, rounds, args.pipeline) for rounds in (few, many)]
+        per_request = (counts[1] - counts[0]) / (args.connections * args.pipeline * (many - few))
+        print(f"{per_request:,.0f} instructions per request ({where(args)})")
         return 0
-    requests = args.connections * args.rounds
-    seconds, handled = run(args.connections, args.rounds)
+    requests = args.connections * args.rounds * args.pipeline
+    seconds, handled = run(args.connections, args.rounds, args.pipeline)
     if handled != requests:
         print(f"the loop handled {handled} events, not {requests}", file=sys.stderr)
         return 1
-    print(
-        f"{seconds / requests * 1e9:,.0f} ns of CPU per request ({args.connections} connections per poll, Python {sys.version.split()[0]})"
-    )
+    print(f"{seconds / requests * 1e9:,.0f} ns of CPU per request ({where(args)})")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,6 +34,17 @@ def manage(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[s
         env={**os.environ, "PYTHONPATH": str(TESTS)},
         check=False,
     )
+
+
+def prefork_tcp_program() -> str:
+    """The ``prefork-tcp`` command installed with the Python running the tests (not the
+    first on PATH, which may belong to another Python)."""
+    beside = Path(sys.executable).parent / "prefork-tcp"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("prefork-tcp")
+    assert found, "prefork-tcp is not installed: pip install -e ."
+    return found
 
 
 def free_port() -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 
-from prefork_tcp import TcpEvent, TcpWorker
+from prefork_tcp import TcpEvent, TcpWorker, implementation
 from prefork_tcp.connection import Connection
 from prefork_tcp.framing import make_framer
 from prefork_tcp.gate import Gate, in_loop
@@ -41,16 +41,65 @@ def test_the_watchdog_takes_the_loop_while_the_application_runs_its_own_code():
     thread.join(5)
 
 
+def in_package_code(wait) -> None:
+    """Call ``wait`` from a frame of a module of prefork_tcp, as the loop's plain Python code
+    is (which modules those are depends on whether the compiled core runs)."""
+    namespace = {"__name__": "prefork_tcp.connset"}
+    exec("def loop_code(wait):\n    wait()\n", namespace)
+    namespace["loop_code"](wait)
+
+
 def test_the_watchdog_backs_off_while_a_frame_of_prefork_tcp_is_on_the_stack():
     gate = Gate()
-    other = Gate()
-    other.moving = True  # the application's thread will wait in Gate.wait, a frame of the package
-    thread, release = run_application(through=lambda wait: other.wait())
+    thread, release = run_application(through=in_package_code)
     assert not gate.try_take(thread.ident, application.__code__, lambda: None)
     assert not gate.moving and gate.done.is_set()  # backing off leaves no trace
-    other.give_back()
     release.set()
     thread.join(5)
+    # The same thread in the application's own code: taken.
+    thread, release = run_application()
+    assert gate.try_take(thread.ident, application.__code__, lambda: None)
+    gate.give_back()
+    release.set()
+    thread.join(5)
+
+
+def test_the_watchdog_backs_off_while_the_application_thread_waits_for_its_next_event():
+    """Blocked in the loop with no frame of the package on its stack (the compiled core's
+    case; here the loop's events come from this module): ``inside`` tells."""
+    release = threading.Event()
+
+    class Loop:
+        def __init__(self):
+            self.gate = Gate()
+            self.dirty: list[Connection] = []
+
+        def pump(self):
+            release.wait(10)  # as epoll_wait would
+            return
+            yield
+
+    loop = Loop()
+    worker = TcpWorker(loop)
+    ready = threading.Event()
+    got = []
+
+    def app(worker):
+        ready.set()
+        got.append(worker.wait_request())
+
+    thread = threading.Thread(target=app, args=(worker,), daemon=True)
+    thread.start()
+    assert ready.wait(5)
+    while not loop.gate.inside:  # set before the event source is asked, in the same thread
+        thread.join(0.01)
+    if implementation() == "compiled":  # TcpWorker has no frame there: only the flag tells
+        assert not in_loop(sys._current_frames()[thread.ident], app.__code__)
+    assert not loop.gate.try_take(thread.ident, app.__code__, lambda: None)
+    assert not loop.gate.moving
+    release.set()
+    thread.join(5)
+    assert got == [None] and not loop.gate.inside
 
 
 def test_frames_below_the_applications_entry_do_not_count():

@@ -6,11 +6,10 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from harness import TESTS, gone, wait_for
+from harness import TESTS, gone, prefork_tcp_program, wait_for
 
 SCRIPT = Path(__file__).parent.parent / "conf" / "init.d" / "prefork-tcp"
 
@@ -29,7 +28,7 @@ class InitScript:
             f'app = "recorder:main"\n[tcp.servers.echo]\naddr = "unix://{self.address}"\n[log]\nfile = "{self.log}"\n'
             "[tcp.pool]\nnum_workers = 2\n"
         )
-        program = shutil.which("prefork-tcp") or str(Path(sys.executable).parent / "prefork-tcp")
+        program = prefork_tcp_program()
         self.defaults = tmp_path / "defaults"
         self.defaults.write_text(f'CONFIG="{config}"\nPIDFILE="{self.pidfile}"\nDAEMON="{program}"\nSTOP_TIMEOUT=30\n')
         self.env = {

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import TESTS, Client, connects, free_port, servers_config, wait_for
+from harness import TESTS, Client, connects, free_port, prefork_tcp_program, servers_config, wait_for
 
 from prefork_tcp import systemd
 
@@ -253,7 +253,7 @@ def unit(name: str) -> dict[str, list[str]]:
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
 def test_the_shipped_units_verify_without_a_warning(tmp_path):
     # systemd-analyze checks that ExecStart's program exists: point it at this one.
-    program = shutil.which("prefork-tcp") or str(Path(sys.executable).parent / "prefork-tcp")
+    program = prefork_tcp_program()
     for name in ("prefork-tcp.service", "prefork-tcp.socket"):
         (tmp_path / name).write_text((UNITS / name).read_text().replace("/usr/local/bin/prefork-tcp", program))
     result = subprocess.run(
