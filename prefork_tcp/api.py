@@ -50,7 +50,7 @@ class TcpWorker:
     never constructs one itself.
     """
 
-    __slots__ = ("_conn", "_dirty", "_events", "_gate", "_loop", "_pid", "_pump", "_request", "_state")
+    __slots__ = ("_conn", "_dirty", "_events", "_gate", "_inside", "_loop", "_pid", "_pump", "_request", "_state")
 
     def __init__(self, loop: Loop) -> None:
         self._loop = loop
@@ -62,6 +62,8 @@ class TcpWorker:
         self._conn: Connection | None = None
         self._request: Request | None = None
         self._state = _IDLE
+        #: In the loop's code: taking the next event, or on a rarer way in (``gate.py``).
+        self._inside = False
         self._pid = os.getpid()
 
     def wait_request(self) -> Request | None:
@@ -70,14 +72,13 @@ class TcpWorker:
         Blocks until an event arrives.  A CONNECTED or DATA request left unanswered is
         answered with ``CLOSE`` first.
         """
-        gate = self._gate
-        gate.inside = True  # in the loop's code from here (gate.py)
+        self._inside = True  # in the loop's code from here (gate.py)
         if self._state == _AWAITING:
-            if gate.moving:  # the watchdog has the loop: wait for it
-                gate.wait()
+            if self._gate.moving:  # the watchdog has the loop: wait for it
+                self._gate.wait()
             self._loop.answer(self._conn, _CLOSE, b"")  # type: ignore[arg-type]  # set by wait_request()
         item = next(self._events, None)
-        gate.inside = False
+        self._inside = False
         if item is None:
             self._conn = self._request = None
             self._state = _IDLE
@@ -109,12 +110,9 @@ class TcpWorker:
             self._check_answerable()
             return
         self._state = _ANSWERED
-        gate = self._gate
-        gate.inside = True
-        if gate.moving:
-            gate.wait()
+        self._enter()
         self._loop.answer(self._conn, response, body)  # type: ignore[arg-type]  # set by wait_request()
-        gate.inside = False
+        self._inside = False
 
     def read(self) -> None:
         """Answer the current request with ``READ``: write nothing, keep reading."""
@@ -141,12 +139,9 @@ class TcpWorker:
         )
         if self._state == _AWAITING:
             self._state = _ANSWERED
-            gate = self._gate
-            gate.inside = True
-            if gate.moving:
-                gate.wait()
+            self._enter()
             self._loop.abandon(self._conn)  # type: ignore[arg-type]  # set by wait_request()
-            gate.inside = False
+            self._inside = False
 
     def close_connection(self, uuid: str) -> bool:
         """Close any connection of the whole server by uuid (RoadRunner's ``tcp.Close``).
@@ -156,14 +151,11 @@ class TcpWorker:
         """
         if not isinstance(uuid, str):
             raise TypeError(f"uuid must be a str, got {type(uuid).__name__}")
-        gate = self._gate
-        gate.inside = True
-        if gate.moving:
-            gate.wait()
+        self._enter()
         try:
             return self._loop.close_connection(uuid)
         finally:
-            gate.inside = False
+            self._inside = False
 
     @property
     def session(self) -> dict[str, Any]:
@@ -180,6 +172,17 @@ class TcpWorker:
         if session is None:
             session = conn.session = {}
         return session
+
+    def in_loop(self) -> bool:
+        """Whether the application's thread is in the loop's code now (for the watchdog,
+        ``gate.py``: the compiled core has no Python frames to tell it)."""
+        return self._inside
+
+    def _enter(self) -> None:
+        """A rare way into the loop: say so, and wait if the watchdog has the loop."""
+        self._inside = True
+        if self._gate.moving:
+            self._gate.wait()
 
     def current_connection(self) -> Connection | None:
         """The connection of the request being handled (for the worker process, not the app)."""

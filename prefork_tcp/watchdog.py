@@ -82,7 +82,7 @@ class Watchdog(threading.Thread):
         (and, while it is, tell the master again that this worker is slow); return whether
         the loop could be taken."""
         gate = self.loop.gate
-        if not gate.try_take(self.main_id, self.entry, lambda: self.worker.hold_for(gate)):
+        if not gate.try_take(self.main_id, self.entry, lambda: self.worker.hold_for(gate), self.worker.in_loop):
             return False
         switch = sys.getswitchinterval()
         sys.setswitchinterval(MOVE_SWITCH_INTERVAL)

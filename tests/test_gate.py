@@ -32,7 +32,7 @@ def test_the_watchdog_takes_the_loop_while_the_application_runs_its_own_code():
     gate = Gate()
     thread, release = run_application()
     held = []
-    assert gate.try_take(thread.ident, application.__code__, lambda: held.append(gate.moving))
+    assert gate.try_take(thread.ident, application.__code__, lambda: held.append(gate.moving), lambda: False)
     assert held == [True]  # the hold is in place, under the raised flag, before the look
     assert gate.moving and not gate.done.is_set()
     gate.give_back()
@@ -52,13 +52,13 @@ def in_package_code(wait) -> None:
 def test_the_watchdog_backs_off_while_a_frame_of_prefork_tcp_is_on_the_stack():
     gate = Gate()
     thread, release = run_application(through=in_package_code)
-    assert not gate.try_take(thread.ident, application.__code__, lambda: None)
+    assert not gate.try_take(thread.ident, application.__code__, lambda: None, lambda: False)
     assert not gate.moving and gate.done.is_set()  # backing off leaves no trace
     release.set()
     thread.join(5)
     # The same thread in the application's own code: taken.
     thread, release = run_application()
-    assert gate.try_take(thread.ident, application.__code__, lambda: None)
+    assert gate.try_take(thread.ident, application.__code__, lambda: None, lambda: False)
     gate.give_back()
     release.set()
     thread.join(5)
@@ -66,7 +66,7 @@ def test_the_watchdog_backs_off_while_a_frame_of_prefork_tcp_is_on_the_stack():
 
 def test_the_watchdog_backs_off_while_the_application_thread_waits_for_its_next_event():
     """Blocked in the loop with no frame of the package on its stack (the compiled core's
-    case; here the loop's events come from this module): ``inside`` tells."""
+    case; here the loop's events come from this module): ``TcpWorker.in_loop()`` tells."""
     release = threading.Event()
 
     class Loop:
@@ -91,15 +91,15 @@ def test_the_watchdog_backs_off_while_the_application_thread_waits_for_its_next_
     thread = threading.Thread(target=app, args=(worker,), daemon=True)
     thread.start()
     assert ready.wait(5)
-    while not loop.gate.inside:  # set before the event source is asked, in the same thread
+    while not worker.in_loop():  # raised before the event source is asked, in the same thread
         thread.join(0.01)
     if implementation() == "compiled":  # TcpWorker has no frame there: only the flag tells
         assert not in_loop(sys._current_frames()[thread.ident], app.__code__)
-    assert not loop.gate.try_take(thread.ident, app.__code__, lambda: None)
+    assert not loop.gate.try_take(thread.ident, app.__code__, lambda: None, worker.in_loop)
     assert not loop.gate.moving
     release.set()
     thread.join(5)
-    assert got == [None] and not loop.gate.inside
+    assert got == [None] and not worker.in_loop()
 
 
 def test_frames_below_the_applications_entry_do_not_count():
