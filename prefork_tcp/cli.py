@@ -205,12 +205,14 @@ def _serve(config: cfg.Config, app_spec: str, preload: bool, daemon: bool, reloa
     arbiter.on_serving = report
     try:
         code = arbiter.run()
-        if report is not None:  # it never served, or handed over before it did (a report once it did is ignored)
-            report(0 if arbiter.upgraded() else code or EXIT_RUNTIME)
-        return code
     finally:
         if config.pidfile and arbiter.owns_paths:  # after an upgrade it is the new master's
             pidfiles.remove(config.pidfile)
+    # Only now, with the pidfile gone: the caller (an init script's start) returns at the
+    # report, and its next `status` must not find this master's pidfile.
+    if report is not None:  # it never served, or handed over before it did (a report once it did is ignored)
+        report(0 if arbiter.upgraded() else code or EXIT_RUNTIME)
+    return code
 
 
 def _bind_all(config: cfg.Config, predecessor: Predecessor | None = None) -> list[Listener]:

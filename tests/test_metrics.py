@@ -203,7 +203,16 @@ def test_handoffs_count_connections_moved_by_a_reset(start_server):
         client.send(b"hi\r\n")
         assert client.line() == b"hi\r\n"
     assert manage("reset", "--control", str(server.tmp_path / "ctl.sock")).returncode == 0
-    page = wait_for(lambda: (p := scrape(where)) and value(p, "prefork_tcp_worker_recycles", reason="reset") == 2 and p, what="2 resets")
+    # A handoff counts once the new owner has the connection: wait for none in transit.
+    page = wait_for(
+        lambda: (
+            (p := scrape(where))
+            and value(p, "prefork_tcp_worker_recycles", reason="reset") == 2
+            and value(p, "prefork_tcp_connections_in_transit") == 0
+            and p
+        ),
+        what="2 resets and every connection taken",
+    )
     assert value(page, "prefork_tcp_handoffs") == 6
     assert value(page, "prefork_tcp_connections", server="a") == 6
     assert total(page, "prefork_tcp_closed") == 0
