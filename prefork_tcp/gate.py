@@ -12,12 +12,12 @@ The application's thread pays two stores per event: ``TcpWorker`` raises its own
 this order: it raises ``moving``, then looks at that flag and at the application's
 thread's stack (``sys._current_frames``); if the flag is up or a frame of the loop or of
 ``TcpWorker`` is on the stack, that thread may be inside the loop, and the watchdog backs
-off.  (The compiled core, ``compiled.py``, runs the loop and ``TcpWorker`` without Python
-frames: the flag is what tells there; the frames catch the loop's plain Python code.)  Otherwise the thread is in
-the application's code, and every way back into the loop waits while ``moving`` is up:
-``TcpWorker.hold_for`` puts a waiting step in front of the next ``wait_request`` (before
-the look at the stack), and the rarer ways in (an answer that closes, ``error``,
-``close_connection``) look at the flag.
+off.  Otherwise the thread is in the application's code, and every way back into the
+loop waits while ``moving`` is up: ``TcpWorker.hold_for`` puts a waiting step in front of
+the next ``wait_request`` (before the look), and the rarer ways in (an answer that
+closes, ``error``, ``close_connection``) look at ``moving``.  The compiled core
+(``compiled.py``) runs the loop and ``TcpWorker`` without Python frames: there the flag
+is what tells; the frames catch the loop's plain Python code.
 (A lock taken and released around every event cost 12% of a request, the flag kept on
 the ``Gate`` 1.9%, and kept on ``TcpWorker`` itself 1.3% as plain Python and nothing
 measurable compiled; ``scripts/hotpath.py --callgrind``.)
