@@ -89,19 +89,22 @@ class EventLoop(ConnectionSet):
         (retiring, stopping, lingering closes, paused accepts) are in ``_attend``.
         """
         self._on_ready()
-        events, dirty, conns, high_water = self.events, self.dirty, self.conns, self.high_water
+        events = self.events
         popleft, append = events.popleft, events.append
-        # Annotated for the compiled core: C integers there (locals' annotations are never
-        # evaluated by Python).
+        # Annotated for the compiled core: C integers and flags there, and the list's and
+        # dict's own operations (locals' annotations are never evaluated by Python).
+        dirty: list[Connection] = self.dirty
+        conns: dict[int, Connection] = self.conns
+        high_water: cython.Py_ssize_t = self.high_water
         activity, ints, close_event = self.slot.signed, self.slot.ints, TcpEvent.CLOSE
         activity_index: cython.Py_ssize_t = self.slot.activity_index
         lifecycle_index: cython.Py_ssize_t = self.slot.lifecycle_index
         budget_mark: cython.Py_ssize_t = self.budget_mark
-        mark_events = self.mark_events
+        mark_events: cython.bint = self.mark_events
         handled: cython.Py_ssize_t = 0
         conn: Connection | None
         epoll_poll = self.epoll.poll
-        data_event, length = DATA, len  # locals: cheaper to load than globals
+        data_event = DATA  # a local: cheaper to load than a global
         while True:
             while events:
                 item = popleft()
@@ -130,9 +133,10 @@ class EventLoop(ConnectionSet):
                     if not out or conn.sock is None:  # sent already, or closed (an answer may come after)
                         continue
                     # Flush (``_send``, inlined): one send per connection.
-                    data = b"".join(out)  # a single chunk comes back as it is
+                    data: bytes = b"".join(out)  # a single chunk comes back as it is
                     out.clear()
                     conn.out_size = 0
+                    sent: cython.Py_ssize_t
                     try:
                         sent = conn.sock.send(data)
                     except (BlockingIOError, InterruptedError):
@@ -140,7 +144,7 @@ class EventLoop(ConnectionSet):
                     except OSError as exc:
                         self._drop(conn, lost(exc))
                         continue
-                    if sent != length(data) or not conn.plain:
+                    if sent != len(data) or not conn.plain:
                         self._sent(conn, data, sent)
                 dirty.clear()
                 if events:  # flushing released events held back for a slow reader
