@@ -84,6 +84,8 @@ def test_start_status_reload_stop_with_lsb_exit_codes(script):
 def test_restart_replaces_the_master(script):
     assert script("start").returncode == 0
     pid = script.pid()
+    # Its workers' "serving:" first: a restart before it would leave one such line, not two.
+    wait_for(lambda: "serving:" in script.log.read_text(), what="the first workers")
     assert script("restart").returncode == 0
     assert script.pid() != pid and gone(pid)
     wait_for(lambda: script.log.read_text().count("serving:") >= 2, what="the new workers")
