@@ -299,22 +299,28 @@ def targets(med: dict[str, dict[str, Sample]], servers: dict, name: str) -> list
 
 
 def chart(med: dict[str, dict[str, Sample]], path: str) -> None:
+    """Requests/s (top row) and CPU per request (bottom row), one column per case."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(med)
-    fig, axes = plt.subplots(1, len(CASES), figsize=(5 * len(CASES), 4.5))
-    for ax, case in zip(axes, CASES, strict=True):
-        values = [med[n][case].rps / 1000 if case in med[n] else 0 for n in names]
-        colors = ["#d62728" if n.startswith("prefork_tcp") else ("#7f7f7f" if n == "redis-server" else "#1f77b4") for n in names]
-        ax.barh(names, values, color=colors)
-        ax.set_title(f"redis-benchmark ping_inline {case} -c 50")
-        ax.set_xlabel("thousand requests/s (server on one core)")
-        ax.invert_yaxis()
-        for y, value in enumerate(values):
-            ax.text(value, y, f" {value:.0f}k", va="center", fontsize=8)
+    colors = ["#d62728" if n.startswith("prefork_tcp") else ("#7f7f7f" if n == "redis-server" else "#1f77b4") for n in names]
+    fig, axes = plt.subplots(2, len(CASES), figsize=(5 * len(CASES), 8), sharey=True)
+    rows = [
+        (lambda s: s.rps / 1000, "thousand requests/s", "{:.0f}k"),
+        (lambda s: s.cpu_us, "server CPU µs per request (per connection at -k 0)", "{:.2f}"),
+    ]
+    for row, (value_of, label, text) in zip(axes, rows, strict=True):
+        for ax, case in zip(row, CASES, strict=True):
+            values = [value_of(med[n][case]) if case in med[n] else 0 for n in names]
+            ax.barh(names, values, color=colors)
+            ax.set_title(f"ping_inline {case} -c 50, server on one core", fontsize=10)
+            ax.set_xlabel(label, fontsize=9)
+            for y, value in enumerate(values):
+                ax.text(value, y, " " + text.format(value), va="center", fontsize=8)
+    axes[0][0].invert_yaxis()  # shared by every panel
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
