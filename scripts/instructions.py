@@ -8,8 +8,9 @@ cases (``redis-benchmark -t ping_inline``, ``-P 1``, ``-P 16``, ``-k 0``):
   3N requests; the instructions all its processes executed in user space (the
   interpreter, libraries, the compiled core) differ by the cost of 2N requests, with
   start-up and shut-down cancelled out. Deterministic up to how requests batch.
-- **system calls** (``--syscalls``): the server runs under ``strace -f -c`` for N
-  requests; calls per request, ``futex`` left out (threads waiting, not work).
+- **system calls** (``--syscalls``; ``--syscalls-only`` without valgrind): the same two
+  runs under ``strace -f -c``, the difference per request, ``futex`` left out (threads
+  waiting, not work).
 
 The kernel's own work is not in the instruction count: the system calls tell how often
 it is entered. Under valgrind a server runs some 50 times slower, so requests queue up
@@ -17,7 +18,7 @@ more than at full speed (more messages per read, more connections per poll): the
 compare servers under the same conditions, not those of a full-speed run. Every process
 of the server is counted, prefork_tcp's master too.
 
-    python3 scripts/instructions.py [--requests 20000] [--syscalls] [--only NAME ...]
+    python3 scripts/instructions.py [--requests 20000] [--syscalls | --syscalls-only] [--only NAME ...]
 
 Needs valgrind, redis-benchmark (redis-tools), strace for --syscalls, and the peers of
 bench.py. Everything it starts is stopped; only 127.0.0.1 is used.
@@ -90,8 +91,8 @@ def instructions(command: list[str], requests: int, flags: list[str], workdir: P
     return total
 
 
-def syscalls(command: list[str], requests: int, flags: list[str], workdir: Path) -> float:
-    """System calls per request, ``futex`` left out."""
+def syscalls(command: list[str], requests: int, flags: list[str], workdir: Path) -> int:
+    """System calls all the server's processes made for one run, ``futex`` left out."""
     out = workdir / "strace.txt"
     env, program = unwrapped(command)
     serve(program, [*env, "strace", "-f", "-c", "-o", str(out)], requests, flags)
@@ -100,7 +101,7 @@ def syscalls(command: list[str], requests: int, flags: list[str], workdir: Path)
         fields = line.split()
         if len(fields) >= 5 and fields[-1] not in ("futex", "total", "syscall") and fields[3].isdigit():
             calls += int(fields[3])
-    return calls / requests
+    return calls
 
 
 def main() -> int:
@@ -109,8 +110,10 @@ def main() -> int:
     parser.add_argument("--only", action="append", help="these servers of bench.py (repeatable)")
     parser.add_argument("--case", action="append", choices=list(CASES), help="these cases only (repeatable)")
     parser.add_argument("--syscalls", action="store_true", help="also count system calls per request with strace")
+    parser.add_argument("--syscalls-only", action="store_true", help="count system calls only (no valgrind; quick)")
     args = parser.parse_args()
-    needed = ["valgrind", "redis-benchmark", *(["strace"] if args.syscalls else [])]
+    counting = args.syscalls or args.syscalls_only
+    needed = [*([] if args.syscalls_only else ["valgrind"]), "redis-benchmark", *(["strace"] if counting else [])]
     missing = [tool for tool in needed if not shutil.which(tool)]
     if missing:
         print(f"instructions: {', '.join(missing)} needed", file=sys.stderr)
@@ -118,7 +121,8 @@ def main() -> int:
     names = args.only or [n for n in DEFAULT if n != "prefork_tcp (pure Python)" or implementation() == "compiled"]
     servers, notes = available({name: SERVERS[name] for name in names})
     cases = args.case or list(CASES)
-    print(f"| server | {' | '.join(f'`{c}` instructions' + (' · system calls' if args.syscalls else '') for c in cases)} |")
+    what = "system calls" if args.syscalls_only else "instructions" + (" · system calls" if args.syscalls else "")
+    print(f"| server | {' | '.join(f'`{c}` {what}' for c in cases)} |")
     print(f"|---|{'---:|' * len(cases)}")
     with tempfile.TemporaryDirectory(prefix="instructions-") as tmp:
         workdir = Path(tmp)
@@ -127,16 +131,20 @@ def main() -> int:
             for case in cases:
                 flags = CASES[case][0]
                 n = max(500, int(args.requests * SHARE[case]))
-                few, many = (instructions(command, count, flags, workdir) for count in (n, 3 * n))
-                cell = f"{(many - few) / (2 * n):,.0f}"
-                if args.syscalls:
-                    cell += f" · {syscalls(command, n, flags, workdir):.2f}"
+                parts = []
+                if not args.syscalls_only:
+                    few, many = (instructions(command, count, flags, workdir) for count in (n, 3 * n))
+                    parts.append(f"{(many - few) / (2 * n):,.0f}")
+                if counting:  # start-up's calls cancel out the same way
+                    few, many = (syscalls(command, count, flags, workdir) for count in (n, 3 * n))
+                    parts.append(f"{(many - few) / (2 * n):.2f}")
+                cell = " · ".join(parts)
                 cells.append(cell)
                 print(f"  {name} {case}: {cell}", file=sys.stderr)
             print(f"| {name} | {' | '.join(cells)} |", flush=True)
     for note in notes:
         print(f"- {note}")
-    print(f"\n(per request; Python {sys.version.split()[0]}; `python3 scripts/instructions.py --requests {args.requests}`)")
+    print(f"\n(per request; Python {sys.version.split()[0]}; `python3 scripts/instructions.py {' '.join(sys.argv[1:])}`)")
     return 0
 
 
