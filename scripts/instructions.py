@@ -20,7 +20,8 @@ of the server is counted, prefork_tcp's master too.
 
     python3 scripts/instructions.py [--requests 20000] [--syscalls | --syscalls-only] [--only NAME ...]
 
-Needs valgrind, redis-benchmark (redis-tools), strace for --syscalls, and the peers of
+Needs valgrind (not for --syscalls-only), redis-benchmark (redis-tools), strace for the
+system calls, and the peers of
 bench.py. Everything it starts is stopped; only 127.0.0.1 is used.
 """
 
