@@ -21,8 +21,8 @@ of the server is counted, prefork_tcp's master too.
     python3 scripts/instructions.py [--requests 20000] [--syscalls | --syscalls-only] [--only NAME ...]
 
 Needs valgrind (not for --syscalls-only), redis-benchmark (redis-tools), strace for the
-system calls, and the peers of
-bench.py. Everything it starts is stopped; only 127.0.0.1 is used.
+system calls, and the peers of bench.py. Everything it starts is stopped; only 127.0.0.1
+is used.
 """
 
 from __future__ import annotations
