@@ -122,6 +122,7 @@ class Scale:
     hup_idle: int = 100
     kill_idle: int = 20
     idle: int = 1_000
+    p99_factor: float = P99_FACTOR  # the clients' p99 under attack may be this many times the baseline's
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Scale:
@@ -141,6 +142,8 @@ class Scale:
             scale = cls(seconds=args.seconds or 5.0)
         if args.flood:
             scale = cls(**{**asdict(scale), "flood": args.flood})
+        if args.p99_factor:
+            scale = cls(**{**asdict(scale), "p99_factor": args.p99_factor})
         return scale
 
 
@@ -1417,7 +1420,7 @@ def analyse(h: Harness, successes: list[tuple[float, float]], errors: list[tuple
             }
         )
     baseline_p99 = rows[0]["p99_ms"] / 1e3
-    p99_limit = P99_FACTOR * max(baseline_p99 if baseline_p99 == baseline_p99 else 0.0, P99_FLOOR)
+    p99_limit = h.scale.p99_factor * max(baseline_p99 if baseline_p99 == baseline_p99 else 0.0, P99_FLOOR)
 
     targets: list[dict[str, Any]] = []
 
@@ -1432,7 +1435,7 @@ def analyse(h: Harness, successes: list[tuple[float, float]], errors: list[tuple
     )
     worst = max(attack_rows[1:], key=lambda r: r["p99_ms"] if r["p99_ms"] == r["p99_ms"] else -1.0, default=None)
     target(
-        f"clients' p99 during every attack <= {P99_FACTOR:.0f}x baseline p99 "
+        f"clients' p99 during every attack <= {h.scale.p99_factor:g}x baseline p99 "
         f"(floored at {P99_FLOOR * 1e3:.0f} ms) = {p99_limit * 1e3:.2f} ms",
         [
             f"{r['phase']}: " + (f"p99 {r['p99_ms']} ms" if r["answers"] else "no answers at all")
@@ -1589,6 +1592,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=0.0, help="length of each phase (default 5, or 1.5 with --quick)")
     parser.add_argument("--flood", type=int, default=0, help="connections in the flood (default 10,000, or 2,000 with --quick)")
     parser.add_argument("--json", metavar="FILE", help="write the figures and targets to FILE")
+    parser.add_argument(
+        "--p99-factor",
+        type=float,
+        default=0.0,
+        help=f"the clients' p99 under attack may be this many times the baseline's (default {P99_FACTOR:g}); the test suite, "
+        "sharing a loaded machine, allows more",
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # run the cleanup in ``finally``
     scale = raise_fd_limit(Scale.from_args(args))
