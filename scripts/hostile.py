@@ -28,8 +28,8 @@ connections got, about how many connections the workers held, and the server's l
 Targets (exit status 1 if any is broken, each broken one named):
 - well-behaved clients see no error, except connections of a SIGKILLed worker, which the
   kill phase reports as "lost" (SPEC §2 allows that one case);
-- their p99 during every attack is at most 5x the baseline p99, where the baseline is
-  floored at 1 ms: loopback p99s are a fraction of a millisecond and noisy;
+- their p99 during every attack is at most 5x the baseline p99 (``--p99-factor``), where
+  the baseline is floored at 1 ms: loopback p99s are a fraction of a millisecond and noisy;
 - each worker's RSS stays below 64 MiB + 8 KiB per connection it holds;
 - no server process uses more than half a core while only idle connections are open;
 - giant messages are closed; control requests are answered within 2 s under attack;
