@@ -140,11 +140,8 @@ class Scale:
             )
         else:
             scale = cls(seconds=args.seconds or 5.0)
-        if args.flood:
-            scale = cls(**{**asdict(scale), "flood": args.flood})
-        if args.p99_factor:
-            scale = cls(**{**asdict(scale), "p99_factor": args.p99_factor})
-        return scale
+        given = {"flood": args.flood, "p99_factor": args.p99_factor}  # 0: not given
+        return dataclasses.replace(scale, **{name: value for name, value in given.items() if value})
 
 
 # -- small socket helpers -------------------------------------------------------------------
