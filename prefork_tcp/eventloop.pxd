@@ -2,3 +2,4 @@
 
 from prefork_tcp.connection cimport Connection
 from prefork_tcp.framing cimport Framer
+from prefork_tcp.sysio cimport recv, send

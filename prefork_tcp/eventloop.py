@@ -31,6 +31,7 @@ from .logs import printable
 from .scoreboard import Closed, SlotWriter, State
 from .signals import SignalPipe
 from .sockets import Listener
+from .sysio import recv, send
 from .unfinished import THRESHOLD as UNFINISHED_THRESHOLD
 from .unfinished import UnfinishedBytes
 from .unfinished import limit_for as unfinished_limit
@@ -138,7 +139,7 @@ class EventLoop(ConnectionSet):
                     conn.out_size = 0
                     sent: cython.Py_ssize_t
                     try:
-                        sent = conn.sock.send(data)
+                        sent = send(conn.fd, data)
                     except (BlockingIOError, InterruptedError):
                         sent = 0
                     except OSError as exc:
@@ -168,7 +169,7 @@ class EventLoop(ConnectionSet):
                     continue
                 # Reading only: data, EOF or an error to read (``_recv``, inlined).
                 try:
-                    data = conn.sock.recv(conn.read_size)  # type: ignore[union-attr]  # an open connection has its socket
+                    data = recv(conn.fd, conn.read_size)
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError as exc:
@@ -287,7 +288,7 @@ class EventLoop(ConnectionSet):
         """Read a connection that is not plain (``pump()`` inlines the plain case; the
         twins are kept in step by tests/test_loop.py)."""
         try:
-            data = conn.sock.recv(conn.read_size)  # type: ignore[union-attr]  # an open connection has its socket
+            data = recv(conn.fd, conn.read_size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -342,7 +343,7 @@ class EventLoop(ConnectionSet):
         """Hand a connection's queued output to the kernel (``pump()`` inlines this)."""
         data = conn.take_output()
         try:
-            sent = conn.sock.send(data)  # type: ignore[union-attr]  # an open connection has its socket
+            sent = send(conn.fd, data)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as exc:

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""The worker's Python cost per PING, without the kernel: the real event loop and ping
-example, driven by fake sockets whose calls are C built-ins that do nothing.
+"""The worker's own cost per request: the real event loop and ping example, reading
+``/dev/zero``, so that the kernel does next to nothing.
 
-Each round the fake epoll reports --connections readable connections, each of which
-reads ``PING\\r\\n``; the ping example answers every one, and the answers are "sent" by
-``len``. After --rounds rounds the loop is told to stop, as the master would.
+Each connection's descriptor is ``/dev/zero``, framed at the zero byte: a read of
+``--pipeline`` bytes is that many one-byte messages, and the answers are written back to
+it. Each round a fake epoll reports --connections such connections readable; the
+application, the ping example told that its PING is a zero byte, answers every message.
+After --rounds rounds the loop is told to stop, as the master would.
 
     python3 scripts/hotpath.py [--connections 2] [--rounds 200000]
     python3 scripts/hotpath.py --callgrind     # instructions per request (needs valgrind)
@@ -13,12 +15,14 @@ Timing (the default) is as noisy as the machine. ``--callgrind`` runs this scrip
 under valgrind (few and many rounds) and reports the difference in instructions per
 request: the same on every run, so it tells apart changes of a few percent. Under
 redis-benchmark ``-P 1 -c 50`` a poll returns about two connections, hence the default.
+``scripts/instructions.py`` counts the same for a real server and real clients.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import re
 import select
 import socket
@@ -33,29 +37,29 @@ from prefork_tcp import implementation  # noqa: E402
 from prefork_tcp.api import TcpWorker  # noqa: E402
 from prefork_tcp.channel import Kind, encode  # noqa: E402
 from prefork_tcp.connection import Connection  # noqa: E402
-from prefork_tcp.examples.ping import main as ping_main  # noqa: E402
+from prefork_tcp.examples import ping  # noqa: E402
 from prefork_tcp.framing import make_framer  # noqa: E402
 from prefork_tcp.signals import SignalPipe  # noqa: E402
 from prefork_tcp.worker import Worker  # noqa: E402
 
-FIRST_FD = 100_000  # fake descriptors, far above any real one
 
+class ZeroSocket:
+    """A connection's "socket": ``/dev/zero``, which reads zeros and takes every write."""
 
-class FakeSocket:
-    """recv() always has ``pipeline`` PINGs; send() takes everything. Both are C calls."""
+    __slots__ = ("_fd",)
 
-    __slots__ = ("recv", "send", "_fd")
-
-    def __init__(self, fd: int, read_size: int, pipeline: int = 1) -> None:
-        self.recv = {read_size: b"PING\r\n" * pipeline}.get
-        self.send = len
-        self._fd = fd
+    def __init__(self) -> None:
+        self._fd = os.open("/dev/zero", os.O_RDWR | os.O_CLOEXEC)
 
     def fileno(self) -> int:
         return self._fd
 
     def close(self) -> None:
-        pass
+        os.close(self._fd)
+
+
+#: A message of one zero byte; the ping example takes it for its PING (set in ``run``).
+PING = b"\x00"
 
 
 class FakeEpoll:
@@ -71,25 +75,18 @@ def run(connections: int, rounds: int, pipeline: int = 1) -> tuple[float, int]:
     channel, master_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     # As the default config runs it: no exec_ttl, so no per-event scoreboard store.
     loop = Worker([], channel, SignalPipe(()), drain_timeout=1.0, high_water=1 << 20, mark_events=False)
-    read_size = 65536
-    for fd in range(FIRST_FD, FIRST_FD + connections):
-        conn = Connection(
-            FakeSocket(fd, read_size, pipeline),
-            f"uuid-{fd}",
-            "default",
-            "127.0.0.1:1",  # type: ignore[arg-type]
-            make_framer(b"\r\n", 1 << 20),
-            read_size,
-            1 << 20,
-        )
+    for _ in range(connections):
+        sock = ZeroSocket()
+        conn = Connection(sock, f"uuid-{sock.fileno()}", "default", "127.0.0.1:1", make_framer(PING, 1 << 20), pipeline)  # type: ignore[arg-type]
         conn.mask = select.EPOLLIN
         conn.settle()
-        loop.conns[fd] = conn
+        loop.conns[conn.fd] = conn
     ready = [(fd, select.EPOLLIN) for fd in loop.conns]
     loop.epoll = FakeEpoll(ready, rounds, channel.fileno())  # type: ignore[assignment]
     master_end.send(encode(Kind.QUIT, {}))  # read once the rounds are over: the loop stops, the app returns
+    ping.PING = PING  # the example compares each message with its module's PING
     start = time.process_time()
-    ping_main(TcpWorker(loop))
+    ping.main(TcpWorker(loop))
     seconds = time.process_time() - start
     # Published as the loop stopped: minus the events handled, the stop's CLOSE events too.
     closes = loop.slot.ints[loop.slot.lifecycle_index + 1]

@@ -164,67 +164,24 @@ def test_a_parcel_from_a_worker_is_checked_before_the_master_keeps_it():
     client_end.close()
 
 
-class ScriptedSocket:
-    """A connection's socket whose reads return ``chunks`` in turn (then EOF); sends are kept."""
-
-    def __init__(self, fd: int, chunks: list[bytes]) -> None:
-        self.fd = fd
-        self.chunks = list(chunks)
-        self.sent: list[bytes] = []
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def recv(self, size: int) -> bytes:
-        return self.chunks.pop(0) if self.chunks else b""
-
-    def send(self, data: bytes) -> int:
-        self.sent.append(bytes(data))
-        return len(data)
-
-    def shutdown(self, how: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class ScriptedEpoll:
-    """Reports the connection readable until its script is read through, then the channel."""
-
-    def __init__(self, sock: ScriptedSocket, channel_fd: int) -> None:
-        self.sock = sock
-        self.channel_fd = channel_fd
-        self.watched: dict[int, int] = {}
-
-    def poll(self, timeout: float = -1) -> list[tuple[int, int]]:
-        if self.sock.fd in self.watched and self.watched[self.sock.fd] & select.EPOLLIN:
-            return [(self.sock.fd, select.EPOLLIN)]
-        return [(self.channel_fd, select.EPOLLIN)]
-
-    def register(self, fd: int, mask: int) -> None:
-        self.watched[fd] = mask
-
-    modify = register
-
-    def unregister(self, fd: int) -> None:
-        self.watched.pop(fd, None)
-
-
 def run_script(chunks: list[bytes], fast: bool) -> tuple[list[tuple[str, bytes]], bytes, int]:
     """The events an echo application sees for a connection that sends ``chunks`` then EOF,
-    and what it is sent back; through the loop's inlined fast path or its slow twin."""
+    and what it is sent back; through the loop's inlined fast path or its slow twin.
+
+    The connection is a ``SOCK_SEQPACKET`` socketpair: every read returns one chunk whole."""
     channel, master_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     loop = Worker([], channel, SignalPipe(()), drain_timeout=1.0, high_water=1 << 20)
-    sock = ScriptedSocket(100_000, chunks)
-    conn = Connection(sock, "u-1", "default", "", make_framer(b"\r\n", 1 << 20))  # type: ignore[arg-type]
-    loop.epoll = ScriptedEpoll(sock, channel.fileno())  # type: ignore[assignment]
+    server_end, client_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server_end.setblocking(False)
+    for chunk in chunks:
+        client_end.send(chunk)
+    client_end.shutdown(socket.SHUT_WR)
+    conn = Connection(server_end, "u-1", "default", "", make_framer(b"\r\n", 1 << 20))
     loop.conns[conn.fd] = conn
     loop.epoll.register(conn.fd, select.EPOLLIN)
     conn.mask = select.EPOLLIN
     if fast:
         conn.settle()  # plain: the pump's inlined read, framing shortcut and flush
-    master_end.send(b"Q")  # read once the script is done: the loop stops
     serviced = []
     slow_service = loop._service
     loop._service = lambda c, mask: (serviced.append(mask), slow_service(c, mask))  # type: ignore[method-assign]  # counting calls
@@ -236,7 +193,13 @@ def run_script(chunks: list[bytes], fast: bool) -> tuple[list[tuple[str, bytes]]
             worker.respond(request.body.upper())
         elif request.event is TcpEvent.CONNECTED:
             worker.read()
-    return seen, b"".join(sock.sent), len(serviced)
+        elif request.event is TcpEvent.CLOSE:
+            master_end.send(b"Q")  # the script is done: the loop stops
+    client_end.settimeout(5)
+    sent = b"".join(iter(lambda: client_end.recv(1 << 16), b""))
+    for sock in (channel, master_end, server_end, client_end):
+        sock.close()
+    return seen, sent, len(serviced)
 
 
 SCRIPTS = [

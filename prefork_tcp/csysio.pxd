@@ -1,0 +1,59 @@
+# The compiled core's system calls on a connection's socket (sysio.py says why they are C).
+# Declarations only: each module that cimports this gets its own copy of the C below.
+
+cdef extern from *:
+    """
+    #include <errno.h>
+    #include <unistd.h>
+
+    /* Reads of up to this many bytes are copied out of the spare buffer. */
+    #define PREFORK_TCP_COPY_LIMIT 4096
+
+    /* read(2) into a new bytes object of the size read, holding the GIL (the socket
+     * does not block). The read goes into a spare bytes object of at least `size` bytes,
+     * never seen by Python code. A short read is copied out of it and the spare kept;
+     * a longer one takes the spare itself, shrunk to what was read, and the next read
+     * makes a new one. */
+    static inline PyObject *prefork_tcp_recv(int fd, Py_ssize_t size) {
+        static PyObject *spare = NULL;
+        PyObject *data;
+        Py_ssize_t n;
+        if (size < 0) {
+            PyErr_SetString(PyExc_ValueError, "negative buffersize in read");
+            return NULL;
+        }
+        if (spare == NULL || PyBytes_GET_SIZE(spare) < size) {
+            Py_CLEAR(spare);
+            spare = PyBytes_FromStringAndSize(NULL, size);
+            if (spare == NULL)
+                return NULL;
+        }
+        n = read(fd, PyBytes_AS_STRING(spare), (size_t)size);
+        if (n < 0)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        if (n <= PREFORK_TCP_COPY_LIMIT)
+            return PyBytes_FromStringAndSize(PyBytes_AS_STRING(spare), n);
+        data = spare;
+        spare = NULL;
+        if (n < PyBytes_GET_SIZE(data) && _PyBytes_Resize(&data, n) < 0)
+            return NULL;
+        return data;
+    }
+
+    /* write(2) of a whole bytes object, holding the GIL (the socket does not block). */
+    static inline Py_ssize_t prefork_tcp_send(int fd, PyObject *data) {
+        Py_ssize_t n;
+        if (!PyBytes_CheckExact(data)) {
+            PyErr_Format(PyExc_TypeError, "write needs bytes, not %.100s", Py_TYPE(data)->tp_name);
+            return -1;
+        }
+        n = write(fd, PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data));
+        if (n < 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        return n;
+    }
+    """
+    bytes c_recv "prefork_tcp_recv"(int fd, Py_ssize_t size)
+    Py_ssize_t c_send "prefork_tcp_send"(int fd, object data) except -1

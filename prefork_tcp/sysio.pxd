@@ -1,0 +1,5 @@
+# Types of the compiled core (prefork_tcp/compiled.py): C functions the event loop calls
+# directly.
+
+cpdef bytes recv(int fd, Py_ssize_t size)
+cpdef Py_ssize_t send(int fd, object data) except? -1

@@ -1,0 +1,49 @@
+"""The event loop's reads and writes of a connection's socket, by file descriptor.
+
+``recv(fd, size)`` returns the bytes read (``b""`` at end of stream); ``send(fd, data)``
+returns how many bytes the kernel took. Both raise ``OSError`` as the socket methods do:
+``BlockingIOError`` when there is nothing to read or no room to write, and so on. Every
+socket they are used on is non-blocking.
+
+Both make the ``read`` and ``write`` system calls, which on a socket are ``recv`` and
+``send`` without flags. As plain Python they are ``os.read`` and ``os.write``, which take
+their arguments the fast way (``socket.recv`` and ``socket.send`` do not).
+
+In the compiled core they are C (``csysio.pxd``), and they save what CPython spends around
+a small read or write, more than a redis-server spends on a whole request:
+
+- they keep the GIL: the call cannot block, so another thread would only be handed the
+  GIL and hand it back;
+- a read of up to 4 KiB lands in a spare buffer kept for the next read and is copied out
+  into a bytes object of its size, where CPython allocates ``size`` bytes (64 KiB by
+  default) and shrinks them to what was read. A longer read takes the spare buffer
+  itself, shrunk, as CPython would.
+
+tests/test_sysio.py holds both to the same results.
+"""
+
+from __future__ import annotations
+
+import os
+
+try:
+    import cython
+except ImportError:  # plain Python without Cython installed
+    from types import SimpleNamespace
+
+    cython = SimpleNamespace(compiled=False)
+
+if cython.compiled:
+    from cython.cimports.prefork_tcp.csysio import c_recv, c_send
+
+    @cython.ccall
+    def recv(fd: cython.int, size: cython.Py_ssize_t) -> bytes:
+        return c_recv(fd, size)
+
+    @cython.ccall
+    def send(fd: cython.int, data: object) -> cython.Py_ssize_t:
+        return c_send(fd, data)
+
+else:
+    recv = os.read
+    send = os.write
