@@ -10,6 +10,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .events import Request, TcpEvent, TcpResponse, new_request
 from .logs import printable
 
+try:
+    import cython
+except ImportError:  # plain Python without Cython installed
+    from . import nocython as cython
+
+if cython.compiled:
+    from cython.cimports.prefork_tcp.crequest import make_request
+
 if TYPE_CHECKING:
     from .connection import Connection, Event
     from .gate import Gate
@@ -86,7 +94,11 @@ class TcpWorker:
         conn: Connection  # a C type in the compiled core
         conn, event, body = item
         self._conn = conn
-        self._request = request = new_request((event, body, conn.server, conn.uuid, conn.remote))
+        if cython.compiled:  # allocated and filled in C (crequest.pxd)
+            request = make_request(Request, event, body, conn.server, conn.uuid, conn.remote)
+        else:
+            request = new_request((event, body, conn.server, conn.uuid, conn.remote))
+        self._request = request
         self._state = _CLOSE_EVENT if event is _CLOSE_EV else _AWAITING
         return request
 

@@ -29,9 +29,7 @@ import os
 try:
     import cython
 except ImportError:  # plain Python without Cython installed
-    from types import SimpleNamespace
-
-    cython = SimpleNamespace(compiled=False)
+    from . import nocython as cython
 
 if cython.compiled:
     from cython.cimports.prefork_tcp.csysio import c_recv, c_send

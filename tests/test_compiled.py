@@ -42,6 +42,20 @@ def test_this_run_uses_what_its_environment_asks():
             assert not importlib.import_module(f"prefork_tcp.{name}").__file__.endswith(".py")
 
 
+def test_the_plain_modules_run_where_cython_is_not_installed():
+    """A plain install needs no Cython: the core's modules then take their plain branches."""
+    hotpath = REPO / "scripts" / "hotpath.py"
+    code = (
+        "import runpy, sys; sys.modules['cython'] = None; "  # import cython fails, as without Cython
+        f"sys.argv = ['hotpath', '--rounds', '50']; runpy.run_path({str(hotpath)!r}, run_name='__main__')"
+    )
+    result = run_python(code, env={compiled.ENV: "1"})
+    assert result.returncode == 0, result.stderr
+    assert "ns of CPU per request" in result.stdout and f"pure Python: {compiled.ENV} is set" in result.stdout
+    blocked = run_python("import sys; sys.modules['cython'] = None; import cython")
+    assert "ModuleNotFoundError" in blocked.stderr  # the block works, so the run above did without it
+
+
 @needs_build
 def test_the_switch_runs_every_core_module_as_plain_python():
     result = run_python(
