@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from .connection import Connection, Event
 from .connset import EPOLL_TROUBLE, EPOLLIN, EPOLLOUT, ConnectionSet, lost
@@ -36,8 +35,13 @@ from .unfinished import THRESHOLD as UNFINISHED_THRESHOLD
 from .unfinished import UnfinishedBytes
 from .unfinished import limit_for as unfinished_limit
 
-if TYPE_CHECKING:
-    import cython  # the compiled core's C types (compiled.py); never imported at run time
+try:
+    import cython
+except ImportError:  # plain Python without Cython installed
+    from . import nocython as cython
+
+if cython.compiled:
+    from cython.cimports.prefork_tcp.cloop import gather, one_message
 
 log = logging.getLogger("prefork_tcp.worker")
 
@@ -106,6 +110,7 @@ class EventLoop(ConnectionSet):
         conn: Connection | None
         epoll_poll = self.epoll.poll
         data_event = DATA  # a local: cheaper to load than a global
+        compiled: cython.bint = cython.compiled  # C helpers where compiled (cloop.pxd)
         while True:
             while events:
                 item = popleft()
@@ -134,7 +139,7 @@ class EventLoop(ConnectionSet):
                     if not out or conn.sock is None:  # sent already, or closed (an answer may come after)
                         continue
                     # Flush (``_send``, inlined): one send per connection.
-                    data: bytes = b"".join(out)  # a single chunk comes back as it is
+                    data: bytes = gather(out) if compiled else b"".join(out)  # a single chunk comes back as it is
                     out.clear()
                     conn.out_size = 0
                     sent: cython.Py_ssize_t
@@ -181,10 +186,15 @@ class EventLoop(ConnectionSet):
                     continue
                 conn.active = True  # for idle_timeout (``timeouts.expired``)
                 # Exactly one whole message? ``Framer.probe`` is made so that this agrees
-                # with ``Framer.feed`` (tests/test_framing.py). partition(), not find():
-                # find() parses its arguments the slow way.
-                _, found, rest = data.partition(conn.framer.probe)
-                if found and not rest:
+                # with ``Framer.feed`` (tests/test_framing.py). Compiled, a C search for
+                # the first probe; plain, partition(), as find() parses its arguments the
+                # slow way.
+                if compiled:
+                    whole = one_message(data, conn.framer.probe)
+                else:
+                    _, found, rest = data.partition(conn.framer.probe)
+                    whole = found and not rest
+                if whole:
                     if events:
                         append((conn, data_event, data))
                         continue

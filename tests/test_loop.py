@@ -7,6 +7,9 @@ import select
 import socket
 import threading
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from prefork_tcp import handoff
 from prefork_tcp.api import TcpWorker
 from prefork_tcp.channel import Channel, Kind
@@ -212,6 +215,17 @@ SCRIPTS = [
     [b"\r\n", b"\r\n\r\n"],
     [b"tail without a delimiter"],
 ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.lists(st.sampled_from([b"a", b"bc", b"\r", b"\n", b"\r\n"]), min_size=1, max_size=6).map(b"".join), min_size=1, max_size=5)
+)
+def test_the_fast_path_and_its_slow_twin_agree_on_any_chunks(chunks):
+    """The whole-message shortcut (a C search in the compiled core) against ``feed``."""
+    fast = run_script(chunks, fast=True)
+    assert fast[:2] == run_script(chunks, fast=False)[:2], chunks
+    assert fast[0][-1] == ("CLOSE", b"") and fast[1] == b"".join(chunks).upper()
 
 
 def test_the_inlined_fast_path_and_its_slow_twin_agree():
