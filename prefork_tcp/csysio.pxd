@@ -4,7 +4,12 @@
 cdef extern from *:
     """
     #include <errno.h>
+    #include <math.h>
+    #include <sys/epoll.h>
     #include <unistd.h>
+
+    /* Events taken from the kernel per wait; more ready descriptors wait for the next. */
+    #define PREFORK_TCP_MAX_EVENTS 256
 
     /* Reads of up to this many bytes are copied out of the spare buffer. */
     #define PREFORK_TCP_COPY_LIMIT 4096
@@ -54,6 +59,48 @@ cdef extern from *:
         }
         return n;
     }
+
+    /* epoll_wait(2) into a list of (fd, events) pairs, as select.epoll.poll returns,
+     * without its per-call allocation of 1023 events and its Py_BuildValue per event.
+     * `timeout` in seconds, negative to block; the GIL is released while waiting. A wait
+     * interrupted by a signal runs the signal handlers and returns no events. */
+    static inline PyObject *prefork_tcp_poll(int epfd, double timeout) {
+        struct epoll_event events[PREFORK_TCP_MAX_EVENTS];
+        int ms = timeout < 0 ? -1 : (int)ceil(timeout * 1000.0);
+        int n, i;
+        PyObject *ready;
+        Py_BEGIN_ALLOW_THREADS
+        n = epoll_wait(epfd, events, PREFORK_TCP_MAX_EVENTS, ms);
+        Py_END_ALLOW_THREADS
+        if (n < 0) {
+            if (errno == EINTR)
+                return PyErr_CheckSignals() < 0 ? NULL : PyList_New(0);
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        ready = PyList_New(n);
+        if (ready == NULL)
+            return NULL;
+        for (i = 0; i < n; i++) {
+            PyObject *pair = PyTuple_New(2), *fd, *mask;
+            if (pair == NULL) {
+                Py_DECREF(ready);
+                return NULL;
+            }
+            PyList_SET_ITEM(ready, i, pair);
+            fd = PyLong_FromLong(events[i].data.fd);
+            mask = PyLong_FromUnsignedLong(events[i].events);
+            if (fd == NULL || mask == NULL) {
+                Py_XDECREF(fd);
+                Py_XDECREF(mask);
+                Py_DECREF(ready);
+                return NULL;
+            }
+            PyTuple_SET_ITEM(pair, 0, fd);
+            PyTuple_SET_ITEM(pair, 1, mask);
+        }
+        return ready;
+    }
     """
     bytes c_recv "prefork_tcp_recv"(int fd, Py_ssize_t size)
     Py_ssize_t c_send "prefork_tcp_send"(int fd, object data) except -1
+    list c_poll "prefork_tcp_poll"(int epfd, double timeout)

@@ -19,6 +19,7 @@ On its own, an ``EventLoop`` serves its listeners until a signal stops it;
 from __future__ import annotations
 
 import logging
+import select
 from collections.abc import Iterator
 
 from .connection import Connection, Event
@@ -42,6 +43,7 @@ except ImportError:  # plain Python without Cython installed
 
 if cython.compiled:
     from cython.cimports.prefork_tcp.cloop import gather, one_message
+    from cython.cimports.prefork_tcp.csysio import c_poll
 
 log = logging.getLogger("prefork_tcp.worker")
 
@@ -111,6 +113,8 @@ class EventLoop(ConnectionSet):
         epoll_poll = self.epoll.poll
         data_event = DATA  # a local: cheaper to load than a global
         compiled: cython.bint = cython.compiled  # C helpers where compiled (cloop.pxd)
+        # Compiled, the wait is C too (csysio.pxd), on a real epoll set: not on a stand-in.
+        epoll_fd: cython.int = self.epoll.fileno() if compiled and type(self.epoll) is select.epoll else -1
         while True:
             while events:
                 item = popleft()
@@ -164,7 +168,7 @@ class EventLoop(ConnectionSet):
                 if events:
                     continue
             activity[activity_index] = -handled  # waiting, with this many events handled
-            for fd, mask in epoll_poll(timeout):
+            for fd, mask in c_poll(epoll_fd, timeout) if epoll_fd >= 0 else epoll_poll(timeout):
                 conn = conns.get(fd)
                 if conn is None:
                     self._wake(fd, mask)
