@@ -23,7 +23,8 @@ from .connection import Connection
 from .framing import make_framer
 from .logs import Throttle
 from .scoreboard import SlotWriter
-from .sockets import Listener, format_peer
+from .sockets import Listener
+from .sysio import accept
 from .uuids import new_uuid
 
 log = logging.getLogger("prefork_tcp.worker")
@@ -134,9 +135,7 @@ class Acceptor:
                 )
                 break
             try:
-                # The C-level accept and socket type: socket.socket's Python layer costs
-                # a noticeable share of a short connection's life.
-                fd, addr = lsock._accept()  # type: ignore[attr-defined]  # socket's C-level accept
+                sock, remote = accept(lsock, family, type_, proto)  # non-blocking
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
@@ -149,8 +148,6 @@ class Acceptor:
                     self.pause(ACCEPT_BACKOFF)
                     break
                 continue  # ECONNABORTED and friends: that client is gone already
-            sock = _socket.socket(family, type_, proto, fd)
-            sock.setblocking(False)
             if listener.is_tcp:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if listener.keepalive:
@@ -160,7 +157,7 @@ class Acceptor:
                     sock,
                     new_uuid(),
                     listener.name,
-                    format_peer(family, addr),
+                    remote,
                     make_framer(listener.delimiter, listener.max_message_size, listener.read_size),
                     listener.read_size,
                     self.high_water,

@@ -3,9 +3,15 @@
 
 cdef extern from *:
     """
+    #include <arpa/inet.h>
     #include <errno.h>
     #include <math.h>
+    #include <netinet/in.h>
+    #include <stddef.h>
+    #include <string.h>
     #include <sys/epoll.h>
+    #include <sys/socket.h>
+    #include <sys/un.h>
     #include <unistd.h>
 
     /* Events taken from the kernel per wait; more ready descriptors wait for the next. */
@@ -100,7 +106,90 @@ cdef extern from *:
         }
         return ready;
     }
+
+    static inline char *prefork_tcp_put_uint(char *p, unsigned int value) {
+        char digits[10];
+        int n = 0;
+        do {
+            digits[n++] = (char)('0' + value % 10);
+            value /= 10;
+        } while (value);
+        while (n)
+            *p++ = digits[--n];
+        return p;
+    }
+
+    /* A peer's address as text, as sockets.format_peer makes it of what Python's accept
+     * returns: "a.b.c.d:port", "[v6]:port", a unix peer's name ("" when unnamed). */
+    static inline PyObject *prefork_tcp_peer_text(const struct sockaddr_storage *ss, socklen_t len) {
+        char text[INET6_ADDRSTRLEN + 16], *p = text;
+        if (ss->ss_family == AF_INET) {
+            const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+            const unsigned char *b = (const unsigned char *)&a->sin_addr;
+            int i;
+            for (i = 0; i < 4; i++) {
+                p = prefork_tcp_put_uint(p, b[i]);
+                *p++ = i < 3 ? '.' : ':';
+            }
+            p = prefork_tcp_put_uint(p, ntohs(a->sin_port));
+            return PyUnicode_FromStringAndSize(text, p - text);
+        }
+        if (ss->ss_family == AF_INET6) {
+            const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+            *p++ = '[';
+            if (inet_ntop(AF_INET6, &a->sin6_addr, p, INET6_ADDRSTRLEN) == NULL)
+                return PyErr_SetFromErrno(PyExc_OSError);
+            p += strlen(p);
+            *p++ = ']';
+            *p++ = ':';
+            p = prefork_tcp_put_uint(p, ntohs(a->sin6_port));
+            return PyUnicode_FromStringAndSize(text, p - text);
+        }
+        if (ss->ss_family == AF_UNIX) {
+            const struct sockaddr_un *a = (const struct sockaddr_un *)ss;
+            size_t path = len > offsetof(struct sockaddr_un, sun_path) ? len - offsetof(struct sockaddr_un, sun_path) : 0;
+            if (path > 0 && a->sun_path[0] == 0)  /* Linux's abstract namespace: Python gives bytes */
+                return PyUnicode_DecodeUTF8(a->sun_path, (Py_ssize_t)path, "replace");
+            return PyUnicode_DecodeFSDefault(a->sun_path);  /* NUL-terminated: the storage was zeroed */
+        }
+        return PyUnicode_FromStringAndSize(NULL, 0);
+    }
+
+    /* accept4(2) on a listening socket: (socket, peer text). The descriptor comes
+     * non-blocking and close-on-exec from the kernel, so the socket object, made with
+     * SOCK_NONBLOCK in its type, needs no system call to be put in that mode. */
+    static inline PyObject *prefork_tcp_accept(PyObject *listener, PyObject *socket_type, int family, int type, int proto) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        int lfd = PyObject_AsFileDescriptor(listener), fd;
+        PyObject *sock, *peer, *result;
+        if (lfd < 0)
+            return NULL;
+        memset(&ss, 0, sizeof(ss));
+        fd = accept4(lfd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        sock = PyObject_CallFunction(socket_type, "iiii", family, type | SOCK_NONBLOCK, proto, fd);
+        if (sock == NULL) {
+            close(fd);
+            return NULL;
+        }
+        peer = prefork_tcp_peer_text(&ss, len);
+        if (peer == NULL) {
+            PyObject *type_, *value, *traceback;
+            PyErr_Fetch(&type_, &value, &traceback);
+            Py_XDECREF(PyObject_CallMethod(sock, "close", NULL));
+            Py_DECREF(sock);
+            PyErr_Restore(type_, value, traceback);
+            return NULL;
+        }
+        result = PyTuple_Pack(2, sock, peer);
+        Py_DECREF(sock);
+        Py_DECREF(peer);
+        return result;
+    }
     """
     bytes c_recv "prefork_tcp_recv"(int fd, Py_ssize_t size)
     Py_ssize_t c_send "prefork_tcp_send"(int fd, object data) except -1
     list c_poll "prefork_tcp_poll"(int epfd, double timeout)
+    tuple c_accept "prefork_tcp_accept"(object listener, object socket_type, int family, int type, int proto)

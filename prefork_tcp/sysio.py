@@ -24,7 +24,10 @@ tests/test_sysio.py holds both to the same results.
 
 from __future__ import annotations
 
+import _socket
 import os
+
+from .sockets import format_peer
 
 try:
     import cython
@@ -32,7 +35,7 @@ except ImportError:  # plain Python without Cython installed
     from . import nocython as cython
 
 if cython.compiled:
-    from cython.cimports.prefork_tcp.csysio import c_recv, c_send
+    from cython.cimports.prefork_tcp.csysio import c_accept, c_recv, c_send
 
     @cython.ccall
     def recv(fd: cython.int, size: cython.Py_ssize_t) -> bytes:
@@ -42,6 +45,16 @@ if cython.compiled:
     def send(fd: cython.int, data: object) -> cython.Py_ssize_t:
         return c_send(fd, data)
 
+    @cython.ccall
+    def accept(listener: object, family: cython.int, type_: cython.int, proto: cython.int) -> tuple:
+        return c_accept(listener, _socket.socket, family, type_, proto)
+
 else:
     recv = os.read
     send = os.write
+
+    def accept(listener: _socket.socket, family: int, type_: int, proto: int) -> tuple[_socket.socket, str]:
+        fd, addr = listener._accept()  # type: ignore[attr-defined]  # socket's C-level accept
+        sock = _socket.socket(family, type_, proto, fd)
+        sock.setblocking(False)
+        return sock, format_peer(family, addr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import os
 import socket
 import struct
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from prefork_tcp.compiled import PACKAGE
 
 def plain_module() -> ModuleType:
     """``sysio.py`` loaded as plain Python, beside whatever the package runs."""
-    spec = importlib.util.spec_from_file_location("sysio_plain", PACKAGE / "sysio.py")
+    spec = importlib.util.spec_from_file_location("prefork_tcp.sysio_plain", PACKAGE / "sysio.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -146,3 +147,59 @@ def test_every_read_keeps_its_bytes_whatever_comes_after(reads):
         assert all(piece == copy for piece, copy in got)
         server.close()
         client.close()
+
+
+def accepted(io: ModuleType, listener: socket.socket) -> tuple[socket.socket, str]:
+    return io.accept(listener, listener.family, listener.type, listener.proto)
+
+
+def test_accept_gives_a_non_blocking_socket_and_the_peer_as_text(io):
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        accepted(io, listener)
+    client = socket.create_connection(listener.getsockname())
+    sock, peer = accepted(io, listener)
+    assert peer == f"127.0.0.1:{client.getsockname()[1]}"
+    assert sock.gettimeout() == 0.0 and not os.get_blocking(sock.fileno()) and not os.get_inheritable(sock.fileno())
+    with pytest.raises(BlockingIOError):
+        sock.recv(10)
+    client.sendall(b"hi")
+    client.settimeout(10)
+    sock.settimeout(10)
+    assert sock.recv(10) == b"hi"
+    for s in (sock, client, listener):
+        s.close()
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
+def test_accept_writes_an_ipv6_peer_in_brackets(io):
+    try:
+        listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    client = socket.create_connection(listener.getsockname()[:2])
+    sock, peer = accepted(io, listener)
+    assert peer == f"[::1]:{client.getsockname()[1]}"
+    for s in (sock, client, listener):
+        s.close()
+
+
+@pytest.mark.parametrize("name", [None, "path", b"\x00abstract-\xff"])
+def test_accept_names_a_unix_peer_as_python_does(io, tmp_path, name):
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "server"))
+    listener.listen()
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if name == "path":
+        client.bind(str(tmp_path / "client"))
+    elif name is not None:
+        client.bind(name + str(os.getpid()).encode())
+    client.connect(str(tmp_path / "server"))
+    sock, peer = accepted(io, listener)
+    expected = {None: "", "path": str(tmp_path / "client")}.get(name)  # type: ignore[call-overload]
+    if expected is None:  # abstract: the name's bytes, leading NUL included, undecodable ones replaced
+        expected = (name + str(os.getpid()).encode()).decode("utf-8", "replace")  # type: ignore[operator]
+    assert peer == expected
+    for s in (sock, client, listener):
+        s.close()
