@@ -1,13 +1,19 @@
-"""The event loop's reads and writes of a connection's socket, by file descriptor.
+"""The event loop's system calls on connections, by file descriptor where it can.
 
-``recv(fd, size)`` returns the bytes read (``b""`` at end of stream); ``send(fd, data)``
-returns how many bytes the kernel took. Both raise ``OSError`` as the socket methods do:
-``BlockingIOError`` when there is nothing to read or no room to write, and so on. Every
-socket they are used on is non-blocking.
+- ``recv(fd, size)`` returns the bytes read (``b""`` at end of stream);
+- ``send(fd, data)`` returns how many bytes the kernel took;
+- ``accept(listener, family, type_, proto)`` returns a non-blocking socket for the next
+  connection waiting on ``listener`` and its peer's address as text
+  (``sockets.format_peer``).
 
-Both make the ``read`` and ``write`` system calls, which on a socket are ``recv`` and
-``send`` without flags. As plain Python they are ``os.read`` and ``os.write``, which take
-their arguments the fast way (``socket.recv`` and ``socket.send`` do not).
+They raise ``OSError`` as the socket methods do: ``BlockingIOError`` when there is
+nothing to read, no room to write or no connection waiting, and so on. Every socket they
+are used on is non-blocking.
+
+``recv`` and ``send`` make the ``read`` and ``write`` system calls, which on a socket are
+``recv`` and ``send`` without flags. As plain Python they are ``os.read`` and
+``os.write``, which take their arguments the fast way (``socket.recv`` and
+``socket.send`` do not); ``accept`` is the socket's own, then ``setblocking(False)``.
 
 In the compiled core they are C (``csysio.pxd``), and they save what CPython spends around
 a small read or write, more than a redis-server spends on a whole request:
@@ -17,7 +23,10 @@ a small read or write, more than a redis-server spends on a whole request:
 - a read of up to 4 KiB lands in a spare buffer kept for the next read and is copied out
   into a bytes object of its size, where CPython allocates ``size`` bytes (64 KiB by
   default) and shrinks them to what was read. A longer read takes the spare buffer
-  itself, shrunk, as CPython would.
+  itself, shrunk, as CPython would;
+- ``accept4`` hands over the descriptor non-blocking and close-on-exec, so the socket
+  object is made with ``SOCK_NONBLOCK`` in its type and needs no ``ioctl``, and the
+  peer's address is written as text without a tuple and a format string.
 
 tests/test_sysio.py holds both to the same results.
 """
