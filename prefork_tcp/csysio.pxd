@@ -5,6 +5,7 @@ cdef extern from *:
     """
     #include <arpa/inet.h>
     #include <errno.h>
+    #include <limits.h>
     #include <math.h>
     #include <netinet/in.h>
     #include <stddef.h>
@@ -72,7 +73,8 @@ cdef extern from *:
      * interrupted by a signal runs the signal handlers and returns no events. */
     static inline PyObject *prefork_tcp_poll(int epfd, double timeout) {
         struct epoll_event events[PREFORK_TCP_MAX_EVENTS];
-        int ms = timeout < 0 ? -1 : (int)ceil(timeout * 1000.0);
+        /* Milliseconds, rounded up; a longer wait than an int holds ends early, harmlessly. */
+        int ms = timeout < 0 ? -1 : timeout >= INT_MAX / 1000.0 ? INT_MAX : (int)ceil(timeout * 1000.0);
         int n, i;
         PyObject *ready;
         Py_BEGIN_ALLOW_THREADS
