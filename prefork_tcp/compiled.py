@@ -11,8 +11,9 @@ The plain modules run instead when:
 - ``PREFORK_TCP_NO_EXTENSIONS`` is set to anything but ``""`` or ``0``;
 - any module of the core was not built for this interpreter (no compiler at install, an
   interpreter other than CPython);
-- in a source tree (an editable install), any compiled module is older than its source,
-  with a warning: the code that runs is the code on disk. (An installed package is not
+- in a source tree (an editable install), any compiled module is older than its source
+  (its ``.py``, its ``.pxd`` or a ``.pxd`` it cimports), with a warning: the code that
+  runs is the code on disk. (An installed package is not
   edited; a wheel's files may be written in any order, so their times tell nothing.)
 
 ``install()`` runs first thing in ``prefork_tcp/__init__.py``; ``implementation()`` names
@@ -25,6 +26,7 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -58,10 +60,28 @@ def _decide() -> str:
     if missing:
         return "not built for this interpreter" if len(missing) == len(CORE) else f"{', '.join(missing)} not built"
     source_tree = (PACKAGE.parent / "setup.py").is_file()
-    stale = [name for name in CORE if source_tree and (PACKAGE / f"{name}.py").stat().st_mtime > built(name).stat().st_mtime]  # type: ignore[union-attr]
+    stale = [name for name in CORE if source_tree and _newest_source(name) > built(name).stat().st_mtime]  # type: ignore[union-attr]
     if stale:
         return f"compiled {', '.join(stale)} older than the source: rebuild with pip install"
     return ""
+
+
+#: ``cimport`` of a module of the package, in a ``.pxd`` or a compiled ``.py`` file.
+_CIMPORT = re.compile(r"^\s*from (?:cython\.cimports\.)?prefork_tcp\.(\w+) c?import", re.MULTILINE)
+
+
+def _newest_source(name: str) -> float:
+    """When the newest file a module is compiled from changed: its ``.py``, its ``.pxd``
+    and the ``.pxd`` files it cimports, as Cython rebuilds it on any of them."""
+    newest, seen, todo = 0.0, set(), [f"{name}.py", f"{name}.pxd"]
+    while todo:
+        path = PACKAGE / todo.pop()
+        if path.name in seen or not path.is_file():
+            continue
+        seen.add(path.name)
+        newest = max(newest, path.stat().st_mtime)
+        todo.extend(f"{module}.pxd" for module in _CIMPORT.findall(path.read_text()))
+    return newest
 
 
 class PlainCore(importlib.abc.MetaPathFinder):

@@ -10,6 +10,9 @@ cdef extern from *:
         PyObject *request = tp->tp_alloc(tp, 5);
         if (request == NULL)
             return NULL;
+    #if PY_VERSION_HEX >= 0x030E0000
+        ((PyTupleObject *)request)->ob_hash = -1;  /* a tuple's cached hash: not computed yet */
+    #endif
         Py_INCREF(event);
         PyTuple_SET_ITEM(request, 0, event);
         Py_INCREF(body);

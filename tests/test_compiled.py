@@ -84,6 +84,16 @@ def copy_of_package(tmp_path: Path) -> Path:
 
 
 @needs_build
+def test_a_declaration_file_newer_than_the_build_makes_the_modules_cimporting_it_stale(tmp_path):
+    tree = copy_of_package(tmp_path)
+    later = time.time() + 10
+    os.utime(tree / "prefork_tcp" / "csysio.pxd", (later, later))  # the C of sysio and the loop
+    result = run_python(REPORT, cwd=tree)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "pure Python: compiled sysio, eventloop older than the source: rebuild with pip install"
+
+
+@needs_build
 def test_a_compiled_module_older_than_its_source_is_not_used_and_the_warning_says_so(tmp_path):
     tree = copy_of_package(tmp_path)
     assert run_python(REPORT, cwd=tree).stdout.splitlines()[0] == "compiled"

@@ -105,6 +105,7 @@ def test_request_fields_and_respond_writes_to_the_connection():
     worker, loop, conn = worker_with((TcpEvent.DATA, b"hi\r\n"))
     request = worker.wait_request()
     assert request == Request(TcpEvent.DATA, b"hi\r\n", "srv", "u-1", "127.0.0.1:5")
+    assert request == tuple(request) and hash(request) == hash(tuple(request))  # a tuple, however made
     with pytest.raises(AttributeError):
         request.body = b"x"  # type: ignore[misc]
     worker.respond(b"ok")
