@@ -142,6 +142,29 @@ def test_salvage_hands_over_a_slow_readers_held_messages():
     assert loop.stopped
 
 
+def test_more_ready_connections_than_one_wait_takes_are_all_served():
+    """The compiled core's wait takes 256 events at most; the rest come with the next one."""
+    count = 300
+    loop, master, clients = loop_with(count)
+    for i, client in enumerate(clients):
+        client.sendall(b"PING %d\r\n" % i)
+    worker = TcpWorker(loop)
+    seen = set()
+    for _ in range(count):
+        request = worker.wait_request()
+        assert request is not None and request.event is TcpEvent.DATA
+        seen.add(request.body)
+        worker.respond(request.body.replace(b"PING", b"PONG"))
+    assert seen == {b"PING %d\r\n" % i for i in range(count)}
+    master.send(Kind.STOP, urgent=True)  # the loop flushes every answer, then stops
+    while worker.wait_request() is not None:
+        pass
+    for i, client in enumerate(clients):
+        client.settimeout(5)
+        assert client.recv(100) == b"PONG %d\r\n" % i
+        client.close()
+
+
 def test_a_worker_whose_master_is_gone_stops_watching_the_channel():
     """EOF on the channel stays readable: a loop still watching it would spin until it stops."""
     loop, master, clients = loop_with(1)
