@@ -36,15 +36,5 @@ cdef extern from *:
         return data;
     }
 
-    /* Whether the first `probe` in `data` ends it: `data` is exactly one message. */
-    static inline int prefork_tcp_one_message(PyObject *data, PyObject *probe) {
-        Py_ssize_t n = PyBytes_GET_SIZE(data), m = PyBytes_GET_SIZE(probe);
-        const char *d = PyBytes_AS_STRING(data), *found;
-        if (m == 0 || m > n)
-            return 0;
-        found = memmem(d, (size_t)n, PyBytes_AS_STRING(probe), (size_t)m);
-        return found != NULL && found == d + n - m;
-    }
     """
     bytes gather "prefork_tcp_gather"(list chunks)
-    bint one_message "prefork_tcp_one_message"(bytes data, bytes probe)

@@ -42,7 +42,8 @@ except ImportError:  # plain Python without Cython installed
     from . import nocython as cython
 
 if cython.compiled:
-    from cython.cimports.prefork_tcp.cloop import gather, one_message
+    from cython.cimports.prefork_tcp.cframing import one_message
+    from cython.cimports.prefork_tcp.cloop import gather
     from cython.cimports.prefork_tcp.csysio import c_poll
 
 log = logging.getLogger("prefork_tcp.worker")

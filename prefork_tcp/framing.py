@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from functools import cache
 
+try:
+    import cython
+except ImportError:  # plain Python without Cython installed
+    from . import nocython as cython
+
+if cython.compiled:
+    from cython.cimports.prefork_tcp.cframing import cut
+
 #: The read size a framer assumes when it is not told (the default ``read_buf_size``).
 READ_SIZE = 64 * 1024
 #: A server's framing when its config says nothing: ``delimiter`` and ``max_message_size``.
@@ -76,7 +84,7 @@ class Framer:
                 return []
             data = bytes(partial)
             partial.clear()
-        else:
+        elif not cython.compiled:  # (compiled, cut() below takes one whole message as it is)
             # Fast path for the common case of one whole message per read.
             first = data.find(delim)
             if first < 0:
@@ -88,16 +96,27 @@ class Framer:
                 if first > self.max_size:
                     raise MessageTooLarge(first, self.max_size)
                 return [data]
-        parts = data.split(delim)
-        tail = parts.pop()
-        if len(data) > self.max_size:
-            longest = max(map(len, parts))
+        if cython.compiled:  # each message made once, delimiter included (cframing.pxd)
+            messages: list[bytes] = []
+            longest: cython.Py_ssize_t = 0
+            rest: cython.Py_ssize_t = cut(data, delim, messages, cython.address(longest))
             if longest > self.max_size:
                 raise MessageTooLarge(longest, self.max_size)
-        if tail:
-            self._check_partial(len(tail))
-            partial += tail
-        return [part + delim for part in parts]
+            if rest < len(data):
+                self._check_partial(len(data) - rest)
+                partial += data[rest:]
+            return messages
+        else:  # split() makes each message without its delimiter, + makes it again
+            parts = data.split(delim)
+            tail = parts.pop()
+            if len(data) > self.max_size:
+                longest = max(map(len, parts))
+                if longest > self.max_size:
+                    raise MessageTooLarge(longest, self.max_size)
+            if tail:
+                self._check_partial(len(tail))
+                partial += tail
+            return [part + delim for part in parts]
 
     def take_partial(self) -> bytes:
         """Return and forget the bytes of the unfinished message (at end of stream)."""

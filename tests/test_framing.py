@@ -67,6 +67,25 @@ def test_size_limit_does_not_depend_on_splits(delimiter, sizes, limit, cuts):
         assert feed_all(framer, split_at(stream, cuts)) == [filler * n + delimiter for n in sizes]
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    delimiter=st.sampled_from([b"\r\n", b"aab", b"abab", b"aaab", b"aaaab"]),
+    runs=st.lists(
+        st.tuples(st.integers(min_value=0, max_value=40), st.sampled_from([b"a", b"ab", b"aa", b"b", b"\r", b"\r\r"])),
+        max_size=12,
+    ),
+    cuts=st.lists(st.integers(min_value=0, max_value=2_000), max_size=4),
+)
+def test_runs_of_false_starts_give_the_same_messages(delimiter, runs, cuts):
+    """Many near-delimiters in a row: the compiled search hands a long run of false starts
+    to memmem part-way through a search (cframing.pxd); the messages must not change."""
+    stream = b"".join(piece * count + (delimiter if count % 3 == 0 else b"") for count, piece in runs)
+    framer = Framer(delimiter, max_size=1 << 20)
+    expected, leftover = reference(stream, delimiter)
+    assert feed_all(framer, split_at(stream, cuts)) == expected
+    assert framer.take_partial() == leftover
+
+
 def test_partial_message_over_the_limit_raises_before_its_delimiter():
     framer = Framer(b"\r\n", max_size=4)
     assert framer.feed(b"1234\r") == []  # could still become a 4-byte message
