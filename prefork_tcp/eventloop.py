@@ -104,7 +104,10 @@ class EventLoop(ConnectionSet):
         dirty: list[Connection] = self.dirty
         conns: dict[int, Connection] = self.conns
         high_water: cython.Py_ssize_t = self.high_water
-        activity, ints, close_event = self.slot.signed, self.slot.ints, TcpEvent.CLOSE
+        # The scoreboard's words; compiled, typed memoryviews: a store is one C store.
+        activity: cython.longlong[:] = self.slot.signed
+        ints: cython.ulonglong[:] = self.slot.ints
+        close_event = TcpEvent.CLOSE
         activity_index: cython.Py_ssize_t = self.slot.activity_index
         lifecycle_index: cython.Py_ssize_t = self.slot.lifecycle_index
         budget_mark: cython.Py_ssize_t = self.budget_mark

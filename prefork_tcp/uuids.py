@@ -8,6 +8,14 @@ from __future__ import annotations
 
 import os
 
+try:
+    import cython
+except ImportError:  # plain Python without Cython installed
+    from . import nocython as cython
+
+if cython.compiled:
+    from cython.cimports.prefork_tcp.cuuids import uuid_text
+
 _BLOCK = 16 * 256
 # The variant nibble of RFC 4122 is 10xx: map any hex digit onto 8, 9, a or b.
 _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
@@ -20,9 +28,13 @@ def new_uuid() -> str:
     global _pool, _pos
     if _pos >= len(_pool):
         _pool, _pos = os.urandom(_BLOCK), 0
-    h = _pool[_pos : _pos + 16].hex()
-    _pos += 16
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+    pos: cython.Py_ssize_t = _pos
+    _pos = pos + 16
+    if cython.compiled:  # written out in C (cuuids.pxd)
+        return uuid_text(_pool, pos)
+    else:
+        h = _pool[pos : pos + 16].hex()
+        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 def _forget_pool() -> None:
