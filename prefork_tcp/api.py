@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .events import Request, TcpEvent, TcpResponse, new_request
+from .events import Request, TcpEvent, TcpResponse, new_request, read_fields_with
 from .logs import printable
 
 try:
@@ -16,7 +16,9 @@ except ImportError:  # plain Python without Cython installed
     from . import nocython as cython
 
 if cython.compiled:
-    from cython.cimports.prefork_tcp.crequest import make_request
+    from cython.cimports.prefork_tcp.crequest import field, make_request
+
+    read_fields_with(field)  # member descriptors, which the interpreter reads in one load
 
 if TYPE_CHECKING:
     from .connection import Connection, Event

@@ -8,12 +8,14 @@ differently: the worker makes one per event, and a ``NamedTuple``'s generated
 ``__new__`` (a Python function) sends every construction through the slow
 ``tuple.__new__`` path. ``Request`` keeps tuple's own C constructor;
 ``Request(event, body, ...)`` still works, through the metaclass, and the event loop
-uses ``new_request(fields)``.
+uses ``new_request(fields)``. The compiled core reads the fields in its own way
+(``read_fields_with``).
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Iterable
 from operator import itemgetter
 from typing import Any
 
@@ -80,6 +82,26 @@ class Request(tuple, metaclass=_RequestType):
         if unknown:
             raise ValueError(f"Request has no field(s) {sorted(unknown)}")
         return Request(**{**self._asdict(), **changes})
+
+
+def read_fields_with(descriptor: Callable[[type, str, int, str], Any]) -> None:
+    """Read each field through ``descriptor(Request, name, index, doc)`` from now on.
+
+    The compiled core gives a member descriptor, which reads the item at its fixed place
+    in the tuple, in one load once the interpreter has specialized the access
+    (``crequest.pxd``). A Request must then hold all five items: ``Request.__new__``, which
+    pickle and copy call, checks that it does.
+    """
+    for index, name in enumerate(FIELDS):
+        setattr(Request, name, descriptor(Request, name, index, getattr(Request, name).__doc__))
+    Request.__new__ = staticmethod(_new_request_checked)  # type: ignore[assignment]
+
+
+def _new_request_checked(cls: type[Request], fields: Iterable[Any]) -> Request:
+    fields = tuple(fields)
+    if len(fields) != len(FIELDS):
+        raise TypeError(f"a Request has {len(FIELDS)} fields, not {len(fields)}")
+    return tuple.__new__(cls, fields)
 
 
 #: ``new_request((event, body, server, connection_uuid, remote_address))``: type.__call__

@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from prefork_tcp import Request, TcpEvent
+from prefork_tcp import Request, TcpEvent, implementation
 from prefork_tcp.events import new_request
 
 FIELDS = (TcpEvent.DATA, b"hi\r\n", "srv", "u-1", "127.0.0.1:5")
@@ -47,3 +47,22 @@ def test_repr_copy_pickle_and_the_namedtuple_helpers():
     match request:
         case Request(event, body):
             assert (event, body) == FIELDS[:2]
+
+
+def test_fields_read_the_same_where_the_interpreter_specializes_the_reads():
+    requests = [new_request((TcpEvent.DATA, b"%d\r\n" % i, f"s{i}", f"u-{i}", f"127.0.0.1:{i}")) for i in range(500)]
+
+    def read(request: Request) -> tuple[object, ...]:
+        return (request.event, request.body, request.server, request.connection_uuid, request.remote_address)
+
+    assert [read(r) for r in requests] == [tuple(r) for r in requests]  # the same code, run warm
+
+
+@pytest.mark.skipif(implementation() != "compiled", reason="the plain modules read fields with _tuplegetter")
+def test_compiled_fields_are_member_descriptors_and_a_request_always_has_all_five():
+    assert type(Request.body).__name__ == "member_descriptor"
+    assert Request.body.__doc__ == "the message, delimiter included (empty for CONNECTED and CLOSE)"
+    for fields in ((), FIELDS[:4], (*FIELDS, "extra")):
+        with pytest.raises(TypeError, match="5 fields"):
+            Request.__new__(Request, fields)
+    assert Request.__new__(Request, FIELDS) == FIELDS
