@@ -49,6 +49,7 @@ _ANSWERED = 2
 _CLOSE_EVENT = 3  # a CLOSE was delivered: answers are accepted and ignored
 
 _RESPOND = TcpResponse.RESPOND
+_READ = TcpResponse.READ
 _CLOSE = TcpResponse.CLOSE
 _CLOSE_EV = TcpEvent.CLOSE
 
@@ -118,6 +119,9 @@ class TcpWorker:
                 out.append(body)
                 conn.out_size += len(body)  # type: ignore[union-attr]  # set by wait_request()
             return
+        if response is _READ and self._state == _AWAITING:  # nothing for the loop to do
+            self._state = _ANSWERED
+            return
         if response.__class__ is not TcpResponse:
             raise TypeError(f"response must be a TcpResponse, got {type(response).__name__}")
         if self._state != _AWAITING:
@@ -130,7 +134,10 @@ class TcpWorker:
 
     def read(self) -> None:
         """Answer the current request with ``READ``: write nothing, keep reading."""
-        self.respond(b"", TcpResponse.READ)
+        if self._state == _AWAITING:  # nothing for the loop to do (``respond``, inlined)
+            self._state = _ANSWERED
+            return
+        self.respond(b"", _READ)
 
     def close(self) -> None:
         """Answer the current request with ``CLOSE``: write nothing, close the connection."""

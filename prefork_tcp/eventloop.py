@@ -132,6 +132,8 @@ class EventLoop(ConnectionSet):
                 elif event is _EOF:
                     if conn.open and not conn.hold(item):
                         self._finish(conn, Closed.CLIENT)
+                    if conn.sock is not None:  # output to drain, or events held back
+                        self._update_mask(conn)  # no more reading (``_end_of_input``)
                     continue
                 else:  # CONNECTED or CLOSE: counted for the metrics (DATA is the rest)
                     ints[lifecycle_index + (event is close_event)] += 1
@@ -190,7 +192,6 @@ class EventLoop(ConnectionSet):
                     continue
                 if not data:
                     self._end_of_input(conn)
-                    self._update_mask(conn)
                     continue
                 conn.active = True  # for idle_timeout (``timeouts.expired``)
                 # Exactly one whole message? ``Framer.probe`` is made so that this agrees
@@ -318,13 +319,17 @@ class EventLoop(ConnectionSet):
             return
         if not data:
             self._end_of_input(conn)
-            self._update_mask(conn)
             return
         conn.active = True
         self._received(conn, data)
 
     def _end_of_input(self, conn: Connection) -> None:
-        """The client half-closed: deliver the unfinished rest, then finish after its answers."""
+        """The client half-closed: deliver the unfinished rest, then finish after its answers.
+
+        The socket stays registered for reading until the queued ``_EOF`` is taken, before
+        the loop waits again: a connection with nothing left to send is closed then, and a
+        closed socket leaves the epoll set by itself, one system call fewer per connection.
+        One that is still sending, or holds events back, stops being read then."""
         conn.eof = True
         rest = conn.framer.take_partial()
         if rest:

@@ -120,6 +120,9 @@ class Framer:
 
     def take_partial(self) -> bytes:
         """Return and forget the bytes of the unfinished message (at end of stream)."""
+        if not self._partial:  # the usual end: nothing unfinished
+            self.probe = self._shortcut
+            return b""
         rest = bytes(self._partial)
         self._partial.clear()
         self.probe = self._shortcut

@@ -129,7 +129,19 @@ def test_answering_twice_raises_and_close_answers_are_ignored():
     worker.wait_request()
     worker.respond(b"ignored")
     worker.close()
-    assert loop.answers == [("u-1", TcpResponse.READ, b"")]
+    assert loop.answers == []  # READ asks nothing of the loop; answers to CLOSE are dropped
+
+
+def test_read_answers_the_request_without_the_loop_both_ways():
+    worker, loop, conn = worker_with((TcpEvent.CONNECTED, b""), (TcpEvent.DATA, b"a"), (TcpEvent.DATA, b"b"))
+    worker.wait_request()
+    worker.read()
+    worker.wait_request()  # answered: not closed by this wait
+    worker.respond(b"x", TcpResponse.READ)  # the same answer, spelled out: writes nothing
+    with pytest.raises(RuntimeError, match="already answered"):
+        worker.read()
+    worker.wait_request()
+    assert loop.answers == [] and conn.out == [] and loop.dirty == []
 
 
 @pytest.mark.parametrize("body", [123, None, bytearray(b"x"), memoryview(b"x")])

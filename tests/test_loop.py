@@ -264,3 +264,44 @@ def test_the_inlined_fast_path_and_its_slow_twin_agree():
         body = b"".join(chunks)
         assert b"".join(b for kind, b in fast[0] if kind == "DATA") == body
         assert fast[1] == body.upper()
+
+
+def test_a_half_closed_connection_still_gets_its_whole_answer():
+    """The client's FIN is read while most of its answer waits to be sent: the loop stops
+    reading the connection (its EOF stays readable), sends the whole answer, then closes."""
+    channel, master_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    loop = Worker([], channel, SignalPipe(()), drain_timeout=1.0, high_water=1 << 20)
+    server_end, client_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    server_end.setblocking(False)
+    client_end.sendall(b"answer me\r\n")
+    client_end.shutdown(socket.SHUT_WR)
+    conn = Connection(server_end, "u-1", "default", "", make_framer(b"\r\n", 1 << 20))
+    loop.conns[conn.fd] = conn
+    loop.epoll.register(conn.fd, select.EPOLLIN)
+    conn.mask = select.EPOLLIN
+    conn.settle()
+    answer = bytes(range(256)) * 2400  # 600 KiB: more than the socket takes at once, less than the high-water mark
+    closed = threading.Event()
+    received: list[bytes] = []
+
+    def client() -> None:
+        closed.wait(30)  # the CLOSE is out: the loop has taken the EOF
+        client_end.settimeout(30)
+        received.append(b"".join(iter(lambda: client_end.recv(1 << 16), b"")))
+        master_end.send(b"Q")  # done: the loop stops
+
+    reader = threading.Thread(target=client)
+    reader.start()
+    worker = TcpWorker(loop)
+    events = []
+    while (request := worker.wait_request()) is not None:
+        events.append(request.event)
+        if request.event is TcpEvent.DATA:
+            worker.respond(answer)
+        elif request.event is TcpEvent.CLOSE:
+            closed.set()
+    reader.join(30)
+    for sock in (channel, master_end, server_end, client_end):
+        sock.close()
+    assert events == [TcpEvent.DATA, TcpEvent.CLOSE]
+    assert received == [answer]
