@@ -13,13 +13,18 @@ cdef extern from *:
      * hands the rest to memmem, so that the search stays linear. */
     static inline const char *prefork_tcp_find(const char *p, const char *end, const char *sep, size_t m) {
         int misses = 0;
+        size_t i;
         if (m == 1)
             return memchr(p, sep[0], (size_t)(end - p));
         if (m > 4)
             return memmem(p, (size_t)(end - p), sep, m);
         while ((size_t)(end - p) >= m) {
             p = memchr(p, sep[0], (size_t)(end - p) - m + 1);
-            if (p == NULL || memcmp(p + 1, sep + 1, m - 1) == 0)
+            if (p == NULL)
+                return NULL;
+            for (i = 1; i < m && p[i] == sep[i]; i++)
+                ;
+            if (i == m)
                 return p;
             p++;
             if (++misses > 8)

@@ -36,5 +36,21 @@ cdef extern from *:
         return data;
     }
 
+    /* The address of `count` 8-byte words from `index` on in a writable memoryview of
+     * such words (the scoreboard's), valid while the memoryview is. */
+    static inline void *prefork_tcp_words(PyObject *view, Py_ssize_t index, Py_ssize_t count) {
+        Py_buffer *buffer;
+        if (!PyMemoryView_Check(view)) {
+            PyErr_SetString(PyExc_TypeError, "scoreboard words come in a memoryview");
+            return NULL;
+        }
+        buffer = PyMemoryView_GET_BUFFER(view);
+        if (buffer->readonly || buffer->itemsize != 8 || index < 0 || count < 1 || index > buffer->len / 8 - count) {
+            PyErr_SetString(PyExc_ValueError, "no such scoreboard word");
+            return NULL;
+        }
+        return (char *)buffer->buf + index * 8;
+    }
     """
     bytes gather "prefork_tcp_gather"(list chunks)
+    void *words "prefork_tcp_words"(object view, Py_ssize_t index, Py_ssize_t count) except NULL

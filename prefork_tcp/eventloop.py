@@ -43,7 +43,7 @@ except ImportError:  # plain Python without Cython installed
 
 if cython.compiled:
     from cython.cimports.prefork_tcp.cframing import one_message
-    from cython.cimports.prefork_tcp.cloop import gather
+    from cython.cimports.prefork_tcp.cloop import gather, words
     from cython.cimports.prefork_tcp.csysio import c_poll
 
 log = logging.getLogger("prefork_tcp.worker")
@@ -104,10 +104,7 @@ class EventLoop(ConnectionSet):
         dirty: list[Connection] = self.dirty
         conns: dict[int, Connection] = self.conns
         high_water: cython.Py_ssize_t = self.high_water
-        # The scoreboard's words; compiled, typed memoryviews: a store is one C store.
-        activity: cython.longlong[:] = self.slot.signed
-        ints: cython.ulonglong[:] = self.slot.ints
-        close_event = TcpEvent.CLOSE
+        activity, ints, close_event = self.slot.signed, self.slot.ints, TcpEvent.CLOSE
         activity_index: cython.Py_ssize_t = self.slot.activity_index
         lifecycle_index: cython.Py_ssize_t = self.slot.lifecycle_index
         budget_mark: cython.Py_ssize_t = self.budget_mark
@@ -119,6 +116,14 @@ class EventLoop(ConnectionSet):
         compiled: cython.bint = cython.compiled  # C helpers where compiled (cloop.pxd)
         # Compiled, the wait is C too (csysio.pxd), on a real epoll set: not on a stand-in.
         epoll_fd: cython.int = self.epoll.fileno() if compiled and type(self.epoll) is select.epoll else -1
+        # Compiled, the scoreboard words this loop writes are C pointers into the shared
+        # memory (cloop.pxd), which ``activity`` and ``ints`` keep mapped: a store is one C
+        # store instead of a memoryview's item assignment.
+        activity_word: cython.p_longlong
+        lifecycle_words: cython.p_ulonglong
+        if compiled:
+            activity_word = cython.cast(cython.p_longlong, words(activity, activity_index, 1))
+            lifecycle_words = cython.cast(cython.p_ulonglong, words(ints, lifecycle_index, 2))  # CONNECTED, CLOSE
         while True:
             while events:
                 item = popleft()
@@ -136,10 +141,16 @@ class EventLoop(ConnectionSet):
                         self._update_mask(conn)  # no more reading (``_end_of_input``)
                     continue
                 else:  # CONNECTED or CLOSE: counted for the metrics (DATA is the rest)
-                    ints[lifecycle_index + (event is close_event)] += 1
+                    if compiled:
+                        lifecycle_words[event is close_event] += 1
+                    else:
+                        ints[lifecycle_index + (event is close_event)] += 1
                 handled += 1
-                if mark_events:
-                    activity[activity_index] = handled  # the scoreboard: event number `handled` in progress
+                if mark_events:  # the scoreboard: event number `handled` in progress
+                    if compiled:
+                        activity_word[0] = handled
+                    else:
+                        activity[activity_index] = handled
                 if handled == budget_mark:
                     budget_mark = self._on_budget(handled)
                 yield item
@@ -168,12 +179,18 @@ class EventLoop(ConnectionSet):
             timeout: float | None = -1
             if self.attention:
                 timeout = self._attend()
-                if timeout is None:
-                    activity[activity_index] = -handled  # the last events count too
+                if timeout is None:  # the last events count too
+                    if compiled:
+                        activity_word[0] = -handled
+                    else:
+                        activity[activity_index] = -handled
                     return
                 if events:
                     continue
-            activity[activity_index] = -handled  # waiting, with this many events handled
+            if compiled:  # waiting, with this many events handled
+                activity_word[0] = -handled
+            else:
+                activity[activity_index] = -handled
             for fd, mask in c_poll(epoll_fd, timeout) if epoll_fd >= 0 else epoll_poll(timeout):
                 conn = conns.get(fd)
                 if conn is None:
@@ -210,7 +227,10 @@ class EventLoop(ConnectionSet):
                     # Nothing queued before it: deliver it now, as the queue would.
                     handled += 1
                     if mark_events:
-                        activity[activity_index] = handled
+                        if compiled:
+                            activity_word[0] = handled
+                        else:
+                            activity[activity_index] = handled
                     if handled == budget_mark:
                         budget_mark = self._on_budget(handled)
                         if self.retiring:  # the budget is spent: nothing more is read
