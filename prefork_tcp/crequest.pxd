@@ -5,8 +5,10 @@
 # And reading a field: ``request.body`` through ``_tuplegetter``, the descriptor
 # NamedTuple uses, is an attribute lookup the interpreter never specializes. ``field``
 # makes a member descriptor for the same item instead, a read at a fixed offset, which the
-# interpreter's inline cache turns into one load (LOAD_ATTR_SLOT). It is exact only for a
-# tuple of all five fields, which Request's constructors insist on (events.py).
+# interpreter's inline cache turns into one load (LOAD_ATTR_SLOT). It does not look at the
+# tuple's length: it is exact for a tuple of all five fields, which Request's constructors
+# insist on (events.py); code that builds one with tuple.__new__ itself, or a crafted
+# pickle, could make a shorter one, and reading its fields would read past it.
 
 cdef extern from *:
     """
@@ -43,6 +45,7 @@ cdef extern from *:
     static inline PyObject *prefork_tcp_field(PyObject *type, PyObject *name, Py_ssize_t index, PyObject *doc) {
         const char *name_text = PyUnicode_AsUTF8(name), *doc_text = PyUnicode_AsUTF8(doc);
         PyMemberDef *member;
+        PyObject *descriptor;
         char *copies;
         size_t name_size, doc_size;
         if (name_text == NULL || doc_text == NULL)
@@ -68,7 +71,10 @@ cdef extern from *:
         member->offset = (Py_ssize_t)(offsetof(PyTupleObject, ob_item) + (size_t)index * sizeof(PyObject *));
         member->flags = READONLY;
         member->doc = copies + name_size;
-        return PyDescr_NewMember((PyTypeObject *)type, member);
+        descriptor = PyDescr_NewMember((PyTypeObject *)type, member);
+        if (descriptor == NULL)
+            PyMem_RawFree(member);
+        return descriptor;
     }
     """
     object make_request "prefork_tcp_make_request"(object request_type, object event, object body, object server, object uuid, object remote)

@@ -346,15 +346,20 @@ class EventLoop(ConnectionSet):
     def _end_of_input(self, conn: Connection) -> None:
         """The client half-closed: deliver the unfinished rest, then finish after its answers.
 
-        The socket stays registered for reading until the queued ``_EOF`` is taken, before
-        the loop waits again: a connection with nothing left to send is closed then, and a
-        closed socket leaves the epoll set by itself, one system call fewer per connection.
-        One that is still sending, or holds events back, stops being read then."""
+        A plain connection (reading only) stays registered for reading until the queued
+        ``_EOF`` is taken, before the loop waits again: with nothing left to send it is
+        closed then, and a closed socket leaves the epoll set by itself, one system call
+        fewer per connection; otherwise it stops being read then. Any other connection
+        (sending, holding events back) stops being read at once: were its ``_EOF`` dropped
+        from the queue (a salvage, a handoff), its EOF, readable for good, must not end it
+        before its output is out."""
         conn.eof = True
         rest = conn.framer.take_partial()
         if rest:
             self.events.append((conn, DATA, rest))
         self.events.append((conn, _EOF, b""))
+        if not conn.plain:
+            self._update_mask(conn)
 
     def _received(self, conn: Connection, data: bytes) -> None:
         """Frame bytes read from a connection (or adopted with it) and queue its messages."""

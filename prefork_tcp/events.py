@@ -89,8 +89,10 @@ def read_fields_with(descriptor: Callable[[type, str, int, str], Any]) -> None:
 
     The compiled core gives a member descriptor, which reads the item at its fixed place
     in the tuple, in one load once the interpreter has specialized the access
-    (``crequest.pxd``). A Request must then hold all five items: ``Request.__new__``, which
-    pickle and copy call, checks that it does.
+    (``crequest.pxd``). A Request must then hold all five items: the type's call insists
+    on five arguments, and ``Request.__new__`` (pickle's protocols 2 and up, and copy) on
+    five fields. Only code that calls ``tuple.__new__(Request, ...)`` itself, or a
+    crafted pickle, could make a shorter one.
     """
     for index, name in enumerate(FIELDS):
         setattr(Request, name, descriptor(Request, name, index, getattr(Request, name).__doc__))
