@@ -305,3 +305,22 @@ def test_a_half_closed_connection_still_gets_its_whole_answer():
         sock.close()
     assert events == [TcpEvent.DATA, TcpEvent.CLOSE]
     assert received == [answer]
+
+
+def test_at_eof_only_a_connection_that_was_only_read_stays_registered_for_reading():
+    """Its queued _EOF closes it before the next wait. One that is sending stops being
+    read at once: should that _EOF be dropped (a salvage, a handoff), its EOF, readable
+    for good, must not end it before its output is out."""
+    loop, master, clients = loop_with(2)
+    reading, sending = sorted(loop.conns.values(), key=lambda c: c.uuid)
+    sending.write(b"pending answer\r\n")
+    loop._update_mask(sending)  # output waits for EPOLLOUT
+    assert not sending.plain and sending.mask == select.EPOLLIN | select.EPOLLOUT
+    for conn in (reading, sending):
+        loop._end_of_input(conn)
+    assert reading.mask == select.EPOLLIN  # closed when its _EOF is taken, no EPOLL_CTL_DEL
+    assert sending.mask == select.EPOLLOUT
+    assert [(item[0].uuid, item[1]) for item in loop.events] == [("u-0", None), ("u-1", None)]
+    for sock in clients:
+        sock.close()
+    master.close()
