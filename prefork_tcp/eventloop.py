@@ -137,8 +137,6 @@ class EventLoop(ConnectionSet):
                 elif event is _EOF:
                     if conn.open and not conn.hold(item):
                         self._finish(conn, Closed.CLIENT)
-                    if conn.sock is not None:  # output to drain, or events held back
-                        self._update_mask(conn)  # no more reading (``_end_of_input``)
                     continue
                 else:  # CONNECTED or CLOSE: counted for the metrics (DATA is the rest)
                     if compiled:
@@ -346,13 +344,13 @@ class EventLoop(ConnectionSet):
     def _end_of_input(self, conn: Connection) -> None:
         """The client half-closed: deliver the unfinished rest, then finish after its answers.
 
-        A plain connection (reading only) stays registered for reading until the queued
-        ``_EOF`` is taken, before the loop waits again: with nothing left to send it is
-        closed then, and a closed socket leaves the epoll set by itself, one system call
-        fewer per connection; otherwise it stops being read then. Any other connection
-        (sending, holding events back) stops being read at once: were its ``_EOF`` dropped
-        from the queue (a salvage, a handoff), its EOF, readable for good, must not end it
-        before its output is out."""
+        A plain connection (reading only) had nothing left to send: it stays registered for
+        reading until the queued ``_EOF`` is taken, before the loop waits again, and is
+        closed then (a closed socket leaves the epoll set by itself, one system call fewer
+        per connection); answers written meanwhile go through the flush, whose ``_sent``
+        sets the mask. Any other connection (sending, holding events back) stops being
+        read at once: its EOF, readable for good, must not end it before its output is
+        out, even should its ``_EOF`` be dropped from the queue (a salvage, a handoff)."""
         conn.eof = True
         rest = conn.framer.take_partial()
         if rest:
