@@ -16,9 +16,10 @@ except ImportError:  # plain Python without Cython installed
     from . import nocython as cython
 
 if cython.compiled:
-    from cython.cimports.prefork_tcp.crequest import field, make_request
+    from cython.cimports.prefork_tcp.crequest import field, keep_requests, make_request
 
     read_fields_with(field)  # member descriptors, which the interpreter reads in one load
+    keep_requests(Request, TcpEvent)  # dropped requests are kept for make_request
 
 if TYPE_CHECKING:
     from .connection import Connection, Event
@@ -107,17 +108,16 @@ class TcpWorker:
 
     def respond(self, body: bytes | str, response: TcpResponse = _RESPOND) -> None:
         """Answer the current request with ``body`` and ``response`` (default: write, keep reading)."""
-        if type(body) is not bytes:
-            body = _as_bytes(body)
+        data: bytes = body if type(body) is bytes else _as_bytes(body)  # compiled: C's size
         if response is _RESPOND and self._state == _AWAITING:  # the common case first
             self._state = _ANSWERED
-            if body:  # Connection.write, inlined
+            if data:  # Connection.write, inlined
                 conn = self._conn
                 out = conn.out  # type: ignore[union-attr]  # set by wait_request()
                 if not out:
                     self._dirty.append(conn)  # type: ignore[arg-type]  # set by wait_request()
-                out.append(body)
-                conn.out_size += len(body)  # type: ignore[union-attr]  # set by wait_request()
+                out.append(data)
+                conn.out_size += len(data)  # type: ignore[union-attr]  # set by wait_request()
             return
         if response is _READ and self._state == _AWAITING:  # nothing for the loop to do
             self._state = _ANSWERED
@@ -129,7 +129,7 @@ class TcpWorker:
             return
         self._state = _ANSWERED
         self._enter()
-        self._loop.answer(self._conn, response, body)  # type: ignore[arg-type]  # set by wait_request()
+        self._loop.answer(self._conn, response, data)  # type: ignore[arg-type]  # set by wait_request()
         self._inside = False
 
     def read(self) -> None:

@@ -34,15 +34,16 @@ cdef extern from *:
     }
 
     /* Append to `messages` every message of `data` that a `delim` ends, delimiter kept,
-     * searching from the start (`data` itself when it is one whole message); return
-     * where the unfinished rest begins, or -1 on error. `*longest` gets the length of the
-     * longest message without its delimiter. */
+     * searching from the start (`data` itself when it is one whole message); or, when
+     * `tag` is not None, the tuple (tag, event, message) of each. Return where the
+     * unfinished rest begins, or -1 on error. `*longest` gets the length of the longest
+     * message without its delimiter. */
     static inline Py_ssize_t prefork_tcp_cut(PyObject *data, PyObject *delim, PyObject *messages,
-                                             Py_ssize_t *longest) {
+                                             Py_ssize_t *longest, PyObject *tag, PyObject *event) {
         const char *start = PyBytes_AS_STRING(data), *p = start;
         const char *end = start + PyBytes_GET_SIZE(data), *sep = PyBytes_AS_STRING(delim), *found;
         size_t m = (size_t)PyBytes_GET_SIZE(delim);
-        PyObject *message;
+        PyObject *message, *item;
         *longest = 0;
         if (m == 0)
             return 0;
@@ -57,11 +58,25 @@ cdef extern from *:
                 if (message == NULL)
                     return -1;
             }
-            if (PyList_Append(messages, message) < 0) {
-                Py_DECREF(message);
+            if (tag == Py_None) {
+                item = message;
+            } else {
+                item = PyTuple_New(3);
+                if (item == NULL) {
+                    Py_DECREF(message);
+                    return -1;
+                }
+                Py_INCREF(tag);
+                PyTuple_SET_ITEM(item, 0, tag);
+                Py_INCREF(event);
+                PyTuple_SET_ITEM(item, 1, event);
+                PyTuple_SET_ITEM(item, 2, message);  /* the tuple's reference now */
+            }
+            if (PyList_Append(messages, item) < 0) {
+                Py_DECREF(item);
                 return -1;
             }
-            Py_DECREF(message);
+            Py_DECREF(item);
             p = found + m;
         }
         return p - start;
@@ -76,5 +91,5 @@ cdef extern from *:
         return prefork_tcp_find(d, d + n, PyBytes_AS_STRING(probe), (size_t)m) == d + n - m;
     }
     """
-    Py_ssize_t cut "prefork_tcp_cut"(bytes data, bytes delim, list messages, Py_ssize_t *longest) except -1
+    Py_ssize_t cut "prefork_tcp_cut"(bytes data, bytes delim, list messages, Py_ssize_t *longest, object tag, object event) except -1
     bint one_message "prefork_tcp_one_message"(bytes data, bytes probe)

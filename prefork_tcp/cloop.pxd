@@ -51,6 +51,19 @@ cdef extern from *:
         }
         return (char *)buffer->buf + index * 8;
     }
+
+    /* Whether `f` is a bound built-in method that takes no arguments (deque.popleft), which
+     * call_noargs calls as the C function it is, without the general call's machinery. */
+    static inline int prefork_tcp_is_noargs(PyObject *f) {
+        return PyCFunction_Check(f) && PyCFunction_GET_SELF(f) != NULL
+            && (PyCFunction_GET_FLAGS(f) & ~METH_COEXIST) == METH_NOARGS;
+    }
+
+    static inline PyObject *prefork_tcp_call_noargs(PyObject *f) {
+        return PyCFunction_GET_FUNCTION(f)(PyCFunction_GET_SELF(f), NULL);
+    }
     """
     bytes gather "prefork_tcp_gather"(list chunks)
+    bint is_noargs "prefork_tcp_is_noargs"(object f)
+    object call_noargs "prefork_tcp_call_noargs"(object f)
     void *words "prefork_tcp_words"(object view, Py_ssize_t index, Py_ssize_t count) except NULL

@@ -15,12 +15,30 @@ cdef extern from *:
     #include <stddef.h>
     #include "structmember.h"
 
+    /* Requests are made and dropped once per event: a few dropped ones are kept for the
+     * next (as CPython keeps tuples), with their reference to their type, and the type's
+     * deallocator is this module's (``keep_requests``). */
+    #define PREFORK_TCP_KEPT_REQUESTS 16
+    static PyTypeObject *prefork_tcp_request_type = NULL;  /* Request, once kept_requests ran */
+    static PyTypeObject *prefork_tcp_event_type = NULL;    /* TcpEvent */
+    static PyObject *prefork_tcp_kept[PREFORK_TCP_KEPT_REQUESTS];
+    static int prefork_tcp_kept_count = 0;
+
     static inline PyObject *prefork_tcp_make_request(PyObject *type, PyObject *event, PyObject *body,
                                                      PyObject *server, PyObject *uuid, PyObject *remote) {
         PyTypeObject *tp = (PyTypeObject *)type;  /* Request: a tuple of five fields */
-        PyObject *request = tp->tp_alloc(tp, 5);
-        if (request == NULL)
-            return NULL;
+        PyObject *request;
+        if (tp == prefork_tcp_request_type && prefork_tcp_kept_count > 0) {
+            request = prefork_tcp_kept[--prefork_tcp_kept_count];  /* untracked, its type held */
+            _Py_NewReference(request);
+        } else {
+            request = tp->tp_alloc(tp, 5);
+            if (request == NULL)
+                return NULL;
+            /* Its fields are an enum member, bytes and text: nothing that can lead back to
+             * it, so no cycle for the garbage collector to find through it. */
+            PyObject_GC_UnTrack(request);
+        }
     #if PY_VERSION_HEX >= 0x030E0000
         ((PyTupleObject *)request)->ob_hash = -1;  /* a tuple's cached hash: not computed yet */
     #endif
@@ -34,10 +52,56 @@ cdef extern from *:
         PyTuple_SET_ITEM(request, 3, uuid);
         Py_INCREF(remote);
         PyTuple_SET_ITEM(request, 4, remote);
-        /* Its fields are an enum member, bytes and text: nothing that can lead back to it,
-         * so no cycle for the garbage collector to find through it. */
-        PyObject_GC_UnTrack(request);
         return request;
+    }
+
+    /* Drop a request's fields; keep it for the next, or free it. */
+    static void prefork_tcp_request_free(PyObject *request) {
+        PyTypeObject *tp = Py_TYPE(request);
+        Py_ssize_t i = Py_SIZE(request);
+        while (--i >= 0)
+            Py_CLEAR(((PyTupleObject *)request)->ob_item[i]);
+        if (tp == prefork_tcp_request_type && Py_SIZE(request) == 5 && prefork_tcp_kept_count < PREFORK_TCP_KEPT_REQUESTS) {
+            prefork_tcp_kept[prefork_tcp_kept_count++] = request;
+            return;
+        }
+        tp->tp_free(request);
+        Py_DECREF(tp);  /* a heap type's instance holds its type */
+    }
+
+    /* Request's deallocator (and its subclasses' base one). Fields as the loop makes them
+     * (an event, bytes, text) cannot lead to another object's deallocation in turn; any
+     * others might, as deep as they are nested, so they go through CPython's trashcan,
+     * which bounds the C stack that takes, as tuple's deallocator does. */
+    static void prefork_tcp_request_dealloc(PyObject *request) {
+        PyObject_GC_UnTrack(request);
+        if (Py_SIZE(request) == 5
+                && Py_TYPE(PyTuple_GET_ITEM(request, 0)) == prefork_tcp_event_type
+                && PyBytes_CheckExact(PyTuple_GET_ITEM(request, 1))
+                && PyUnicode_CheckExact(PyTuple_GET_ITEM(request, 2))
+                && PyUnicode_CheckExact(PyTuple_GET_ITEM(request, 3))
+                && PyUnicode_CheckExact(PyTuple_GET_ITEM(request, 4))) {
+            prefork_tcp_request_free(request);
+            return;
+        }
+        Py_TRASHCAN_BEGIN(request, prefork_tcp_request_dealloc)
+        prefork_tcp_request_free(request);
+        Py_TRASHCAN_END
+    }
+
+    /* Make `type` (Request) keep dropped instances for make_request; `event_type` is TcpEvent. */
+    static inline int prefork_tcp_keep_requests(PyObject *type, PyObject *event_type) {
+        if (!PyType_Check(type) || !PyType_Check(event_type) || !PyType_IsSubtype((PyTypeObject *)type, &PyTuple_Type)
+                || ((PyTypeObject *)type)->tp_base != &PyTuple_Type || ((PyTypeObject *)type)->tp_itemsize != sizeof(PyObject *)) {
+            PyErr_SetString(PyExc_TypeError, "keep_requests takes a direct subclass of tuple, and the event type");
+            return -1;
+        }
+        Py_INCREF(type);  /* for as long as the process: kept requests point to it */
+        Py_INCREF(event_type);
+        prefork_tcp_request_type = (PyTypeObject *)type;
+        prefork_tcp_event_type = (PyTypeObject *)event_type;
+        prefork_tcp_request_type->tp_dealloc = prefork_tcp_request_dealloc;
+        return 0;
     }
 
     /* A read-only member descriptor of item `index` of the tuples of `type`, named `name`,
@@ -79,3 +143,4 @@ cdef extern from *:
     """
     object make_request "prefork_tcp_make_request"(object request_type, object event, object body, object server, object uuid, object remote)
     object field "prefork_tcp_field"(object tuple_type, str name, Py_ssize_t index, str doc)
+    int keep_requests "prefork_tcp_keep_requests"(object request_type, object event_type) except -1

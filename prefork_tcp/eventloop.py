@@ -43,7 +43,7 @@ except ImportError:  # plain Python without Cython installed
 
 if cython.compiled:
     from cython.cimports.prefork_tcp.cframing import one_message
-    from cython.cimports.prefork_tcp.cloop import gather, words
+    from cython.cimports.prefork_tcp.cloop import call_noargs, gather, is_noargs, words
     from cython.cimports.prefork_tcp.csysio import c_poll
 
 log = logging.getLogger("prefork_tcp.worker")
@@ -114,6 +114,8 @@ class EventLoop(ConnectionSet):
         epoll_poll = self.epoll.poll
         data_event = DATA  # a local: cheaper to load than a global
         compiled: cython.bint = cython.compiled  # C helpers where compiled (cloop.pxd)
+        # Compiled, deque.popleft is called as the C function it is.
+        direct_popleft: cython.bint = compiled and is_noargs(popleft)
         # Compiled, the wait is C too (csysio.pxd), on a real epoll set: not on a stand-in.
         epoll_fd: cython.int = self.epoll.fileno() if compiled and type(self.epoll) is select.epoll else -1
         # Compiled, the scoreboard words this loop writes are C pointers into the shared
@@ -126,7 +128,7 @@ class EventLoop(ConnectionSet):
             lifecycle_words = cython.cast(cython.p_ulonglong, words(ints, lifecycle_index, 2))  # CONNECTED, CLOSE
         while True:
             while events:
-                item = popleft()
+                item = call_noargs(popleft) if direct_popleft else popleft()
                 conn, event, _ = item
                 if event is data_event:
                     if not conn.open:
@@ -362,11 +364,11 @@ class EventLoop(ConnectionSet):
     def _received(self, conn: Connection, data: bytes) -> None:
         """Frame bytes read from a connection (or adopted with it) and queue its messages."""
         try:
-            messages = conn.framer.feed(data)
+            events = conn.framer.feed(data, conn, DATA)  # as (conn, DATA, message)
         except MessageTooLarge as exc:
             self._too_large(conn, exc)
             return
-        self.events.extend([(conn, DATA, m) for m in messages])
+        self.events.extend(events)
         pending = conn.framer.pending
         if pending >= UNFINISHED_THRESHOLD or conn in self.unfinished.sizes:
             for victim in self.unfinished.note(conn, pending, _unfinished_of):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
 try:
     import cython
@@ -32,7 +33,8 @@ class Framer:
     """Cuts a byte stream into messages that end with ``delimiter`` (kept in each message).
 
     ``feed()`` returns the messages completed by a chunk, in order; bytes after the last
-    delimiter wait for the next chunk.  The result never depends on how the stream was
+    delimiter wait for the next chunk. Given a ``tag``, it returns each message as the
+    tuple ``(tag, event, message)`` instead: the event loop's events, made in one go.  The result never depends on how the stream was
     split into chunks, and the pending partial message never holds more than
     ``max_size + len(delimiter) - 1`` bytes: past that ``feed()`` raises
     ``MessageTooLarge``.  ``max_size`` counts the message without its delimiter.
@@ -60,10 +62,11 @@ class Framer:
         #: one pending message from the next by it (``timeouts.expired``).
         self.started = 0
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """Return the messages that ``data`` completes, each ending with the delimiter."""
+    def feed(self, data: bytes, tag: object = None, event: object = None) -> list[Any]:
+        """Return the messages that ``data`` completes, each ending with the delimiter
+        (each as ``(tag, event, message)`` when ``tag`` is not None)."""
         continued = bool(self._partial)
-        messages = self._feed(data)
+        messages = self._feed(data, tag, event)
         if self._partial:
             self.probe = self._blocked
             if messages or not continued:
@@ -72,7 +75,7 @@ class Framer:
             self.probe = self._shortcut
         return messages
 
-    def _feed(self, data: bytes) -> list[bytes]:
+    def _feed(self, data: bytes, tag: object, event: object) -> list[Any]:
         delim = self.delimiter
         partial = self._partial
         if partial:
@@ -95,11 +98,11 @@ class Framer:
             if first + self._dlen == len(data):
                 if first > self.max_size:
                     raise MessageTooLarge(first, self.max_size)
-                return [data]
+                return [data] if tag is None else [(tag, event, data)]
         if cython.compiled:  # each message made once, delimiter included (cframing.pxd)
-            messages: list[bytes] = []
+            messages: list[Any] = []
             longest: cython.Py_ssize_t = 0
-            rest: cython.Py_ssize_t = cut(data, delim, messages, cython.address(longest))
+            rest: cython.Py_ssize_t = cut(data, delim, messages, cython.address(longest), tag, event)
             if longest > self.max_size:
                 raise MessageTooLarge(longest, self.max_size)
             if rest < len(data):
@@ -116,7 +119,9 @@ class Framer:
             if tail:
                 self._check_partial(len(tail))
                 partial += tail
-            return [part + delim for part in parts]
+            if tag is None:
+                return [part + delim for part in parts]
+            return [(tag, event, part + delim) for part in parts]
 
     def take_partial(self) -> bytes:
         """Return and forget the bytes of the unfinished message (at end of stream)."""
@@ -155,9 +160,11 @@ class StreamFramer:
     #: message whatever the shortcut finds, so any non-empty value does.
     probe = b"\n"
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """Return ``data`` as one message (nothing for an empty chunk)."""
-        return [data] if data else []
+    def feed(self, data: bytes, tag: object = None, event: object = None) -> list[Any]:
+        """Return ``data`` as one message (nothing for an empty chunk), as ``Framer.feed``."""
+        if not data:
+            return []
+        return [data] if tag is None else [(tag, event, data)]
 
     def take_partial(self) -> bytes:
         """Stream mode never holds bytes back."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import pickle
+import subprocess
+import sys
 
 import pytest
 
@@ -66,3 +68,39 @@ def test_compiled_fields_are_member_descriptors_and_a_request_always_has_all_fiv
         with pytest.raises(TypeError, match="5 fields"):
             Request.__new__(Request, fields)
     assert Request.__new__(Request, FIELDS) == FIELDS
+
+
+def test_dropped_requests_give_their_type_back():
+    """Every Request holds a reference to its type, which dropping it gives back (the
+    compiled core's own deallocator keeps a few dropped ones: at most a bounded number)."""
+
+    class Sub(Request):
+        __slots__ = ()
+
+    def cycle(count: int) -> None:
+        for i in range(count):
+            Request(*FIELDS)
+            new_request((TcpEvent.CLOSE, b"", "s", f"u-{i}", ""))
+            Request(1, 2, 3, 4, 5)  # fields of any kind
+            tuple.__new__(Sub, FIELDS)  # a subclass's instances go through it as their base's
+            pickle.loads(pickle.dumps(new_request(FIELDS)))
+
+    cycle(100)  # whatever is kept, is kept by now
+    before = sys.getrefcount(Request), sys.getrefcount(Sub)
+    cycle(10_000)
+    assert (sys.getrefcount(Request), sys.getrefcount(Sub)) == before
+
+
+def test_requests_nested_deep_are_dropped_without_exhausting_the_stack():
+    # A subprocess: were the fields dropped by plain recursion, it would crash.
+    script = (
+        "from prefork_tcp import Request, TcpEvent\n"
+        "r = b''\n"
+        "for _ in range(1_000_000):\n"
+        "    r = Request(TcpEvent.DATA, r, 's', 'u', '')\n"
+        "del r\n"
+        "print('dropped')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "dropped\n"

@@ -86,6 +86,29 @@ def test_runs_of_false_starts_give_the_same_messages(delimiter, runs, cuts):
     assert framer.take_partial() == leftover
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    delimiter=st.sampled_from([*DELIMITERS, b""]),
+    pieces=st.lists(st.sampled_from([b"a", b"\r", b"\n", b".", b"<END>", b"x" * 7, b"\x00"]), max_size=40),
+    cuts=st.lists(st.integers(min_value=0, max_value=1_000), max_size=10),
+)
+def test_a_tag_makes_each_message_an_event_and_changes_nothing_else(delimiter, pieces, cuts):
+    """``feed(data, tag, event)`` gives ``(tag, event, message)`` for each message that
+    ``feed(data)`` gives, in C where compiled; the framer's state moves the same."""
+    plain, tagged = make_framer(delimiter, 1 << 20), make_framer(delimiter, 1 << 20)
+    tag = object()
+    for chunk in split_at(b"".join(pieces), cuts):
+        messages = plain.feed(chunk)
+        assert tagged.feed(chunk, tag, "DATA") == [(tag, "DATA", m) for m in messages]
+        assert (tagged.pending, tagged.probe, tagged.started) == (plain.pending, plain.probe, plain.started)
+    assert tagged.take_partial() == plain.take_partial()
+
+
+def test_a_tagged_message_over_the_limit_raises_as_an_untagged_one():
+    with pytest.raises(MessageTooLarge):
+        Framer(b"\n", max_size=3).feed(b"ab\nabcd\n", "conn", "DATA")
+
+
 def test_partial_message_over_the_limit_raises_before_its_delimiter():
     framer = Framer(b"\r\n", max_size=4)
     assert framer.feed(b"1234\r") == []  # could still become a 4-byte message
