@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable
 
 from .connection import Connection
-from .framing import make_framer
+from .framing import Framer, StreamFramer, make_framer
 from .logs import Throttle
 from .scoreboard import SlotWriter
 from .sockets import Listener
@@ -59,6 +59,8 @@ class Acceptor:
         warnings: Throttle,
     ) -> None:
         self.listeners = {lst.sock.fileno(): lst for lst in listeners}
+        #: Each listener's framing, which every connection it accepts gets a fresh copy of.
+        self.framers = {fd: make_framer(lst.delimiter, lst.max_message_size, lst.read_size) for fd, lst in self.listeners.items()}
         self.epoll = epoll
         self.slot = slot
         self.high_water = high_water
@@ -108,20 +110,23 @@ class Acceptor:
         """Accept what waits on listener ``fd`` (the worker holds ``connections``); return
         the new connections, unregistered."""
         listener = self.listeners[fd]
-        accepted = self._accept_batch(listener, listener.sock, connections, clock)
+        accepted = self._accept_batch(listener, self.framers[fd], connections, clock)
         if not self.armed:  # paused, full or stopped: nothing to re-arm
             return accepted
         if self.slot.above_fair_share(connections + len(accepted), FAIR_SHARE, FAIR_SHARE_SLACK):
             self.pause(ACCEPT_YIELD)  # the other workers take the next ones
-        else:
+        elif self.slot.others_serving():
             # Re-arm: this worker's wait-queue entry moves behind the other workers',
-            # so EPOLLEXCLUSIVE wakes another idle worker for the next connection.
+            # so EPOLLEXCLUSIVE wakes another idle worker for the next connection. (Alone,
+            # it would stay where it is: two system calls per wake-up saved.)
             self.epoll.unregister(fd)
             self.epoll.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
         return accepted
 
-    def _accept_batch(self, listener: Listener, lsock: socket.socket, connections: int, clock: float) -> list[Connection]:
-        family, type_, proto = lsock.family, lsock.type, lsock.proto
+    def _accept_batch(self, listener: Listener, framing: Framer | StreamFramer, connections: int, clock: float) -> list[Connection]:
+        lsock = listener.sock
+        lfd, family, type_, proto = lsock.fileno(), lsock.family, lsock.type, lsock.proto
+        tcp, keepalive_idle = listener.is_tcp, listener.keepalive
         accepted: list[Connection] = []
         for _ in range(ACCEPT_BATCH):
             if connections + len(accepted) >= self.capacity:
@@ -135,7 +140,7 @@ class Acceptor:
                 )
                 break
             try:
-                sock, remote = accept(lsock, family, type_, proto)  # non-blocking
+                sock, remote = accept(lsock, lfd, family, type_, proto, tcp)  # non-blocking, TCP_NODELAY
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
@@ -148,17 +153,15 @@ class Acceptor:
                     self.pause(ACCEPT_BACKOFF)
                     break
                 continue  # ECONNABORTED and friends: that client is gone already
-            if listener.is_tcp:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if listener.keepalive:
-                    keepalive(sock, listener.keepalive)
+            if tcp and keepalive_idle:
+                keepalive(sock, keepalive_idle)
             accepted.append(
                 Connection(
                     sock,
                     new_uuid(),
                     listener.name,
                     remote,
-                    make_framer(listener.delimiter, listener.max_message_size, listener.read_size),
+                    framing.fresh(),
                     listener.read_size,
                     self.high_water,
                     listener.timeouts,

@@ -141,7 +141,7 @@ class TcpWorker:
 
     def close(self) -> None:
         """Answer the current request with ``CLOSE``: write nothing, close the connection."""
-        self.respond(b"", TcpResponse.CLOSE)
+        self.respond(b"", _CLOSE)
 
     def error(self, message: str) -> None:
         """Report an application error: log it and close the current connection unwritten."""

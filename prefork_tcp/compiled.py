@@ -35,7 +35,7 @@ from pathlib import Path
 from types import ModuleType
 
 #: The modules of the compiled core, in import order.
-CORE = ("uuids", "sysio", "framing", "connection", "eventloop", "api")
+CORE = ("uuids", "sysio", "scoreboard", "framing", "connection", "eventloop", "api")
 ENV = "PREFORK_TCP_NO_EXTENSIONS"
 PACKAGE = Path(__file__).resolve().parent
 

@@ -47,9 +47,13 @@ HEADER_TIMEOUT = 5.0
 _CLIENT_GONE = frozenset((errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH))
 
 
+#: Read once here (Python 3.10 and 3.11 read an enum member from its class slowly).
+_BY_CLIENT, _BY_APP, _BY_ERROR = Closed.CLIENT, Closed.APP, Closed.ERROR
+
+
 def lost(exc: OSError) -> Closed:
     """Why a connection whose read or write raised ``exc`` ended: the client, or an error."""
-    return Closed.CLIENT if exc.errno in _CLIENT_GONE else Closed.ERROR
+    return _BY_CLIENT if exc.errno in _CLIENT_GONE else _BY_ERROR
 
 
 @dataclass(eq=False)
@@ -281,7 +285,7 @@ class ConnectionSet:
         """Close this worker's connection ``uuid`` (its CLOSE follows); False if it is not here."""
         for conn in self.conns.values():
             if conn.uuid == uuid and conn.open:
-                self._finish(conn, Closed.APP)
+                self._finish(conn, _BY_APP)
                 return True
         return False
 

@@ -8,6 +8,7 @@ cdef extern from *:
     #include <limits.h>
     #include <math.h>
     #include <netinet/in.h>
+    #include <netinet/tcp.h>
     #include <stddef.h>
     #include <string.h>
     #include <sys/epoll.h>
@@ -157,21 +158,28 @@ cdef extern from *:
         return PyUnicode_FromStringAndSize(NULL, 0);
     }
 
-    /* accept4(2) on a listening socket: (socket, peer text). The descriptor comes
+    /* accept4(2) on listening socket `lfd`: (socket, peer text). The descriptor comes
      * non-blocking and close-on-exec from the kernel, so the socket object, made with
-     * SOCK_NONBLOCK in its type, needs no system call to be put in that mode. */
-    static inline PyObject *prefork_tcp_accept(PyObject *listener, PyObject *socket_type, int family, int type, int proto) {
+     * SOCK_NONBLOCK in its type, needs no system call to be put in that mode. With
+     * `nodelay`, TCP_NODELAY is set on it; should that fail, the connection is closed
+     * and the error raised, as for a connection gone before it was accepted. */
+    static inline PyObject *prefork_tcp_accept(int lfd, PyObject *socket_type, int family, int type, int proto, int nodelay) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof(ss);
-        int lfd = PyObject_AsFileDescriptor(listener), fd;
-        PyObject *sock, *peer, *result;
-        if (lfd < 0)
-            return NULL;
+        int fd, one = 1;
+        PyObject *args, *sock, *peer, *result;
         memset(&ss, 0, sizeof(ss));
         fd = accept4(lfd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0)
             return PyErr_SetFromErrno(PyExc_OSError);
-        sock = PyObject_CallFunction(socket_type, "iiii", family, type | SOCK_NONBLOCK, proto, fd);
+        if (nodelay && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            close(fd);
+            return NULL;
+        }
+        args = Py_BuildValue("(iiii)", family, type | SOCK_NONBLOCK, proto, fd);
+        sock = args == NULL ? NULL : PyObject_Call(socket_type, args, NULL);
+        Py_XDECREF(args);
         if (sock == NULL) {
             close(fd);
             return NULL;
@@ -194,4 +202,4 @@ cdef extern from *:
     bytes c_recv "prefork_tcp_recv"(int fd, Py_ssize_t size)
     Py_ssize_t c_send "prefork_tcp_send"(int fd, object data) except -1
     list c_poll "prefork_tcp_poll"(int epfd, double timeout)
-    tuple c_accept "prefork_tcp_accept"(object listener, object socket_type, int family, int type, int proto)
+    tuple c_accept "prefork_tcp_accept"(int lfd, object socket_type, int family, int type, int proto, bint nodelay)

@@ -50,6 +50,10 @@ log = logging.getLogger("prefork_tcp.worker")
 
 DATA = TcpEvent.DATA
 _EOF = None  # queued after a half-closed connection's last DATA
+# Enum members used once per connection, read once here: on Python 3.10 and 3.11, reading
+# one from its class goes through the enum metaclass's __getattr__ hook, about 100 ns.
+_BY_CLIENT, _BY_APP, _BY_ERROR, _BY_LIMIT = Closed.CLIENT, Closed.APP, Closed.ERROR, Closed.LIMIT
+_READ, _RESPOND_CLOSE = TcpResponse.READ, TcpResponse.RESPOND_CLOSE
 
 
 class EventLoop(ConnectionSet):
@@ -138,7 +142,7 @@ class EventLoop(ConnectionSet):
                         continue
                 elif event is _EOF:
                     if conn.open and not conn.hold(item):
-                        self._finish(conn, Closed.CLIENT)
+                        self._finish(conn, _BY_CLIENT)
                     continue
                 else:  # CONNECTED or CLOSE: counted for the metrics (DATA is the rest)
                     if compiled:
@@ -279,15 +283,15 @@ class EventLoop(ConnectionSet):
 
     def answer(self, conn: Connection, response: TcpResponse, body: bytes) -> None:
         """Carry out an answer other than ``RESPOND`` (which ``TcpWorker`` writes itself)."""
-        if response is TcpResponse.READ:
+        if response is _READ:
             return
-        if response is TcpResponse.RESPOND_CLOSE and conn.write(body):
+        if response is _RESPOND_CLOSE and conn.write(body):
             self.dirty.append(conn)
-        self._finish(conn, Closed.APP)
+        self._finish(conn, _BY_APP)
 
     def abandon(self, conn: Connection) -> None:
         """Close a connection after an application error, writing nothing more for it."""
-        self._finish(conn, Closed.ERROR)
+        self._finish(conn, _BY_ERROR)
 
     def _forget(self, conn: Connection) -> None:
         super()._forget(conn)
@@ -321,7 +325,7 @@ class EventLoop(ConnectionSet):
         if conn.mask & EPOLLIN and mask & (EPOLLIN | EPOLL_TROUBLE):
             self._recv(conn)
         elif mask & EPOLL_TROUBLE and not conn.out_size:
-            self._drop(conn, Closed.CLIENT)
+            self._drop(conn, _BY_CLIENT)
 
     def _recv(self, conn: Connection) -> None:
         """Read a connection that is not plain (``pump()`` inlines the plain case; the
@@ -381,11 +385,11 @@ class EventLoop(ConnectionSet):
                     victim.framer.pending >> 10,
                     self.unfinished.limit >> 20,
                 )
-                self._finish(victim, Closed.LIMIT)
+                self._finish(victim, _BY_LIMIT)
 
     def _too_large(self, conn: Connection, exc: MessageTooLarge) -> None:
         log.warning("closing connection %s (server %s, remote %s): %s", conn.uuid, conn.server, printable(conn.remote) or "-", exc)
-        self._finish(conn, Closed.LIMIT)
+        self._finish(conn, _BY_LIMIT)
 
     def _send(self, conn: Connection) -> None:
         """Hand a connection's queued output to the kernel (``pump()`` inlines this)."""

@@ -24,6 +24,11 @@ import math
 import mmap
 from dataclasses import dataclass
 
+try:
+    import cython
+except ImportError:  # plain Python without Cython installed
+    from . import nocython as cython
+
 FIELDS = 8
 SLOT_BYTES = FIELDS * 8
 
@@ -65,6 +70,7 @@ class State(enum.IntEnum):
 
 
 _STATES = frozenset(int(state) for state in State)
+_SERVING = State.SERVING  # read per slot per accept: Python 3.10 and 3.11 read enum members slowly
 _ZEROS = memoryview(bytes(COUNTERS * 8)).cast("Q")
 _MAX_COUNT = 1 << 48
 
@@ -187,9 +193,14 @@ class SlotWriter:
     The event loop writes ACTIVITY itself, one store at a time, through ``signed`` at
     ``activity_index``: per event the event's number (counting from 1), and minus the
     number of events handled so far each time it waits.
+
+    The counters are written once or twice per connection, from the loop's plain Python
+    (``connset.py``): compiled, each method is a C store through a typed view of the
+    words (``scoreboard.pxd``), where a memoryview's item access costs more than the rest
+    of closing a connection.
     """
 
-    __slots__ = ("ints", "signed", "base", "used_index", "counters")
+    __slots__ = ("ints", "signed", "base", "used_index", "counters", "_words", "_servers")
 
     def __init__(self, board: Scoreboard, slot: int) -> None:
         self.ints = board.ints
@@ -197,6 +208,10 @@ class SlotWriter:
         self.base = slot * FIELDS
         self.used_index = board.used_index
         self.counters = board.counters_base(slot)
+        #: ``ints`` again, for the counters: compiled, a typed view of the same words.
+        self._words = board.ints
+        #: Index of server 0's count of open connections (its accepted ones are next).
+        self._servers = self.counters + SERVER_COUNTERS
 
     def above_fair_share(self, connections: int, margin: float, slack: int = 1) -> bool:
         """Whether this worker holds more than ``margin`` times the average of the serving
@@ -205,7 +220,7 @@ class SlotWriter:
         serving = total = 0
         used = min(ints[self.used_index], self.used_index // FIELDS)  # anyone may have scribbled on it
         for base in range(0, used * FIELDS, FIELDS):
-            if ints[base + STATE] == State.SERVING:
+            if ints[base + STATE] == _SERVING:
                 serving += 1
                 total += ints[base + CONNECTIONS]
         return serving > 1 and connections * serving > total * margin + serving * slack
@@ -215,7 +230,7 @@ class SlotWriter:
         can take connections over)."""
         ints = self.ints
         used = min(ints[self.used_index], self.used_index // FIELDS)
-        return sum(1 for base in range(0, used * FIELDS, FIELDS) if base != self.base and ints[base + STATE] == State.SERVING)
+        return sum(1 for base in range(0, used * FIELDS, FIELDS) if base != self.base and ints[base + STATE] == _SERVING)
 
     def set_state(self, state: State) -> None:
         self.ints[self.base + STATE] = state
@@ -226,7 +241,8 @@ class SlotWriter:
         return self.base + ACTIVITY
 
     def set_connections(self, count: int) -> None:
-        self.ints[self.base + CONNECTIONS] = count
+        index: cython.Py_ssize_t = self.base + CONNECTIONS
+        self._words[index] = count
 
     # -- counters: once per connection ------------------------------------------------------
 
@@ -236,24 +252,28 @@ class SlotWriter:
         return self.counters + CONNECTED_EVENTS
 
     def closed(self, why: Closed) -> None:
-        self.ints[self.counters + why] += 1
+        reason: cython.Py_ssize_t = why
+        self._words[self.counters + reason] += 1
 
     def header_refused(self) -> None:
         self.ints[self.counters + HEADERS_REFUSED] += 1
 
     def accepted(self, server: int, count: int) -> None:
         """This worker accepted ``count`` connections of server number ``server``."""
-        if 0 <= server < MAX_SERVERS:
-            self.ints[self.counters + SERVER_COUNTERS + 2 * server + 1] += count
+        number: cython.Py_ssize_t = server
+        if 0 <= number < MAX_SERVERS:
+            self._words[self._servers + 2 * number + 1] += count
 
     def opened(self, server: int, count: int = 1) -> None:
         """``count`` connections of server number ``server`` are open here now (accepted, or adopted)."""
-        if 0 <= server < MAX_SERVERS:
-            self.ints[self.counters + SERVER_COUNTERS + 2 * server] += count
+        number: cython.Py_ssize_t = server
+        if 0 <= number < MAX_SERVERS:
+            self._words[self._servers + 2 * number] += count
 
     def left(self, server: int) -> None:
         """A connection of server number ``server`` closed or moved away."""
-        if 0 <= server < MAX_SERVERS:
-            index = self.counters + SERVER_COUNTERS + 2 * server
-            if self.ints[index]:
-                self.ints[index] -= 1
+        number: cython.Py_ssize_t = server
+        if 0 <= number < MAX_SERVERS:
+            index: cython.Py_ssize_t = self._servers + 2 * number
+            if self._words[index]:
+                self._words[index] -= 1

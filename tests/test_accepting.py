@@ -58,3 +58,51 @@ def test_a_worker_above_its_share_pauses_only_past_the_slack(acceptor, held, pau
     assert accepting.armed and not accepting.resume_at  # and back once the pause is over
     for conn in new:
         conn.sock.close()
+
+
+class CountedEpoll:
+    """A real epoll set that counts the changes made to it."""
+
+    def __init__(self) -> None:
+        self.epoll = select.epoll()
+        self.changes = 0
+
+    def register(self, fd: int, mask: int) -> None:
+        self.changes += 1
+        self.epoll.register(fd, mask)
+
+    def unregister(self, fd: int) -> None:
+        self.changes += 1
+        self.epoll.unregister(fd)
+
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        return self.epoll.poll(timeout)
+
+
+@pytest.mark.parametrize("other_state, rearms", [(State.SERVING, True), (State.RETIRING, False), (State.FREE, False)])
+def test_a_worker_moves_behind_the_others_after_accepting_only_when_another_serves(other_state, rearms):
+    """EPOLLEXCLUSIVE wakes the first worker waiting on a listener: after accepting, a
+    worker moves its entry behind the others' (two system calls), but alone it stays."""
+    board = Scoreboard(2)
+    mine = SlotWriter(board, board.claim(1, 0.0))
+    mine.set_state(State.SERVING)
+    SlotWriter(board, board.claim(2, 0.0)).set_state(other_state)
+    mine.set_connections(0)
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.setblocking(False)
+    epoll = CountedEpoll()
+    accepting = Acceptor(
+        [Listener("s", Address("tcp", "127.0.0.1", 0), sock, b"\n", 100, 4096)], epoll, mine, 0, 1 << 20, Throttle(logging.getLogger("t"))
+    )  # type: ignore[arg-type]  # an epoll set, counted
+    accepting.sync()
+    client = socket.create_connection(sock.getsockname())
+    assert epoll.poll(10)  # the connection is there to be taken
+    before = epoll.changes
+    new = accepting.accept(sock.fileno(), 0, 0.0)
+    assert len(new) == 1 and accepting.armed and not accepting.resume_at
+    assert epoll.changes - before == (2 if rearms else 0)
+    for conn in new:
+        conn.sock.close()
+    for s in (client, sock):
+        s.close()
+    epoll.epoll.close()

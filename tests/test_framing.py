@@ -104,6 +104,34 @@ def test_a_tag_makes_each_message_an_event_and_changes_nothing_else(delimiter, p
     assert tagged.take_partial() == plain.take_partial()
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    delimiter=st.sampled_from([*DELIMITERS, b""]),
+    used=st.binary(max_size=30),
+    pieces=st.lists(st.sampled_from([b"a", b"\r\n", b"\n", b".", b"<END>", b"x" * 9]), max_size=30),
+    max_size=st.integers(min_value=1, max_value=12),
+    read_size=st.sampled_from([4, 16, 65536]),
+)
+def test_a_fresh_framer_is_a_new_one_whatever_the_old_one_holds(delimiter, used, pieces, max_size, read_size):
+    """Each accepted connection gets ``fresh()`` of its listener's framer: nothing of the
+    framer it was made from (pending bytes, counts) may leak into it."""
+    old = make_framer(delimiter, max_size, read_size)
+    try:
+        old.feed(used)
+    except MessageTooLarge:
+        pass
+    fresh, new = old.fresh(), make_framer(delimiter, max_size, read_size)
+    assert fresh is not old or isinstance(old, StreamFramer)
+
+    def outcome(framer):
+        try:
+            return [framer.feed(piece) for piece in pieces], framer.pending, framer.probe, framer.started
+        except MessageTooLarge as exc:
+            return exc.size
+
+    assert outcome(fresh) == outcome(new)
+
+
 def test_a_tagged_message_over_the_limit_raises_as_an_untagged_one():
     with pytest.raises(MessageTooLarge):
         Framer(b"\n", max_size=3).feed(b"ab\nabcd\n", "conn", "DATA")

@@ -149,8 +149,8 @@ def test_every_read_keeps_its_bytes_whatever_comes_after(reads):
         client.close()
 
 
-def accepted(io: ModuleType, listener: socket.socket) -> tuple[socket.socket, str]:
-    return io.accept(listener, listener.family, listener.type, listener.proto)
+def accepted(io: ModuleType, listener: socket.socket, nodelay: bool = False) -> tuple[socket.socket, str]:
+    return io.accept(listener, listener.fileno(), listener.family, listener.type, listener.proto, nodelay)
 
 
 def test_accept_gives_a_non_blocking_socket_and_the_peer_as_text(io):
@@ -169,6 +169,34 @@ def test_accept_gives_a_non_blocking_socket_and_the_peer_as_text(io):
     sock.settimeout(10)
     assert sock.recv(10) == b"hi"
     for s in (sock, client, listener):
+        s.close()
+
+
+def test_accept_sets_tcp_nodelay_when_asked(io):
+    listener = socket.create_server(("127.0.0.1", 0))
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(2)]
+    plain, _ = accepted(io, listener)
+    quick, _ = accepted(io, listener, nodelay=True)
+    assert plain.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+    assert quick.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    for s in (plain, quick, *clients, listener):
+        s.close()
+
+
+def test_a_failed_tcp_nodelay_closes_the_connection_and_raises(io):
+    # TCP_NODELAY on a unix socket fails as it would on a TCP connection gone bad.
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(f"\0prefork-tcp-nodelay-{os.getpid()}")
+    listener.listen()
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(listener.getsockname())
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError):
+        accepted(io, listener, nodelay=True)
+    assert set(os.listdir("/proc/self/fd")) <= before  # nothing left open
+    client.settimeout(10)
+    assert client.recv(10) == b""  # the server's end was closed
+    for s in (client, listener):
         s.close()
 
 
