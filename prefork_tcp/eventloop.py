@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from .connection import Connection, Event
 from .connset import EPOLL_TROUBLE, EPOLLIN, EPOLLOUT, ConnectionSet, lost
 from .events import TcpEvent, TcpResponse
-from .framing import MessageTooLarge
+from .framing import Framer, MessageTooLarge
 from .gate import Gate
 from .logs import printable
 from .scoreboard import Closed, SlotWriter, State
@@ -118,6 +118,7 @@ class EventLoop(ConnectionSet):
         epoll_poll = self.epoll.poll
         data_event = DATA  # a local: cheaper to load than a global
         compiled: cython.bint = cython.compiled  # C helpers where compiled (cloop.pxd)
+        whole: cython.bint  # a read that is one whole message
         # Compiled, deque.popleft is called as the C function it is.
         direct_popleft: cython.bint = compiled and is_noargs(popleft)
         # Compiled, the wait is C too (csysio.pxd), on a real epoll set: not on a stand-in.
@@ -220,7 +221,8 @@ class EventLoop(ConnectionSet):
                 # the first probe; plain, partition(), as find() parses its arguments the
                 # slow way.
                 if compiled:
-                    whole = one_message(data, conn.framer.probe)
+                    framer = conn.framer  # a Framer's probe is a C field: read as one
+                    whole = one_message(data, cython.cast(Framer, framer).probe if type(framer) is Framer else framer.probe)
                 else:
                     _, found, rest = data.partition(conn.framer.probe)
                     whole = found and not rest

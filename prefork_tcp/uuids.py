@@ -28,7 +28,7 @@ def new_uuid() -> str:
     global _pool, _pos
     if _pos >= len(_pool):
         _pool, _pos = os.urandom(_BLOCK), 0
-    pos: cython.Py_ssize_t = _pos
+    pos = _pos
     _pos = pos + 16
     if cython.compiled:  # written out in C (cuuids.pxd)
         return uuid_text(_pool, pos)

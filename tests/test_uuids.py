@@ -22,7 +22,8 @@ UUID4_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}
 def kernel_bytes(make_block: Callable[[int], bytes]) -> Iterator[list[int]]:
     """Serve ``os.urandom`` from ``make_block(call number)`` with an empty pool; yields the sizes asked.
 
-    The module's own pool is put back afterwards, so the real random bytes are not touched.
+    The pool is emptied before and after (as a fork empties it: in the compiled core it is
+    not a Python variable), so no UUID made afterwards comes of these bytes.
     """
     asked: list[int] = []
 
@@ -30,8 +31,12 @@ def kernel_bytes(make_block: Callable[[int], bytes]) -> Iterator[list[int]]:
         asked.append(size)
         return make_block(len(asked))
 
-    with mock.patch.object(uuids, "_pool", b""), mock.patch.object(uuids, "_pos", 0), mock.patch.object(uuids.os, "urandom", urandom):
-        yield asked
+    uuids._forget_pool()
+    try:
+        with mock.patch.object(uuids.os, "urandom", urandom):
+            yield asked
+    finally:
+        uuids._forget_pool()
 
 
 def expected(raw: bytes) -> str:
