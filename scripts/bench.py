@@ -155,7 +155,13 @@ def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 30) -> No
 
 
 def tree_cpu(pid: int) -> float:
-    """User+system CPU seconds of a process and all its descendants."""
+    """CPU seconds (user and system) of a process and all its descendants.
+
+    Read from each thread's ``/proc/PID/task/TID/schedstat``, the scheduler's count of
+    nanoseconds on a CPU: the user and system times of ``/proc/PID/stat`` (psutil's) come
+    in clock ticks of 10 ms, which is 5% of a ``-P 16`` sample's CPU and 4% of a ``-k 0``
+    one's, so that their ratios moved in steps of that size. Where it cannot be read,
+    psutil's times."""
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
@@ -164,11 +170,26 @@ def tree_cpu(pid: int) -> float:
     total = 0.0
     for proc in procs:
         try:
-            times = proc.cpu_times()
-            total += times.user + times.system
-        except psutil.NoSuchProcess:
-            pass
+            total += _scheduled(proc.pid)
+        except OSError:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
     return total
+
+
+def _scheduled(pid: int) -> float:
+    """Seconds the threads of process ``pid`` have run, from the scheduler's statistics."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
+                total += int(stat.read().split()[0])
+        except FileNotFoundError:  # a thread that just ended
+            pass
+    return total / 1e9
 
 
 def start(command: list[str], port: int, pin: str | None) -> subprocess.Popen:
