@@ -181,7 +181,10 @@ def tree_cpu(pid: int) -> float:
 
 
 def _scheduled(pid: int) -> float:
-    """Seconds the threads of process ``pid`` have run, from the scheduler's statistics."""
+    """Seconds the threads of process ``pid`` have run, from the scheduler's statistics
+    (threads that ended during a sample are not counted: every server here keeps its own)."""
+    if not os.path.exists(f"/proc/{pid}/schedstat"):  # a kernel without them: psutil's times
+        raise FileNotFoundError(f"/proc/{pid}/schedstat")
     total = 0
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:

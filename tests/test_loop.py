@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import sys
 import threading
 
 from hypothesis import given, settings
@@ -14,7 +15,7 @@ from prefork_tcp import handoff
 from prefork_tcp.api import TcpWorker
 from prefork_tcp.channel import Channel, Kind
 from prefork_tcp.connection import Connection
-from prefork_tcp.events import TcpEvent
+from prefork_tcp.events import Request, TcpEvent
 from prefork_tcp.framing import make_framer
 from prefork_tcp.scoreboard import Closed
 from prefork_tcp.signals import SignalPipe
@@ -183,6 +184,28 @@ def test_requests_the_application_keeps_stay_as_they_were_delivered():
             worker.read()
     assert [tuple(r) for r in kept] == expected[::3]
     assert {r.body for r in kept} == {e[1] for e in expected[::3]}  # read through the fields too
+    master.send(Kind.STOP, urgent=True)
+    while worker.wait_request() is not None:
+        pass
+
+
+def test_requests_made_and_dropped_by_the_loop_give_their_type_back():
+    """Every Request the loop makes holds its type; the compiled core fills kept ones
+    again (crequest.pxd): over many events, the type's references must not grow."""
+    loop, master, clients = loop_with(1)
+    worker = TcpWorker(loop)
+
+    def serve(count: int) -> None:
+        clients[0].sendall(b"PING\r\n" * count)
+        for _ in range(count):
+            request = worker.wait_request()
+            assert request is not None and request.body == b"PING\r\n"
+            worker.read()
+
+    serve(100)  # whatever is kept, is kept by now
+    before = sys.getrefcount(Request)
+    serve(5_000)
+    assert sys.getrefcount(Request) == before
     master.send(Kind.STOP, urgent=True)
     while worker.wait_request() is not None:
         pass
