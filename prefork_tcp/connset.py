@@ -47,8 +47,10 @@ HEADER_TIMEOUT = 5.0
 _CLIENT_GONE = frozenset((errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH))
 
 
-#: Read once here (Python 3.10 and 3.11 read an enum member from its class slowly).
-_BY_CLIENT, _BY_APP, _BY_ERROR = Closed.CLIENT, Closed.APP, Closed.ERROR
+#: Why connections end, read once here for this module and ``eventloop.py``: on Python
+#: 3.10 and 3.11, reading an enum member from its class goes through the enum
+#: metaclass's ``__getattr__`` hook, about 100 ns, and these are read per connection.
+_BY_CLIENT, _BY_APP, _BY_ERROR, _BY_LIMIT = Closed.CLIENT, Closed.APP, Closed.ERROR, Closed.LIMIT
 
 
 def lost(exc: OSError) -> Closed:

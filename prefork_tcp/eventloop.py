@@ -23,12 +23,12 @@ import select
 from collections.abc import Iterator
 
 from .connection import Connection, Event
-from .connset import EPOLL_TROUBLE, EPOLLIN, EPOLLOUT, ConnectionSet, lost
+from .connset import _BY_APP, _BY_CLIENT, _BY_ERROR, _BY_LIMIT, EPOLL_TROUBLE, EPOLLIN, EPOLLOUT, ConnectionSet, lost
 from .events import TcpEvent, TcpResponse
 from .framing import Framer, MessageTooLarge
 from .gate import Gate
 from .logs import printable
-from .scoreboard import Closed, SlotWriter, State
+from .scoreboard import SlotWriter, State
 from .signals import SignalPipe
 from .sockets import Listener
 from .sysio import recv, send
@@ -50,10 +50,7 @@ log = logging.getLogger("prefork_tcp.worker")
 
 DATA = TcpEvent.DATA
 _EOF = None  # queued after a half-closed connection's last DATA
-# Enum members used once per connection, read once here: on Python 3.10 and 3.11, reading
-# one from its class goes through the enum metaclass's __getattr__ hook, about 100 ns.
-_BY_CLIENT, _BY_APP, _BY_ERROR, _BY_LIMIT = Closed.CLIENT, Closed.APP, Closed.ERROR, Closed.LIMIT
-_READ, _RESPOND_CLOSE = TcpResponse.READ, TcpResponse.RESPOND_CLOSE
+_READ, _RESPOND_CLOSE = TcpResponse.READ, TcpResponse.RESPOND_CLOSE  # read once (connset's _BY_*)
 
 
 class EventLoop(ConnectionSet):

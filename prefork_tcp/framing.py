@@ -34,8 +34,9 @@ class Framer:
 
     ``feed()`` returns the messages completed by a chunk, in order; bytes after the last
     delimiter wait for the next chunk. Given a ``tag``, it returns each message as the
-    tuple ``(tag, event, message)`` instead: the event loop's events, made in one go.  The result never depends on how the stream was
-    split into chunks, and the pending partial message never holds more than
+    tuple ``(tag, event, message)`` instead: the event loop's events, made in one go.
+    The result never depends on how the stream was split into chunks, and the pending
+    partial message never holds more than
     ``max_size + len(delimiter) - 1`` bytes: past that ``feed()`` raises
     ``MessageTooLarge``.  ``max_size`` counts the message without its delimiter.
 
